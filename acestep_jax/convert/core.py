@@ -1,0 +1,394 @@
+"""Checkpoint conversion core: tensor sources, mapping rules, validation.
+
+A converter is a list of :class:`Rule` objects. Each rule names one target
+parameter (a ``/``-joined path in the NNX state) and the reference tensors it is
+built from, plus a function combining them (a transpose for a linear layer, a
+stack for scanned layers, weight-norm folding, ...). :func:`check_rules`
+validates a whole rule set against a source's shapes with :func:`jax.eval_shape`
+before anything is read, so a bad checkpoint fails early with one message listing
+every missing, unexpected and mis-shaped tensor. :func:`convert` then reads and
+converts one target at a time (streaming: only one target's sources are in memory).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+Combine = Callable[..., object]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint does not fit the model: lists every problem found."""
+
+
+# ----------------------------------------------------------------------------- transforms
+def identity(x):
+    return x
+
+
+def linear_t(x):
+    """PyTorch ``Linear.weight`` ``[out, in]`` → kernel ``[in, out]``."""
+    return x.T
+
+
+def conv_t(x):
+    """PyTorch conv weight ``[out, in, *k]`` → channels-last kernel ``[*k, in, out]``."""
+    nd = x.ndim - 2
+    return x.transpose(*range(2, 2 + nd), 1, 0)
+
+
+def _xp(arrays):
+    return np if all(isinstance(a, np.ndarray) for a in arrays) else jnp
+
+
+def stack_of(transform: Callable = identity) -> Combine:
+    """Combine per-layer tensors by transforming each and stacking on a new leading axis."""
+
+    def combine(*arrays):
+        return _xp(arrays).stack([transform(a) for a in arrays])
+
+    combine.__name__ = f"stack_of({transform.__name__})"
+    return combine
+
+
+# ----------------------------------------------------------------------------- rules
+@dataclass(frozen=True)
+class Rule:
+    """Build ``target`` from ``sources`` with ``combine(*arrays)``.
+
+    A source entry is a key, or a tuple of alternative keys (the first present is
+    used and the others are consumed too, e.g. a tied embedding saved under either
+    of two names).
+    """
+
+    target: str
+    sources: tuple[str | tuple[str, ...], ...]
+    combine: Combine = identity
+
+
+def rule(target: str, source: str | tuple[str, ...], transform: Callable = identity) -> Rule:
+    """One target from one tensor."""
+    return Rule(target, (source,), transform)
+
+
+def stacked_rule(target: str, sources: Sequence[str], transform: Callable = identity) -> Rule:
+    """One scanned target (leading layer axis) from one tensor per layer."""
+    return Rule(target, tuple(sources), stack_of(transform))
+
+
+# ----------------------------------------------------------------------------- sources
+class TensorSource:
+    """Read-only mapping of tensor names to shapes, dtypes and (lazily) values."""
+
+    def keys(self) -> Iterable[str]:
+        raise NotImplementedError
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def dtype(self, key: str) -> np.dtype:
+        raise NotImplementedError
+
+    def get(self, key: str) -> np.ndarray:
+        raise NotImplementedError
+
+    def __contains__(self, key: str) -> bool:
+        return key in set(self.keys())
+
+
+class DictSource(TensorSource):
+    """Tensors already in memory."""
+
+    def __init__(self, tensors: Mapping[str, np.ndarray]):
+        self._t = dict(tensors)
+
+    def keys(self):
+        return self._t.keys()
+
+    def __contains__(self, key):
+        return key in self._t
+
+    def shape(self, key):
+        return tuple(self._t[key].shape)
+
+    def dtype(self, key):
+        return np.dtype(self._t[key].dtype)
+
+    def get(self, key):
+        return np.asarray(self._t[key])
+
+
+_ST_DTYPES = {
+    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": jnp.bfloat16,
+    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
+    "BOOL": np.bool_,
+}
+
+
+class SafetensorsSource(TensorSource):
+    """One or more ``.safetensors`` files, read tensor by tensor (no torch needed).
+
+    Headers are parsed up front so shapes are known without reading data; a file
+    whose header is unreadable or whose data is shorter than its header claims is
+    refused with a :class:`CheckpointError`.
+    """
+
+    def __init__(self, paths: str | os.PathLike | Sequence[str | os.PathLike]):
+        if isinstance(paths, (str, os.PathLike)):
+            paths = [paths]
+        self._where: dict[str, str] = {}
+        self._meta: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
+        for path in map(str, paths):
+            for key, (shape, dtype) in _read_safetensors_header(path).items():
+                if key in self._where:
+                    raise CheckpointError(f"tensor {key!r} appears in both {self._where[key]} and {path}")
+                self._where[key] = path
+                self._meta[key] = (shape, dtype)
+        self._handles: dict[str, object] = {}
+
+    def keys(self):
+        return self._meta.keys()
+
+    def __contains__(self, key):
+        return key in self._meta
+
+    def shape(self, key):
+        return self._meta[key][0]
+
+    def dtype(self, key):
+        return self._meta[key][1]
+
+    def get(self, key):
+        from safetensors import safe_open
+
+        path = self._where[key]
+        if path not in self._handles:
+            self._handles[path] = safe_open(path, framework="numpy")
+        return self._handles[path].get_tensor(key)
+
+
+def _read_safetensors_header(path: str) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    size = os.path.getsize(path)
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if n <= 0 or n > size - 8:
+                raise ValueError(f"header length {n} does not fit a {size}-byte file")
+            header = json.loads(f.read(n))
+    except (ValueError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from None
+    out = {}
+    data_size = size - 8 - n
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        begin, end = info["data_offsets"]
+        if end > data_size:
+            raise CheckpointError(
+                f"{path} is truncated: tensor {key!r} needs bytes up to {end}, file data has {data_size}"
+            )
+        if info["dtype"] not in _ST_DTYPES:
+            raise CheckpointError(f"{path}: tensor {key!r} has unsupported dtype {info['dtype']}")
+        out[key] = (tuple(info["shape"]), np.dtype(_ST_DTYPES[info["dtype"]]))
+    return out
+
+
+class ManifestSource(TensorSource):
+    """Shapes and dtypes only, from a manifest JSON (``{"tensors": {name: {shape, dtype}}}``)."""
+
+    def __init__(self, path_or_dict):
+        data = path_or_dict
+        if not isinstance(data, Mapping):
+            with open(path_or_dict) as f:
+                data = json.load(f)
+        self.config = data.get("config", {})
+        self._meta = {
+            k: (tuple(v["shape"]), np.dtype(v["dtype"])) for k, v in data["tensors"].items()
+        }
+
+    def keys(self):
+        return self._meta.keys()
+
+    def __contains__(self, key):
+        return key in self._meta
+
+    def shape(self, key):
+        return self._meta[key][0]
+
+    def dtype(self, key):
+        return self._meta[key][1]
+
+    def get(self, key):
+        raise CheckpointError("a manifest holds shapes only; it has no tensor data")
+
+
+# ----------------------------------------------------------------------------- validation
+@dataclass
+class Plan:
+    """A validated conversion: which source keys feed each target."""
+
+    resolved: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    shapes: dict[str, jax.ShapeDtypeStruct] = field(default_factory=dict)
+
+
+def _resolve(entry, source: TensorSource) -> tuple[str | None, tuple[str, ...]]:
+    alts = (entry,) if isinstance(entry, str) else tuple(entry)
+    present = [k for k in alts if k in source]
+    return (present[0] if present else None), tuple(present)
+
+
+def check_rules(
+    rules: Sequence[Rule],
+    source: TensorSource,
+    targets: Mapping[str, tuple[int, ...]],
+    *,
+    ignore: Iterable[str] = (),
+    what: str = "checkpoint",
+) -> Plan:
+    """Validate ``rules`` against ``source`` and the model's target shapes.
+
+    Every target must be produced by exactly one rule, every source tensor must be
+    consumed (except ``ignore``), and every produced shape must equal the target's.
+    Shapes are derived with :func:`jax.eval_shape`, so nothing is read.
+    """
+    problems: list[str] = []
+    plan = Plan()
+    consumed: set[str] = set(ignore)
+    missing, misshaped = [], []
+    seen_targets: set[str] = set()
+    for r in rules:
+        if r.target in seen_targets:
+            problems.append(f"internal: target {r.target} produced by two rules")
+        seen_targets.add(r.target)
+        keys = []
+        for entry in r.sources:
+            key, present = _resolve(entry, source)
+            consumed.update(present)
+            if key is None:
+                missing.append(entry if isinstance(entry, str) else " or ".join(entry))
+            keys.append(key)
+        if r.target not in targets:
+            problems.append(f"internal: rule target {r.target} is not a model parameter")
+            continue
+        if any(k is None for k in keys):
+            continue
+        structs = [jax.ShapeDtypeStruct(source.shape(k), source.dtype(k)) for k in keys]
+        try:
+            out = jax.eval_shape(r.combine, *structs)
+        except Exception as e:  # noqa: BLE001 - report any shape failure with its key
+            misshaped.append(f"{', '.join(keys)}: {[s.shape for s in structs]} cannot form {r.target} ({e})")
+            continue
+        want = tuple(targets[r.target])
+        if tuple(out.shape) != want:
+            src_shapes = ", ".join(f"{k} {list(source.shape(k))}" for k in keys[:3])
+            more = f" (+{len(keys) - 3} more)" if len(keys) > 3 else ""
+            misshaped.append(f"{src_shapes}{more} -> {list(out.shape)}, model expects {list(want)} for {r.target}")
+            continue
+        plan.resolved[r.target] = tuple(keys)
+        plan.shapes[r.target] = jax.ShapeDtypeStruct(want, out.dtype)
+    unexpected = sorted(k for k in source.keys() if k not in consumed)
+    unmapped = sorted(t for t in targets if t not in seen_targets)
+    if missing:
+        problems.append(_listing("missing tensors", missing))
+    if unexpected:
+        problems.append(_listing("unexpected tensors", unexpected))
+    if misshaped:
+        problems.append(_listing("mis-shaped tensors", misshaped))
+    if unmapped:
+        problems.append(_listing("internal: model parameters with no rule", unmapped))
+    if problems:
+        raise CheckpointError(f"{what} does not match the model:\n" + "\n".join(problems))
+    return plan
+
+
+def _listing(title: str, items: Sequence[str], limit: int = 40) -> str:
+    head = [f"  - {x}" for x in items[:limit]]
+    if len(items) > limit:
+        head.append(f"  ... and {len(items) - limit} more")
+    return f"{title} ({len(items)}):\n" + "\n".join(head)
+
+
+def iter_converted(
+    rules: Sequence[Rule], source: TensorSource, plan: Plan, dtype=None
+) -> Iterator[tuple[str, np.ndarray]]:
+    """Yield ``(target, array)`` one target at a time (numpy, host memory)."""
+    by_target = {r.target: r for r in rules}
+    for target, keys in plan.resolved.items():
+        arr = np.asarray(by_target[target].combine(*[source.get(k) for k in keys]))
+        if dtype is not None:
+            arr = arr.astype(dtype)
+        yield target, arr
+
+
+# ----------------------------------------------------------------------------- NNX state helpers
+def _path_str(path) -> str:
+    return "/".join(str(p) for p in path)
+
+
+def param_shapes(model_or_state) -> dict[str, tuple[int, ...]]:
+    """``{"a/b/kernel": shape}`` for every variable of an (abstract) model or state."""
+    state = model_or_state if isinstance(model_or_state, nnx.State) else nnx.state(model_or_state)
+    return {_path_str(p): tuple(v.shape) for p, v in nnx.to_flat_state(state)}
+
+
+def load_flat(model: nnx.Module, arrays: Mapping[str, object]) -> nnx.Module:
+    """A copy of ``model`` (abstract or concrete) whose variables take the values ``arrays[path]``."""
+    graphdef, state = nnx.split(model)
+    flat = nnx.to_flat_state(state)
+    missing = [_path_str(p) for p, _ in flat if _path_str(p) not in arrays]
+    if missing:
+        raise CheckpointError(_listing("parameters without values", missing))
+    leaves = [(p, v.replace(arrays[_path_str(p)])) for p, v in flat]
+    new_state = nnx.from_flat_state(leaves)
+    return nnx.merge(graphdef, new_state)
+
+
+def convert_into(
+    abstract_model: nnx.Module,
+    rules: Sequence[Rule],
+    source: TensorSource,
+    *,
+    ignore: Iterable[str] = (),
+    what: str = "checkpoint",
+    progress: bool = False,
+) -> nnx.Module:
+    """Validate, convert and load ``source`` into a model built with :func:`nnx.eval_shape`.
+
+    Each parameter is cast to the dtype of the corresponding abstract parameter.
+    """
+    from tqdm.auto import tqdm
+
+    state = nnx.state(abstract_model)
+    dtypes = {_path_str(p): v.dtype for p, v in nnx.to_flat_state(state)}
+    plan = check_rules(rules, source, param_shapes(state), ignore=ignore, what=what)
+    arrays = {}
+    items = iter_converted(rules, source, plan)
+    for target, arr in tqdm(items, total=len(plan.resolved), desc=f"converting {what}",
+                            disable=not progress, unit="tensor"):
+        arrays[target] = jnp.asarray(arr, dtype=dtypes[target])
+    return load_flat(abstract_model, arrays)
+
+
+def open_source(path: str | os.PathLike | TensorSource) -> TensorSource:
+    """A tensor source for a ``.safetensors`` file, a folder of them, or a source as is."""
+    if isinstance(path, TensorSource):
+        return path
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        files = sorted(
+            os.path.join(path, f) for f in os.listdir(path) if f.endswith(".safetensors")
+        )
+        if not files:
+            raise CheckpointError(f"no .safetensors files in {path}")
+        return SafetensorsSource(files)
+    return SafetensorsSource(path)

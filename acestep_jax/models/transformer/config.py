@@ -1,0 +1,96 @@
+"""Configuration of the ACE-Step transformer (defaults: the released 3.5B checkpoint)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class LyricEncoderConfig:
+    """Conformer lyric encoder sizes (the reference hard-codes these values)."""
+
+    output_size: int = 1024
+    attention_heads: int = 16
+    linear_units: int = 4096
+    num_blocks: int = 6
+    static_chunk_size: int = 0  # full-context attention; the transformer always uses 0
+
+    def __post_init__(self):
+        if self.static_chunk_size != 0:
+            raise ValueError("only full-context lyric encoding (static_chunk_size=0) is supported")
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    """Constructor arguments of ``ACEStepTransformer2DModel`` plus JAX-side options.
+
+    ``dtype`` is the compute dtype and ``param_dtype`` the storage dtype. ``remat``
+    is ``"none"``, ``"full"`` (recompute each block) or ``"dots"`` (keep matmul
+    outputs without a batch dimension).
+    """
+
+    in_channels: int = 8
+    num_layers: int = 24
+    attention_head_dim: int = 128
+    num_attention_heads: int = 20
+    mlp_ratio: float = 2.5
+    out_channels: int = 8
+    max_position: int = 32768
+    rope_theta: float = 1_000_000.0
+    speaker_embedding_dim: int = 512
+    text_embedding_dim: int = 768
+    ssl_encoder_depths: tuple[int, ...] = (8, 8)
+    ssl_names: tuple[str, ...] = ("mert", "m-hubert")
+    ssl_latent_dims: tuple[int, ...] = (1024, 768)
+    lyric_encoder_vocab_size: int = 6693
+    lyric_hidden_size: int = 1024
+    patch_size: tuple[int, int] = (16, 1)
+    max_height: int = 16
+    max_width: int = 32768
+    lyric_encoder: LyricEncoderConfig = field(default_factory=LyricEncoderConfig)
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    remat: str = "none"
+
+    @property
+    def inner_dim(self) -> int:
+        return self.num_attention_heads * self.attention_head_dim
+
+    @property
+    def ff_hidden(self) -> int:
+        return int(self.inner_dim * self.mlp_ratio)
+
+    def __post_init__(self):
+        if tuple(self.patch_size) != (16, 1) or self.max_height != 16:
+            raise ValueError(f"only patch_size (16, 1) over height 16 is supported, got {self.patch_size}")
+        if not (len(self.ssl_encoder_depths) == len(self.ssl_names) == len(self.ssl_latent_dims)):
+            raise ValueError("ssl_encoder_depths, ssl_names and ssl_latent_dims must have equal lengths")
+        if any(not 0 <= d < self.num_layers for d in self.ssl_encoder_depths):
+            raise ValueError(f"ssl_encoder_depths {self.ssl_encoder_depths} outside 0..{self.num_layers - 1}")
+        if self.remat not in ("none", "full", "dots"):
+            raise ValueError(f"remat must be 'none', 'full' or 'dots', got {self.remat!r}")
+        if self.lyric_encoder.output_size % self.lyric_encoder.attention_heads:
+            raise ValueError("lyric encoder output_size must be divisible by attention_heads")
+
+    @classmethod
+    def from_dict(cls, d: dict, **overrides) -> "TransformerConfig":
+        """Build from the reference ``config.json`` (``_``-prefixed keys are ignored)."""
+        d = {k: v for k, v in {**d, **overrides}.items() if not k.startswith("_")}
+        d.pop("inner_dim", None)  # derived: heads * head_dim
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown transformer config keys: {unknown}")
+        if isinstance(d.get("lyric_encoder"), dict):
+            d["lyric_encoder"] = LyricEncoderConfig(**d["lyric_encoder"])
+        for k in ("ssl_encoder_depths", "ssl_names", "ssl_latent_dims", "patch_size"):
+            if k in d:
+                d[k] = tuple(d[k])
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        """The reference config keys plus the JAX options (JSON-serialisable)."""
+        d = dataclasses.asdict(self)
+        d["inner_dim"] = self.inner_dim
+        return d

@@ -1,0 +1,277 @@
+"""The ACE-Step transformer (``ACEStepTransformer2DModel``) in Flax NNX.
+
+``encode`` turns speaker, prompt and lyric conditions into one condition sequence;
+``decode`` predicts the flow-matching velocity for latents ``[B, 8, 16, T]`` at a
+timestep. The 24 blocks are stacked and run with ``lax.scan`` (one compiled
+block), optionally rematerialised.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from acestep_jax.models.transformer.attention import CrossAttention, LinearSelfAttention
+from acestep_jax.models.transformer.config import TransformerConfig
+from acestep_jax.models.transformer.embeddings import (
+    FinalLayer,
+    PatchEmbed,
+    TimestepEmbedder,
+    rope_tables,
+)
+from acestep_jax.models.transformer.lyric_encoder import LyricEncoder
+from acestep_jax.nn import Dense, Embed, make_param, resolve_dtype, rms_norm
+from acestep_jax.sharding import constrain
+
+_ACT = ("batch", "length", "act_embed")
+
+
+class GLUMBConv(nnx.Module):
+    """1×1 conv → SiLU → depthwise 3-tap conv → SiLU-gated product → 1×1 conv.
+
+    The reference's single ``2*hidden`` expansion is held as separate value and
+    gate halves so that tensor parallelism never splits across the gate boundary.
+    """
+
+    def __init__(self, dim: int, hidden: int, *, dtype, param_dtype, rngs):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.in_value = Dense(dim, hidden, axes=("embed", "mlp"), **kw)
+        self.in_gate = Dense(dim, hidden, axes=("embed", "mlp"), **kw)
+        bound = 1 / 3**0.5
+        init = lambda key, shape, dt: jax.random.uniform(key, shape, dt, -bound, bound)  # noqa: E731
+        self.dw_value = make_param(rngs, init, (3, hidden), param_dtype, (None, "mlp"))
+        self.dw_gate = make_param(rngs, init, (3, hidden), param_dtype, (None, "mlp"))
+        self.dw_value_bias = make_param(rngs, init, (hidden,), param_dtype, ("mlp",))
+        self.dw_gate_bias = make_param(rngs, init, (hidden,), param_dtype, ("mlp",))
+        self.out = Dense(hidden, dim, use_bias=False, axes=("mlp", "embed"), **kw)
+        self.dtype = dtype
+
+    def _depthwise(self, x, w, b):
+        w, b = w[...].astype(self.dtype), b[...].astype(self.dtype)
+        padded = jnp.pad(x, ((0, 0), (1, 1), (0, 0)))
+        return padded[:, :-2] * w[0] + padded[:, 1:-1] * w[1] + padded[:, 2:] * w[2] + b
+
+    def __call__(self, x):
+        value = self._depthwise(nnx.silu(self.in_value(x)), self.dw_value, self.dw_value_bias)
+        gate = self._depthwise(nnx.silu(self.in_gate(x)), self.dw_gate, self.dw_gate_bias)
+        return self.out(value * nnx.silu(gate))
+
+
+class TransformerBlock(nnx.Module):
+    """Sana block with adaLN-single: linear self-attention, cross-attention, GLUMBConv."""
+
+    def __init__(self, cfg: TransformerConfig, *, dtype, param_dtype, rngs):
+        d, h, hd = cfg.inner_dim, cfg.num_attention_heads, cfg.attention_head_dim
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.attn = LinearSelfAttention(d, h, hd, **kw)
+        self.cross_attn = CrossAttention(d, h, hd, **kw)
+        self.ff = GLUMBConv(d, cfg.ff_hidden, **kw)
+        init = lambda key, shape, dt: jax.random.normal(key, shape, dt) / d**0.5  # noqa: E731
+        self.scale_shift_table = make_param(rngs, init, (6, d), param_dtype, (None, "embed"))
+        self.dtype = dtype
+
+    def __call__(self, x, temb, mask, context, context_mask, rope, context_rope, q_scale):
+        b = x.shape[0]
+        mod = self.scale_shift_table[...][None].astype(self.dtype) + temb.reshape(b, 6, -1)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(mod, 6, axis=1)
+        h = rms_norm(x, 1e-6).astype(self.dtype) * (1 + scale_msa) + shift_msa
+        x = x + gate_msa * self.attn(h, mask, rope, q_scale)
+        x = x + self.cross_attn(x, mask, context, context_mask, rope, context_rope, q_scale)
+        h = rms_norm(x, 1e-6).astype(self.dtype) * (1 + scale_mlp) + shift_mlp
+        x = x + gate_mlp * self.ff(h)
+        return constrain(x, _ACT)
+
+
+def layer_scales(num_layers: int, layers: Sequence[int] = (), tau: float = 1.0) -> jax.Array:
+    """Per-layer query scales: ``tau`` at ``layers``, 1 elsewhere (ERG)."""
+    scales = jnp.ones((num_layers,), jnp.float32)
+    if len(layers):
+        scales = scales.at[jnp.asarray(list(layers))].set(tau)
+    return scales
+
+
+class ACEStepTransformer(nnx.Module):
+    """Flow-matching transformer of ACE-Step v1 (see :class:`TransformerConfig`)."""
+
+    def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        dtype, param_dtype = resolve_dtype(cfg.dtype), resolve_dtype(cfg.param_dtype)
+        d = cfg.inner_dim
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.dtype = dtype
+
+        @nnx.split_rngs(splits=cfg.num_layers)
+        @nnx.vmap(in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+        def make_blocks(rngs):
+            return TransformerBlock(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+        self.blocks = make_blocks(rngs)
+        self.timestep_embedder = TimestepEmbedder(d, **kw)
+        self.t_block = Dense(d, 6 * d, axes=("embed", "mlp"), **kw)
+        self.speaker_embedder = Dense(cfg.speaker_embedding_dim, d, axes=(None, "embed"), **kw)
+        self.genre_embedder = Dense(cfg.text_embedding_dim, d, axes=(None, "embed"), **kw)
+        self.lyric_embs = Embed(cfg.lyric_encoder_vocab_size, cfg.lyric_hidden_size, **kw)
+        self.lyric_encoder = LyricEncoder(cfg.lyric_hidden_size, cfg.lyric_encoder, **kw)
+        self.lyric_proj = Dense(cfg.lyric_encoder.output_size, d, axes=(None, "embed"), **kw)
+        self.projectors = nnx.List([
+            nnx.Sequential(
+                Dense(d, 2 * d, axes=("embed", "mlp"), **kw),
+                nnx.silu,
+                Dense(2 * d, 2 * d, axes=("mlp", None), **kw),
+                nnx.silu,
+                Dense(2 * d, dim, axes=("mlp", None), **kw),
+            )
+            for dim in cfg.ssl_latent_dims
+        ])
+        self.proj_in = PatchEmbed(cfg.in_channels, cfg.max_height, d, **kw)
+        self.final_layer = FinalLayer(d, cfg.out_channels, cfg.max_height, **kw)
+
+    # ------------------------------------------------------------------ conditions
+    def encode_lyrics(self, lyric_token_idx, lyric_mask, lyric_query_scales=None):
+        """Lyric ids ``[B, L]`` → projected lyric states ``[B, L, D]``."""
+        x = self.lyric_embs(lyric_token_idx)
+        return self.lyric_proj(self.lyric_encoder(x, lyric_mask, lyric_query_scales))
+
+    def encode(
+        self,
+        encoder_text_hidden_states,
+        text_attention_mask,
+        speaker_embeds,
+        lyric_token_idx,
+        lyric_mask,
+        lyric_query_scales=None,
+    ):
+        """Concatenate ``[speaker; prompt; lyrics]`` states and their mask.
+
+        Returns ``(encoder_hidden_states [B, 1+Lt+Ll, D], encoder_hidden_mask [B, 1+Lt+Ll])``.
+        ``lyric_query_scales [num_lyric_blocks]`` scales the lyric encoder's queries (ERG).
+        """
+        b = encoder_text_hidden_states.shape[0]
+        speaker = self.speaker_embedder(speaker_embeds)[:, None]
+        text = self.genre_embedder(encoder_text_hidden_states)
+        lyrics = self.encode_lyrics(lyric_token_idx, lyric_mask, lyric_query_scales)
+        states = jnp.concatenate([speaker, text, lyrics], axis=1)
+        mask = jnp.concatenate(
+            [
+                jnp.ones((b, 1), jnp.float32),
+                text_attention_mask.astype(jnp.float32),
+                lyric_mask.astype(jnp.float32),
+            ],
+            axis=1,
+        )
+        return states, mask
+
+    # ------------------------------------------------------------------ denoiser
+    def decode(
+        self,
+        hidden_states,
+        attention_mask,
+        encoder_hidden_states,
+        encoder_hidden_mask,
+        timestep,
+        *,
+        output_length: int | None = None,
+        query_scales=None,
+        return_repa: bool = False,
+    ):
+        """Velocity for latents ``hidden_states [B, C, 16, T]`` at ``timestep [B]`` (0..1000).
+
+        ``query_scales [num_layers]`` multiplies the self- and cross-attention query
+        projections of each block (ERG). With ``return_repa`` also returns the
+        projector outputs ``[B, T, ssl_dim]`` at ``ssl_encoder_depths``.
+        """
+        cfg = self.cfg
+        if output_length is None:
+            output_length = hidden_states.shape[-1]
+        embedded_t = self.timestep_embedder(timestep)
+        temb = self.t_block(nnx.silu(embedded_t))
+        x = constrain(self.proj_in(hidden_states.astype(self.dtype)), _ACT)
+        context = encoder_hidden_states.astype(self.dtype)
+        rope = rope_tables(x.shape[1], cfg.attention_head_dim, cfg.rope_theta)
+        context_rope = rope_tables(context.shape[1], cfg.attention_head_dim, cfg.rope_theta)
+        mask = attention_mask.astype(jnp.float32)
+        context_mask = encoder_hidden_mask.astype(jnp.float32)
+        if query_scales is None:
+            query_scales = jnp.ones((cfg.num_layers,), jnp.float32)
+
+        # REPA taps: block order, stable for equal depths (as the reference appends them)
+        depths = sorted(cfg.ssl_encoder_depths) if return_repa else []
+        graphdef, state = nnx.split(self.blocks)
+
+        def body(carry, xs):
+            h, taps = carry
+            block_state, scale, index = xs
+            block = nnx.merge(graphdef, block_state)
+            h = block(h, temb, mask, context, context_mask, rope, context_rope, scale)
+            taps = tuple(jnp.where(index == dep, h, tap) for dep, tap in zip(depths, taps))
+            return (h, taps), None
+
+        if cfg.remat == "full":
+            body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable)
+        elif cfg.remat == "dots":
+            body = jax.checkpoint(body, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
+        taps0 = tuple(jnp.zeros_like(x) for _ in depths)
+        xs = (state, jnp.asarray(query_scales, jnp.float32), jnp.arange(cfg.num_layers))
+        (x, taps), _ = jax.lax.scan(body, (x, taps0), xs)
+
+        out = self.final_layer(x, embedded_t, output_length)
+        if not return_repa:
+            return out
+        return out, [proj(tap) for proj, tap in zip(self.projectors, taps)]
+
+    def __call__(
+        self,
+        hidden_states,
+        attention_mask,
+        encoder_text_hidden_states,
+        text_attention_mask,
+        speaker_embeds,
+        lyric_token_idx,
+        lyric_mask,
+        timestep,
+        *,
+        return_repa: bool = False,
+    ):
+        """``encode`` then ``decode`` (the reference's ``forward``)."""
+        states, mask = self.encode(
+            encoder_text_hidden_states, text_attention_mask, speaker_embeds, lyric_token_idx, lyric_mask
+        )
+        return self.decode(
+            hidden_states, attention_mask, states, mask, timestep, return_repa=return_repa
+        )
+
+
+def _interpolate_linear(x: jax.Array, out_len: jax.Array, max_len: int) -> jax.Array:
+    """Resample ``x [T, D]`` to ``out_len`` frames (half-pixel centres, like
+    ``F.interpolate(mode="linear", align_corners=False)``), padded to ``max_len``."""
+    t = x.shape[0]
+    i = jnp.arange(max_len, dtype=jnp.float32)
+    src = jnp.maximum((i + 0.5) * (t / out_len.astype(jnp.float32)) - 0.5, 0.0)
+    lo = jnp.minimum(jnp.floor(src).astype(jnp.int32), t - 1)
+    hi = jnp.minimum(lo + 1, t - 1)
+    w = (src - lo)[:, None]
+    return x[lo] * (1 - w) + x[hi] * w
+
+
+def repa_loss(projected: jax.Array, ssl: jax.Array, ssl_lengths: jax.Array) -> jax.Array:
+    """REPA cosine loss between projector output and SSL features.
+
+    ``projected [B, T, D]`` is resampled per item to that item's SSL length;
+    ``ssl [B, S, D]`` is padded past ``ssl_lengths [B]``. Per item the loss is the
+    mean of ``1 - cos``; the result is the mean over items.
+    """
+    max_len = ssl.shape[1]
+
+    def one(p, z, n):
+        z_tilde = _interpolate_linear(p.astype(jnp.float32), n, max_len)
+        z = z.astype(jnp.float32)
+        unit = lambda v: v / jnp.maximum(jnp.linalg.norm(v, axis=-1, keepdims=True), 1e-12)  # noqa: E731
+        a, b = unit(z), unit(z_tilde)
+        cos = jnp.sum(a * b, -1) / jnp.sqrt((jnp.sum(a * a, -1) + 1e-12) * (jnp.sum(b * b, -1) + 1e-12))
+        valid = jnp.arange(max_len) < n
+        return jnp.sum(jnp.where(valid, 1 - cos, 0.0)) / n
+
+    return jnp.mean(jax.vmap(one)(projected, ssl, ssl_lengths))

@@ -1,0 +1,25 @@
+"""Shared building blocks: layers with logical axis names and dtype handling."""
+
+from acestep_jax.nn.layers import (
+    Conv,
+    Dense,
+    Embed,
+    GroupNorm,
+    LayerNorm,
+    RMSNorm,
+    make_param,
+    rms_norm,
+)
+from acestep_jax.nn.dtypes import resolve_dtype
+
+__all__ = [
+    "Conv",
+    "Dense",
+    "Embed",
+    "GroupNorm",
+    "LayerNorm",
+    "RMSNorm",
+    "make_param",
+    "resolve_dtype",
+    "rms_norm",
+]
