@@ -30,33 +30,65 @@ class CheckpointError(ValueError):
 
 
 # ----------------------------------------------------------------------------- transforms
-def identity(x):
-    return x
+class Transform:
+    """An array transform (numpy or traced arrays) with an optional inverse.
+
+    The inverse maps a converted array back to the reference layout, which is what
+    exporting a model to the reference's state dict needs. ``part = (i, n)`` marks a
+    transform that takes piece ``i`` of ``n`` equal pieces along the source's first
+    axis (its inverse returns only that piece).
+    """
+
+    def __init__(self, fn: Callable, inverse: Callable | None = None, *, name: str | None = None,
+                 part: tuple[int, int] = (0, 1)):
+        self.fn, self.inverse, self.part = fn, inverse, part
+        self.__name__ = name or getattr(fn, "__name__", "transform")
+
+    def __call__(self, *arrays):
+        return self.fn(*arrays)
+
+    def __repr__(self):
+        return f"Transform({self.__name__})"
 
 
-def linear_t(x):
-    """PyTorch ``Linear.weight`` ``[out, in]`` → kernel ``[in, out]``."""
-    return x.T
+identity = Transform(lambda x: x, lambda x: x, name="identity")
+
+linear_t = Transform(lambda x: x.T, lambda x: x.T, name="linear_t")
+"""PyTorch ``Linear.weight`` ``[out, in]`` ↔ kernel ``[in, out]``."""
 
 
-def conv_t(x):
-    """PyTorch conv weight ``[out, in, *k]`` → channels-last kernel ``[*k, in, out]``."""
+def _conv_forward(x):
     nd = x.ndim - 2
     return x.transpose(*range(2, 2 + nd), 1, 0)
+
+
+def _conv_inverse(x):
+    nd = x.ndim - 2
+    return x.transpose(nd + 1, nd, *range(nd))
+
+
+conv_t = Transform(_conv_forward, _conv_inverse, name="conv_t")
+"""PyTorch conv weight ``[out, in, *k]`` ↔ channels-last kernel ``[*k, in, out]``."""
 
 
 def _xp(arrays):
     return np if all(isinstance(a, np.ndarray) for a in arrays) else jnp
 
 
-def stack_of(transform: Callable = identity) -> Combine:
+def stack_of(transform: Callable = identity) -> Transform:
     """Combine per-layer tensors by transforming each and stacking on a new leading axis."""
 
     def combine(*arrays):
         return _xp(arrays).stack([transform(a) for a in arrays])
 
-    combine.__name__ = f"stack_of({transform.__name__})"
-    return combine
+    inner_inverse = getattr(transform, "inverse", None)
+    inverse = None
+    if inner_inverse is not None:
+        def inverse(y):
+            return tuple(inner_inverse(y[i]) for i in range(y.shape[0]))
+
+    name = getattr(transform, "__name__", "transform")
+    return Transform(combine, inverse, name=f"stack_of({name})", part=getattr(transform, "part", (0, 1)))
 
 
 # ----------------------------------------------------------------------------- rules
@@ -328,6 +360,34 @@ def iter_converted(
         if dtype is not None:
             arr = arr.astype(dtype)
         yield target, arr
+
+
+def export_tensors(rules: Sequence[Rule], arrays: Mapping[str, object]) -> dict[str, np.ndarray]:
+    """Invert ``rules``: the reference tensors from converted ``arrays`` (target path → array).
+
+    A tensor split over several rules (``Transform.part``) is reassembled along its
+    first axis; alternative source names are written under the first one.
+    """
+    pieces: dict[str, dict[int, np.ndarray]] = {}
+    counts: dict[str, int] = {}
+    for r in rules:
+        inverse = getattr(r.combine, "inverse", None)
+        if inverse is None:
+            raise ValueError(f"cannot export {r.target}: its conversion has no inverse")
+        out = inverse(np.asarray(arrays[r.target]))
+        out = out if isinstance(out, tuple) else (out,)
+        index, count = getattr(r.combine, "part", (0, 1))
+        for entry, arr in zip(r.sources, out, strict=True):
+            key = entry if isinstance(entry, str) else entry[0]
+            pieces.setdefault(key, {})[index] = arr
+            counts[key] = count
+    result = {}
+    for key, parts in pieces.items():
+        if sorted(parts) != list(range(counts[key])):
+            raise ValueError(f"cannot export {key}: pieces {sorted(parts)} of {counts[key]}")
+        whole = parts[0] if counts[key] == 1 else np.concatenate([parts[i] for i in range(counts[key])])
+        result[key] = np.ascontiguousarray(whole)
+    return result
 
 
 # ----------------------------------------------------------------------------- NNX state helpers

@@ -2,38 +2,51 @@
 
 from __future__ import annotations
 
+import numpy as np
 from flax import nnx
 
-from acestep_jax.convert.core import Rule, convert_into, linear_t, open_source, rule, stacked_rule
+from acestep_jax.convert.core import (
+    Rule,
+    Transform,
+    convert_into,
+    export_tensors,
+    identity,
+    linear_t,
+    open_source,
+    rule,
+    stack_of,
+    stacked_rule,
+)
 from acestep_jax.models.transformer import ACEStepTransformer, TransformerConfig
 
 
-def _pointwise(w):
-    """1×1 conv weight ``[out, in, 1]`` → kernel ``[in, out]``."""
-    return w[:, :, 0].T
+STACKED_LINEAR = stack_of(linear_t)  # combine of every stacked nn.Linear weight (used by LoRA)
+
+_pointwise = Transform(lambda w: w[:, :, 0].T, lambda k: k.T[:, :, None], name="pointwise")
+"""1×1 conv weight ``[out, in, 1]`` ↔ kernel ``[in, out]``."""
+
+_depthwise = Transform(lambda w: w[:, 0, :].T, lambda t: t.T[:, None, :], name="depthwise")
+"""Depthwise conv weight ``[C, 1, 3]`` ↔ taps ``[3, C]``."""
 
 
-def _half(fn, first: bool):
+def _conv_as_dense(*kernel_tail: int) -> Transform:
+    """Conv weight ``[out, *kernel_tail]`` covering its whole input ↔ kernel ``[prod(tail), out]``."""
+    return Transform(
+        lambda w: w.reshape(w.shape[0], -1).T,
+        lambda k: k.T.reshape(k.shape[1], *kernel_tail),
+        name="conv_as_dense",
+    )
+
+
+def _half(t: Transform, first: bool) -> Transform:
+    """Apply ``t`` to the first or second half (first axis) of a tensor."""
+
     def take(w):
         h = w.shape[0] // 2
-        return fn(w[:h] if first else w[h:])
+        return t(w[:h] if first else w[h:])
 
-    take.__name__ = f"{'first' if first else 'second'}_half({fn.__name__})"
-    return take
-
-
-def _depthwise(w):
-    """Depthwise conv weight ``[C, 1, 3]`` → taps ``[3, C]``."""
-    return w[:, 0, :].T
-
-
-def _patch_conv(w):
-    """Patch conv weight ``[out, C, 16, 1]`` → kernel ``[C*16, out]``."""
-    return w.reshape(w.shape[0], -1).T
-
-
-def _ident(x):
-    return x
+    return Transform(take, t.inverse, name=f"{'first' if first else 'second'}_half({t.__name__})",
+                     part=(0 if first else 1, 2))
 
 
 def _dense(prefix: str, target: str, bias: bool = True) -> list[Rule]:
@@ -44,7 +57,7 @@ def _dense(prefix: str, target: str, bias: bool = True) -> list[Rule]:
 
 
 def _stacked_dense(prefixes, target: str, bias: bool = True) -> list[Rule]:
-    rules = [stacked_rule(f"{target}/kernel", [f"{p}.weight" for p in prefixes], linear_t)]
+    rules = [Rule(f"{target}/kernel", tuple(f"{p}.weight" for p in prefixes), STACKED_LINEAR)]
     if bias:
         rules.append(stacked_rule(f"{target}/bias", [f"{p}.bias" for p in prefixes]))
     return rules
@@ -65,9 +78,9 @@ def transformer_rules(cfg: TransformerConfig) -> list[Rule]:
     for part, first in (("value", True), ("gate", False)):
         rules += [
             stacked_rule(f"blocks/ff/in_{part}/kernel", per("ff.inverted_conv.conv.weight"), _half(_pointwise, first)),
-            stacked_rule(f"blocks/ff/in_{part}/bias", per("ff.inverted_conv.conv.bias"), _half(_ident, first)),
+            stacked_rule(f"blocks/ff/in_{part}/bias", per("ff.inverted_conv.conv.bias"), _half(identity, first)),
             stacked_rule(f"blocks/ff/dw_{part}", per("ff.depth_conv.conv.weight"), _half(_depthwise, first)),
-            stacked_rule(f"blocks/ff/dw_{part}_bias", per("ff.depth_conv.conv.bias"), _half(_ident, first)),
+            stacked_rule(f"blocks/ff/dw_{part}_bias", per("ff.depth_conv.conv.bias"), _half(identity, first)),
         ]
     rules.append(stacked_rule("blocks/ff/out/kernel", per("ff.point_conv.conv.weight"), _pointwise))
 
@@ -104,11 +117,12 @@ def transformer_rules(cfg: TransformerConfig) -> list[Rule]:
             rules += _dense(f"projectors.{j}.{k}", f"projectors/{j}/layers/{k}")
 
     rules += [
-        rule("proj_in/conv_in/kernel", "proj_in.early_conv_layers.0.weight", _patch_conv),
+        rule("proj_in/conv_in/kernel", "proj_in.early_conv_layers.0.weight",
+             _conv_as_dense(cfg.in_channels, cfg.max_height, 1)),
         rule("proj_in/conv_in/bias", "proj_in.early_conv_layers.0.bias"),
         rule("proj_in/norm/scale", "proj_in.early_conv_layers.1.weight"),
         rule("proj_in/norm/bias", "proj_in.early_conv_layers.1.bias"),
-        rule("proj_in/conv_out/kernel", "proj_in.early_conv_layers.2.weight", _patch_conv),
+        rule("proj_in/conv_out/kernel", "proj_in.early_conv_layers.2.weight", _conv_as_dense(cfg.in_channels * 256, 1, 1)),
         rule("proj_in/conv_out/bias", "proj_in.early_conv_layers.2.bias"),
         rule("final_layer/scale_shift_table", "final_layer.scale_shift_table"),
     ]
@@ -122,3 +136,13 @@ def load_transformer(source, cfg: TransformerConfig, *, progress: bool = False):
     return convert_into(
         abstract, transformer_rules(cfg), open_source(source), what="ace_step_transformer", progress=progress
     )
+
+
+def export_transformer(model: ACEStepTransformer) -> dict[str, np.ndarray]:
+    """The reference state dict (key → float array) of a model, e.g. after fine-tuning.
+
+    Attached LoRA adapters are not included (see :func:`acestep_jax.lora.save_lora`).
+    """
+    state = nnx.state(model, nnx.Not(nnx.LoRAParam))
+    arrays = {"/".join(map(str, p)): np.asarray(v[...]) for p, v in nnx.to_flat_state(state)}
+    return export_tensors(transformer_rules(model.cfg), arrays)

@@ -23,7 +23,7 @@ def make_param(rngs: nnx.Rngs | None, init, shape, dtype, axes: Axes) -> nnx.Par
     if len(axes) != len(shape):
         raise ValueError(f"axes {axes} do not match parameter shape {shape}")
     key = rngs.params() if rngs is not None else jax.random.key(0)
-    return nnx.Param(init(key, shape, dtype), sharding_names=tuple(axes), eager_sharding=False)
+    return nnx.Param(init(key, shape, dtype), out_sharding=tuple(axes), eager_sharding=False)
 
 
 def _fan_in_uniform(fan_in: int):
@@ -33,7 +33,11 @@ def _fan_in_uniform(fan_in: int):
 
 
 class Dense(nnx.Module):
-    """``y = x @ kernel + bias`` with kernel ``[in, out]``."""
+    """``y = x @ kernel + bias`` with kernel ``[in, out]``.
+
+    A low-rank adapter can be attached (see :mod:`acestep_jax.lora`): then
+    ``y += lora_scale * (x @ lora_a) @ lora_b``.
+    """
 
     def __init__(
         self,
@@ -52,11 +56,18 @@ class Dense(nnx.Module):
             make_param(rngs, init, (out_features,), param_dtype, (axes[1],)) if use_bias else None
         )
         self.dtype = dtype
+        self.lora_a: nnx.LoRAParam | None = nnx.data(None)
+        self.lora_b: nnx.LoRAParam | None = nnx.data(None)
+        self.lora_scale = 1.0
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        y = jnp.einsum("...i,io->...o", x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+        x = x.astype(self.dtype)
+        y = jnp.einsum("...i,io->...o", x, self.kernel[...].astype(self.dtype))
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
+        if self.lora_a is not None:
+            low = jnp.einsum("...i,ir->...r", x, self.lora_a[...].astype(self.dtype))
+            y = y + self.lora_scale * jnp.einsum("...r,ro->...o", low, self.lora_b[...].astype(self.dtype))
         return y
 
 

@@ -1,0 +1,152 @@
+"""Parity of the Flax transformer with the PyTorch reference (tests/golden/transformer)."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from acestep_jax.convert.transformer import load_transformer
+from acestep_jax.models.transformer import ACEStepTransformer, TransformerConfig, layer_scales, repa_loss
+from tests.helpers import assert_close
+
+
+@pytest.fixture(scope="module")
+def tiny(golden):
+    g = golden("transformer")
+    cfg = TransformerConfig.from_dict(g.config)
+    return load_transformer(g.path("weights.safetensors"), cfg), g.io, g.extra
+
+
+def _dist(a, b):
+    return float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max())
+
+
+def test_encode(tiny):
+    model, io, _ = tiny
+    states, mask = model.encode(
+        io["text_hidden_states"], io["text_attention_mask"], io["speaker_embeds"],
+        io["lyric_token_idx"], io["lyric_mask"],
+    )
+    assert_close(states, io["encoder_hidden_states"], what="encoder_hidden_states")
+    np.testing.assert_array_equal(np.asarray(mask), io["encoder_hidden_mask"])
+
+
+def test_decode_and_forward(tiny):
+    model, io, _ = tiny
+    out = model.decode(
+        io["hidden_states"], io["attention_mask"], io["encoder_hidden_states"],
+        io["encoder_hidden_mask"], io["timestep"],
+    )
+    assert_close(out, io["decode_out"], rtol=1e-3, atol=1e-3, what="decode")
+    full = model(
+        io["hidden_states"], io["attention_mask"], io["text_hidden_states"], io["text_attention_mask"],
+        io["speaker_embeds"], io["lyric_token_idx"], io["lyric_mask"], io["timestep"],
+    )
+    assert_close(full, io["forward_out"], rtol=1e-3, atol=1e-3, what="forward")
+
+
+def test_decode_padded_mask(tiny):
+    model, io, _ = tiny
+    out = model.decode(
+        io["hidden_states"], io["attention_mask_padded"], io["encoder_hidden_states"],
+        io["encoder_hidden_mask"], io["timestep"],
+    )
+    assert_close(out, io["decode_out_padded"], rtol=1e-3, atol=1e-3, what="decode padded")
+    assert _dist(out, io["decode_out_padded"]) < 0.01 * _dist(out, io["decode_out"])
+
+
+def test_erg_lyric_null_condition(tiny, golden):
+    model, io, extra = tiny
+    erg = extra["erg"]
+    scales = layer_scales(model.cfg.lyric_encoder.num_blocks, erg["lyric_encoder_layers"], erg["tau"])
+    args = (
+        jnp.zeros_like(io["text_hidden_states"]), io["text_attention_mask"],
+        jnp.zeros_like(io["speaker_embeds"]), io["lyric_token_idx"], io["lyric_mask"],
+    )
+    states, _ = model.encode(*args, lyric_query_scales=scales)
+    plain, _ = model.encode(*args)
+    expected = io["encoder_hidden_states_erg_null"]
+    assert_close(states, expected, what="ERG null condition")
+    assert _dist(states, expected) < 0.1 * _dist(plain, expected)
+
+
+def test_erg_diffusion(tiny):
+    model, io, extra = tiny
+    erg = extra["erg"]
+    scales = layer_scales(model.cfg.num_layers, erg["transformer_layers"], erg["tau"])
+    out = model.decode(
+        io["hidden_states"], io["attention_mask"], io["encoder_hidden_states"],
+        io["encoder_hidden_mask"], io["timestep"], query_scales=scales,
+    )
+    assert_close(out, io["decode_out_erg"], rtol=1e-3, atol=1e-3, what="ERG decode")
+    assert _dist(out, io["decode_out_erg"]) < 0.1 * _dist(io["decode_out"], io["decode_out_erg"])
+
+
+def test_repa_losses(tiny):
+    model, io, extra = tiny
+    out, projected = model.decode(
+        io["hidden_states"], io["attention_mask"], io["encoder_hidden_states"],
+        io["encoder_hidden_mask"], io["timestep"], return_repa=True,
+    )
+    assert_close(out, io["decode_out"], rtol=1e-3, atol=1e-3, what="decode with REPA taps")
+    for proj, prefix, name in zip(projected, ("ssl_mert", "ssl_mhubert"), model.cfg.ssl_names):
+        feats = [io[f"{prefix}_{i}"] for i in range(2)]
+        lengths = np.array([len(f) for f in feats])
+        padded = np.zeros((2, lengths.max(), feats[0].shape[1]), np.float32)
+        for i, f in enumerate(feats):
+            padded[i, : len(f)] = f
+        loss = repa_loss(proj, padded, lengths)
+        np.testing.assert_allclose(float(loss), extra["repa_proj_losses"][name], rtol=1e-4, atol=1e-5)
+
+
+def test_jit_and_scan_compile_once(tiny):
+    model, io, _ = tiny
+    graphdef, state = nnx.split(model)
+    traces = []
+
+    @jax.jit
+    def run(state, x, t):
+        traces.append(1)
+        m = nnx.merge(graphdef, state)
+        return m.decode(x, io["attention_mask"], io["encoder_hidden_states"], io["encoder_hidden_mask"], t)
+
+    out = run(state, io["hidden_states"], io["timestep"])
+    run(state, io["hidden_states"] * 0.5, io["timestep"] * 0.5)
+    assert len(traces) == 1
+    assert_close(out, io["decode_out"], rtol=1e-3, atol=1e-3, what="jitted decode")
+    hlo = run.lower(state, io["hidden_states"], io["timestep"]).as_text()
+    assert "while" in hlo  # the 20 blocks run as one scanned body
+
+
+@pytest.mark.parametrize("remat", ["full", "dots"])
+def test_remat_gradients_match(tiny, remat):
+    model, io, _ = tiny
+    cfg = dataclasses.replace(model.cfg, remat=remat)
+    abstract = nnx.eval_shape(lambda: ACEStepTransformer(cfg, rngs=nnx.Rngs(0)))
+    remat_model = nnx.merge(nnx.graphdef(abstract), nnx.state(model))
+
+    def loss(m):
+        out = m.decode(io["hidden_states"], io["attention_mask"], io["encoder_hidden_states"],
+                       io["encoder_hidden_mask"], io["timestep"])
+        return jnp.mean(out**2)
+
+    g_plain = nnx.grad(loss)(model)
+    g_remat = nnx.grad(loss)(remat_model)
+    for a, b in zip(jax.tree.leaves(g_plain), jax.tree.leaves(g_remat)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+
+
+def test_bfloat16_compute_close(tiny, golden):
+    g = golden("transformer")
+    cfg = TransformerConfig.from_dict(g.config, dtype="bfloat16", param_dtype="bfloat16")
+    model = load_transformer(g.path("weights.safetensors"), cfg)
+    assert model.blocks.attn.to_q.kernel.dtype == jnp.bfloat16
+    io = g.io
+    out = model.decode(io["hidden_states"], io["attention_mask"], io["encoder_hidden_states"],
+                       io["encoder_hidden_mask"], io["timestep"])
+    assert out.dtype == jnp.bfloat16
+    rel = np.abs(np.asarray(out, np.float32) - io["decode_out"]).mean() / np.abs(io["decode_out"]).mean()
+    assert rel < 0.05
