@@ -331,19 +331,20 @@ def check_rules(
     unexpected = sorted(k for k in source.keys() if k not in consumed)
     unmapped = sorted(t for t in targets if t not in seen_targets)
     if missing:
-        problems.append(_listing("missing tensors", missing))
+        problems.append(listing("missing tensors", missing))
     if unexpected:
-        problems.append(_listing("unexpected tensors", unexpected))
+        problems.append(listing("unexpected tensors", unexpected))
     if misshaped:
-        problems.append(_listing("mis-shaped tensors", misshaped))
+        problems.append(listing("mis-shaped tensors", misshaped))
     if unmapped:
-        problems.append(_listing("internal: model parameters with no rule", unmapped))
+        problems.append(listing("internal: model parameters with no rule", unmapped))
     if problems:
         raise CheckpointError(f"{what} does not match the model:\n" + "\n".join(problems))
     return plan
 
 
-def _listing(title: str, items: Sequence[str], limit: int = 40) -> str:
+def listing(title: str, items: Sequence[str], limit: int = 40) -> str:
+    """``title (n):`` then up to ``limit`` bulleted items."""
     head = [f"  - {x}" for x in items[:limit]]
     if len(items) > limit:
         head.append(f"  ... and {len(items) - limit} more")
@@ -351,11 +352,12 @@ def _listing(title: str, items: Sequence[str], limit: int = 40) -> str:
 
 
 def iter_converted(
-    rules: Sequence[Rule], source: TensorSource, plan: Plan, dtype=None
+    rules: Sequence[Rule], source: TensorSource, plan: Plan, dtype=None, targets: Iterable[str] | None = None
 ) -> Iterator[tuple[str, np.ndarray]]:
-    """Yield ``(target, array)`` one target at a time (numpy, host memory)."""
+    """Yield ``(target, array)`` one target at a time (numpy, host memory), optionally only ``targets``."""
     by_target = {r.target: r for r in rules}
-    for target, keys in plan.resolved.items():
+    for target in plan.resolved if targets is None else targets:
+        keys = plan.resolved[target]
         arr = np.asarray(by_target[target].combine(*[source.get(k) for k in keys]))
         if dtype is not None:
             arr = arr.astype(dtype)
@@ -407,7 +409,7 @@ def load_flat(model: nnx.Module, arrays: Mapping[str, object]) -> nnx.Module:
     flat = nnx.to_flat_state(state)
     missing = [_path_str(p) for p, _ in flat if _path_str(p) not in arrays]
     if missing:
-        raise CheckpointError(_listing("parameters without values", missing))
+        raise CheckpointError(listing("parameters without values", missing))
     leaves = [(p, v.replace(arrays[_path_str(p)])) for p, v in flat]
     new_state = nnx.from_flat_state(leaves)
     return nnx.merge(graphdef, new_state)

@@ -1,0 +1,15 @@
+"""The components of an ACE-Step checkpoint and how each converts."""
+
+from acestep_jax.convert.checkpoint import Component
+from acestep_jax.convert.transformer import transformer_rules
+from acestep_jax.models.transformer import ACEStepTransformer, TransformerConfig
+
+TRANSFORMER = Component(
+    name="transformer",
+    hf_folder="ace_step_transformer",
+    config_from_dict=TransformerConfig.from_dict,
+    build=ACEStepTransformer,
+    rules=transformer_rules,
+)
+
+COMPONENTS = {c.name: c for c in (TRANSFORMER,)}
