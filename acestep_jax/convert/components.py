@@ -12,4 +12,6 @@ TRANSFORMER = Component(
     rules=transformer_rules,
 )
 
+TEXT_ENCODER_HF_FOLDER = "umt5-base"
+
 COMPONENTS = {c.name: c for c in (TRANSFORMER,)}

@@ -331,7 +331,7 @@ def check_rules(
     unexpected = sorted(k for k in source.keys() if k not in consumed)
     unmapped = sorted(t for t in targets if t not in seen_targets)
     if missing:
-        problems.append(listing("missing tensors", missing))
+        problems.append(listing("missing tensors", list(dict.fromkeys(missing))))
     if unexpected:
         problems.append(listing("unexpected tensors", unexpected))
     if misshaped:

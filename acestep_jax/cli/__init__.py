@@ -1,0 +1,1 @@
+"""Command-line entry points (``convert_weights.py``, ``sample.py``, ``train.py`` wrap these)."""

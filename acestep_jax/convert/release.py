@@ -1,0 +1,310 @@
+"""The released checkpoint (Hugging Face layout) ↔ a converted acestep-jax checkpoint folder.
+
+The reference release ``ACE-Step/ACE-Step-v1-3.5B`` holds one folder per model
+(``ace_step_transformer/``, ``music_dcae_f8c8/``, ``music_vocoder/``, ``umt5-base/``),
+each with ``config.json`` and safetensors. A converted checkpoint holds::
+
+    acestep_jax.json        what is inside (format, version, source, dtype, parameter counts)
+    transformer/  dcae/  vocoder/  text_encoder/     one orbax component each (see checkpoint.py)
+    tokenizer/              the prompt tokenizer files copied from umt5-base/
+    lyrics_vocab.json       the lyric BPE vocabulary
+
+so ``sample.py --checkpoint DST`` needs nothing else. Conversion streams tensors
+shard by shard (bounded host memory) into a temporary folder beside ``DST`` that is
+renamed only when everything succeeded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from acestep_jax.convert.checkpoint import Component, read_config, write_component
+from acestep_jax.convert.core import CheckpointError, open_source
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "acestep_jax.json"
+FORMAT = "acestep-jax-checkpoint"
+VERSION = 1
+TOKENIZER_DIR = "tokenizer"
+LYRICS_VOCAB = "lyrics_vocab.json"
+HUB_REPO = "ACE-Step/ACE-Step-v1-3.5B"
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "spiece.model",
+    "added_tokens.json",
+)
+
+
+def components() -> dict[str, Component]:
+    from acestep_jax.convert.components import COMPONENTS
+
+    return COMPONENTS
+
+
+def cache_root() -> Path:
+    """``$ACESTEP_JAX_CACHE`` or ``~/.cache/acestep_jax``."""
+    return Path(os.environ.get("ACESTEP_JAX_CACHE", Path.home() / ".cache" / "acestep_jax"))
+
+
+# ----------------------------------------------------------------------------- inspection
+def is_converted(path: str | os.PathLike) -> bool:
+    return (Path(path) / MANIFEST).is_file()
+
+
+def is_reference_layout(path: str | os.PathLike) -> bool:
+    return any((Path(path) / c.hf_folder).is_dir() for c in components().values())
+
+
+def read_manifest(path: str | os.PathLike) -> dict:
+    """The ``acestep_jax.json`` of a converted checkpoint (clear error if absent or foreign)."""
+    p = Path(path) / MANIFEST
+    try:
+        data = json.loads(p.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is not a converted acestep-jax checkpoint: cannot read {p} ({e})") from None
+    if data.get("format") != FORMAT:
+        raise CheckpointError(f"{p}: format {data.get('format')!r}, expected {FORMAT!r}")
+    if data.get("version", 0) > VERSION:
+        raise CheckpointError(f"{p}: version {data['version']} is newer than this acestep-jax ({VERSION})")
+    return data
+
+
+def _check_reference_folder(src: Path, names: Iterable[str]) -> None:
+    problems = []
+    for name in names:
+        folder = src / components()[name].hf_folder
+        if not folder.is_dir():
+            problems.append(f"  - {folder}/ is missing")
+            continue
+        if not (folder / "config.json").is_file():
+            problems.append(f"  - {folder}/config.json is missing")
+        if not any(f.suffix == ".safetensors" for f in folder.iterdir()):
+            problems.append(f"  - {folder}/ holds no .safetensors file")
+    if problems:
+        raise CheckpointError(f"{src} is not a complete ACE-Step checkpoint folder:\n" + "\n".join(problems))
+
+
+# ----------------------------------------------------------------------------- Hub
+def looks_like_repo_id(spec: str) -> bool:
+    """``owner/name`` with Hub-legal characters (and not an existing path)."""
+    return re.fullmatch(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*", spec) is not None and not Path(spec).exists()
+
+
+def download(repo_id: str = HUB_REPO, *, revision: str | None = None, cache_dir: str | None = None) -> Path:
+    """Download (or reuse from the Hugging Face cache) the reference checkpoint's folders."""
+    from huggingface_hub import snapshot_download
+
+    patterns = [f"{c.hf_folder}/*" for c in components().values()]
+    log.info("downloading %s from the Hugging Face Hub", repo_id)
+    return Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, allow_patterns=patterns))
+
+
+# ----------------------------------------------------------------------------- conversion
+def convert_checkpoint(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    *,
+    param_dtype: str = "float32",
+    names: Iterable[str] | None = None,
+    lyrics_vocab: str | os.PathLike | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> dict:
+    """Convert the reference checkpoint ``src`` (a local folder or a Hub repo id) into ``dst``.
+
+    ``names`` selects components (default: all). Everything is validated before the
+    first tensor is converted; ``dst`` appears only once complete. Returns the manifest.
+    """
+    dst = Path(dst)
+    if dst.exists() and not overwrite:
+        raise FileExistsError(f"output {dst} already exists (pass overwrite=True / --overwrite to replace it)")
+    if param_dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"param_dtype must be 'float32' or 'bfloat16', got {param_dtype!r}")
+    src_path = Path(src)
+    if not src_path.exists():
+        if not looks_like_repo_id(str(src)):
+            raise FileNotFoundError(f"checkpoint folder {src} does not exist")
+        src_path = download(str(src))
+    names = list(components()) if names is None else list(names)
+    unknown = sorted(set(names) - set(components()))
+    if unknown:
+        raise ValueError(f"unknown components {unknown}; choose from {sorted(components())}")
+    _check_reference_folder(src_path, names)
+
+    # validate every component before converting any (cheap: shapes only)
+    from acestep_jax.convert.core import check_rules, param_shapes
+
+    plans = {}
+    for name in names:
+        comp = components()[name]
+        folder = src_path / comp.hf_folder
+        cfg = comp.config_from_dict(json.loads((folder / "config.json").read_text()), param_dtype=param_dtype)
+        source = open_source(folder)
+        check_rules(comp.rules(cfg), source, param_shapes(comp.abstract(cfg)), ignore=comp.ignore,
+                    what=str(folder))
+        plans[name] = (cfg, source)
+    vocab = _find_vocab(lyrics_vocab, src_path)
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
+    try:
+        counts = {}
+        for name, (cfg, source) in plans.items():
+            counts[name] = write_component(tmp / name, components()[name], cfg, source, progress=progress)
+            log.info("%s: %s parameters", name, f"{counts[name]:,}")
+        _copy_tokenizer(src_path, tmp)
+        if vocab is not None:
+            shutil.copyfile(vocab, tmp / LYRICS_VOCAB)
+        manifest = {
+            "format": FORMAT,
+            "version": VERSION,
+            "source": str(src),
+            "param_dtype": param_dtype,
+            "components": {n: {"hf_folder": components()[n].hf_folder, "num_params": counts[n]} for n in counts},
+            "num_params": sum(counts.values()),
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        if dst.exists():
+            shutil.rmtree(dst)
+        os.replace(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _copy_tokenizer(src: Path, out: Path) -> None:
+    from acestep_jax.convert.components import TEXT_ENCODER_HF_FOLDER
+
+    folder = src / TEXT_ENCODER_HF_FOLDER
+    found = [f for f in TOKENIZER_FILES if (folder / f).is_file()]
+    if not found:
+        log.warning("no tokenizer files in %s; prompts will need --tokenizer", folder)
+        return
+    (out / TOKENIZER_DIR).mkdir()
+    for f in found:
+        shutil.copyfile(folder / f, out / TOKENIZER_DIR / f)
+
+
+def _find_vocab(explicit, src: Path):
+    """The lyric vocabulary to bundle: explicit path, one beside the source, or the pinned download."""
+    if explicit is not None:
+        if not Path(explicit).is_file():
+            raise FileNotFoundError(f"lyrics vocabulary {explicit} does not exist")
+        return Path(explicit)
+    if (src / LYRICS_VOCAB).is_file():
+        return src / LYRICS_VOCAB
+    try:
+        from acestep_jax.text.lyrics import find_lyrics_vocab
+    except ImportError:  # the lyric tokenizer needs the `lyrics` extra; the vocabulary itself does not
+        log.warning("lyric vocabulary not bundled (acestep_jax.text.lyrics unavailable)")
+        return None
+    return find_lyrics_vocab()
+
+
+# ----------------------------------------------------------------------------- resolution for sampling
+def resolve_checkpoint(spec: str | os.PathLike, *, param_dtype: str = "float32", progress: bool = True) -> Path:
+    """A converted checkpoint folder for ``spec``: a converted folder, a reference-layout folder
+    (converted once and cached) or a Hub repo id (downloaded, converted and cached)."""
+    path = Path(spec)
+    if path.is_dir() and is_converted(path):
+        read_manifest(path)
+        return path
+    if path.is_dir() and not is_reference_layout(path):
+        raise CheckpointError(
+            f"{path} is neither a converted acestep-jax checkpoint (no {MANIFEST}) nor a reference "
+            f"checkpoint folder (no {', '.join(c.hf_folder for c in components().values())})"
+        )
+    if path.is_dir():
+        stamp = _folder_stamp(path)
+    elif path.exists() or not looks_like_repo_id(str(spec)):
+        raise FileNotFoundError(f"checkpoint {spec} is not a folder (nor a Hub repo id such as {HUB_REPO})")
+    else:
+        path = download(str(spec))
+        stamp = str(spec)
+    key = hashlib.sha256(f"{path.resolve()}|{stamp}|{param_dtype}".encode()).hexdigest()[:16]
+    cached = cache_root() / "converted" / f"{path.name}-{param_dtype}-{key}"
+    if is_converted(cached):
+        log.info("using the cached conversion %s", cached)
+        return cached
+    log.info("converting %s into %s (once; later runs reuse it)", path, cached)
+    convert_checkpoint(path, cached, param_dtype=param_dtype, progress=progress, overwrite=True)
+    return cached
+
+
+def _folder_stamp(path: Path) -> str:
+    """Names, sizes and modification times of the reference folder's weight/config files."""
+    entries = []
+    for c in components().values():
+        folder = path / c.hf_folder
+        if folder.is_dir():
+            for f in sorted(folder.iterdir()):
+                st = f.stat()
+                entries.append(f"{c.hf_folder}/{f.name}:{st.st_size}:{st.st_mtime_ns}")
+    return ";".join(entries)
+
+
+def component_folder(ckpt: str | os.PathLike, name: str) -> Path:
+    folder = Path(ckpt) / name
+    if not folder.is_dir():
+        raise CheckpointError(f"converted checkpoint {ckpt} has no {name}/ component")
+    return folder
+
+
+def component_config(ckpt: str | os.PathLike, name: str, **overrides):
+    return read_config(component_folder(ckpt, name), components()[name], **overrides)
+
+
+def counts_summary(manifest: Mapping) -> str:
+    """A short table of parameter counts per component."""
+    rows = [f"  {n:<14}{c['num_params']:>16,}" for n, c in manifest["components"].items()]
+    return "\n".join([*rows, f"  {'total':<14}{manifest['num_params']:>16,}"])
+
+
+# ----------------------------------------------------------------------------- export to the reference
+JAX_ONLY_KEYS = ("dtype", "param_dtype", "remat", "inner_dim")
+
+
+def export_transformer_folder(model, out: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Write ``model`` (an :class:`ACEStepTransformer`, e.g. fine-tuned) as the reference's
+    ``ace_step_transformer/`` folder (``config.json`` + ``diffusion_pytorch_model.safetensors``)
+    under ``out``, so PyTorch tools load it with ``from_pretrained``."""
+    from safetensors.numpy import save_file
+
+    from acestep_jax.convert.transformer import export_transformer
+    from acestep_jax.models.transformer.config import LyricEncoderConfig
+
+    out = Path(out)
+    final = out / components()["transformer"].hf_folder
+    if final.exists() and not overwrite:
+        raise FileExistsError(f"{final} already exists (pass overwrite=True / --overwrite to replace it)")
+    tensors = export_transformer(model)
+    cfg = model.cfg.to_dict()
+    for k in JAX_ONLY_KEYS:
+        cfg.pop(k, None)
+    if model.cfg.lyric_encoder == LyricEncoderConfig():
+        cfg.pop("lyric_encoder")  # the reference hard-codes the released sizes
+    cfg = {"_class_name": "ACEStepTransformer2DModel", **cfg}
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=out))
+    try:
+        save_file(tensors, str(tmp / "diffusion_pytorch_model.safetensors"), metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
