@@ -2,6 +2,7 @@
 
 from acestep_jax.convert.checkpoint import Component
 from acestep_jax.convert.transformer import transformer_rules
+from acestep_jax.convert.umt5 import UMT5
 from acestep_jax.models.transformer import ACEStepTransformer, TransformerConfig
 
 TRANSFORMER = Component(
@@ -12,6 +13,6 @@ TRANSFORMER = Component(
     rules=transformer_rules,
 )
 
-TEXT_ENCODER_HF_FOLDER = "umt5-base"
+TEXT_ENCODER_HF_FOLDER = UMT5.hf_folder
 
-COMPONENTS = {c.name: c for c in (TRANSFORMER,)}
+COMPONENTS = {c.name: c for c in (TRANSFORMER, UMT5)}

@@ -190,11 +190,18 @@ def _copy_tokenizer(src: Path, out: Path) -> None:
     folder = src / TEXT_ENCODER_HF_FOLDER
     found = [f for f in TOKENIZER_FILES if (folder / f).is_file()]
     if not found:
-        log.warning("no tokenizer files in %s; prompts will need --tokenizer", folder)
+        log.warning("no tokenizer files in %s; the converted checkpoint cannot tokenize prompts", folder)
         return
     (out / TOKENIZER_DIR).mkdir()
     for f in found:
         shutil.copyfile(folder / f, out / TOKENIZER_DIR / f)
+    if "tokenizer.json" not in found:  # only the sentencepiece model: build the fast tokenizer once, here
+        try:
+            from transformers import AutoTokenizer
+
+            AutoTokenizer.from_pretrained(str(folder)).save_pretrained(str(out / TOKENIZER_DIR))
+        except Exception as e:  # noqa: BLE001 - the checkpoint stays usable for everything but prompts
+            log.warning("could not build tokenizer.json from %s (%s); install sentencepiece and reconvert", folder, e)
 
 
 def _find_vocab(explicit, src: Path):
