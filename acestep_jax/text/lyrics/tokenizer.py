@@ -1,0 +1,86 @@
+"""Lyrics → token ids exactly as the reference sampling pipeline builds them."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from ._deps import MissingLyricsExtra, require_all
+from .language import detect_language
+from .normalize import normalize_line
+
+logger = logging.getLogger(__name__)
+
+START_ID = 261
+LINE_END_ID = 2
+# Lyrics that tokenize to nothing are fed to the model as this single, masked-out id.
+EMPTY_IDS = (0,)
+# The reference's training data loader keeps at most this many lyric tokens (sampling keeps all).
+TRAINING_MAX_TOKENS = 4096
+
+_STRUCTURE_RE = re.compile(r"\[.*?\]")
+
+
+class LyricTokenizer:
+    """Multilingual lyric tokenizer with the reference's exact ids.
+
+    ``encode`` splits the lyrics at ``"\\n"`` and emits the start id 261, then per line:
+    a blank line gives the line-end id 2 alone; any other (stripped) line gives the BPE
+    ids of ``"[<lang>]" + normalised text`` (spaces as ``[SPACE]``) followed by 2. The
+    language is detected per line (see :func:`.language.detect_language`); lines that
+    start with a ``[...]`` structure tag such as ``[verse]`` are tokenized as English.
+    A line whose normalisation fails is dropped, as in the reference. Empty lyrics give
+    ``[]`` (the pipeline then feeds ``[0]`` with mask ``[0]``, see :meth:`model_inputs`);
+    long lyrics are never truncated.
+    """
+
+    def __init__(self, vocab_path: str | os.PathLike):
+        if not os.path.isfile(vocab_path):
+            raise FileNotFoundError(
+                f"vocab_path: lyric vocabulary {str(vocab_path)!r} does not exist"
+            )
+        require_all()
+        self.bpe = Tokenizer.from_file(os.fspath(vocab_path))
+
+    def encode_line(self, line: str, lang: str) -> list[int]:
+        """BPE ids (language tag first) of one lyric line already assigned language ``lang``."""
+        text = normalize_line(line, lang)
+        tag = "zh-cn" if lang == "zh" else lang
+        return self.bpe.encode(f"[{tag}]{text}".replace(" ", "[SPACE]")).ids
+
+    def encode(self, lyrics: str) -> list[int]:
+        """Token ids of ``lyrics`` (see the class docstring); ``""`` gives ``[]``."""
+        if len(lyrics) == 0:
+            return []
+        ids = [START_ID]
+        for line in lyrics.split("\n"):
+            line = line.strip()
+            if not line:
+                ids.append(LINE_END_ID)
+                continue
+            lang = "en" if _STRUCTURE_RE.match(line) else detect_language(line)
+            try:
+                ids += self.encode_line(line, lang) + [LINE_END_ID]
+            except MissingLyricsExtra:
+                raise
+            except Exception as err:  # noqa: BLE001 - the reference skips a line it cannot tokenize
+                logger.warning("skipping lyric line %r (language %s): %s", line, lang, err)
+        return ids
+
+    def model_inputs(
+        self, lyrics: str, max_length: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, mask) as int32 arrays the transformer takes: ``[0]``/``[0]`` for empty lyrics,
+        else the ids with an all-ones mask, cut to ``max_length`` when given."""
+        ids = self.encode(lyrics)
+        if max_length is not None:
+            if max_length < 1:
+                raise ValueError(f"max_length must be >= 1, got {max_length}")
+            ids = ids[:max_length]
+        if not ids:
+            return np.asarray(EMPTY_IDS, np.int32), np.zeros(len(EMPTY_IDS), np.int32)
+        return np.asarray(ids, np.int32), np.ones(len(ids), np.int32)
