@@ -1,8 +1,10 @@
 """The components of an ACE-Step checkpoint and how each converts."""
 
 from acestep_jax.convert.checkpoint import Component
+from acestep_jax.convert.dcae import DCAE
 from acestep_jax.convert.transformer import transformer_rules
 from acestep_jax.convert.umt5 import UMT5
+from acestep_jax.convert.vocoder import VOCODER
 from acestep_jax.models.transformer import ACEStepTransformer, TransformerConfig
 
 TRANSFORMER = Component(
@@ -15,4 +17,4 @@ TRANSFORMER = Component(
 
 TEXT_ENCODER_HF_FOLDER = UMT5.hf_folder
 
-COMPONENTS = {c.name: c for c in (TRANSFORMER, UMT5)}
+COMPONENTS = {c.name: c for c in (TRANSFORMER, DCAE, VOCODER, UMT5)}

@@ -1,0 +1,88 @@
+"""Reading and writing audio files (wav, flac, ogg, mp3) as float32 ``[channels, samples]`` arrays."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import numpy as np
+
+_FORMATS = {
+    "wav": ("WAV", "FLOAT"),
+    "flac": ("FLAC", "PCM_24"),
+    "ogg": ("OGG", "VORBIS"),
+    "mp3": ("MP3", "MPEG_LAYER_III"),
+}
+
+
+def load_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
+    """``(audio float32 [2, N], sample_rate)``; mono is duplicated to stereo, more channels are refused.
+
+    Reads with soundfile and falls back to librosa (audioread/ffmpeg) for formats
+    libsndfile cannot decode. Raises ``FileNotFoundError`` for a missing file and
+    ``ValueError`` for an unreadable or empty one.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"audio file not found: {path}")
+    import soundfile as sf
+
+    try:
+        data, sr = sf.read(path, dtype="float32", always_2d=True)
+        audio = data.T
+    except Exception as first:  # noqa: BLE001 - try the slower decoder before giving up
+        try:
+            import warnings
+
+            import librosa
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # librosa warns about its audioread fallback
+                audio, sr = librosa.load(path, sr=None, mono=False)
+            audio = np.atleast_2d(np.asarray(audio, np.float32))
+        except Exception as second:  # noqa: BLE001
+            raise ValueError(f"cannot read audio file {path}: {first}; librosa: {second}") from None
+    if audio.shape[0] == 1:
+        audio = np.repeat(audio, 2, axis=0)
+    elif audio.shape[0] != 2:
+        raise ValueError(f"{path} has {audio.shape[0]} channels; only mono or stereo audio is supported")
+    if audio.shape[1] == 0:
+        raise ValueError(f"audio file {path} holds no samples")
+    return np.ascontiguousarray(audio, np.float32), int(sr)
+
+
+def save_audio(path: str | os.PathLike, audio, sample_rate: int, format: str | None = None) -> str:
+    """Write ``audio [channels, N]`` (or ``[N]``) to ``path`` atomically; returns the path.
+
+    ``format`` is ``wav`` (32-bit float), ``flac`` (24-bit), ``ogg`` (Vorbis) or ``mp3``;
+    by default it is taken from the file extension. Samples are clipped to [-1, 1]
+    for the integer and lossy formats.
+    """
+    import soundfile as sf
+
+    path = os.fspath(path)
+    fmt = (format or os.path.splitext(path)[1].lstrip(".")).lower()
+    if fmt not in _FORMATS:
+        raise ValueError(f"unsupported audio format {fmt!r} for {path}; use one of {sorted(_FORMATS)}")
+    major, subtype = _FORMATS[fmt]
+    if major not in sf.available_formats() or not sf.check_format(major, subtype):
+        raise ValueError(f"this libsndfile ({sf.__libsndfile_version__}) cannot write {fmt}; use wav or flac")
+    audio = np.asarray(audio, np.float32)
+    if audio.ndim == 1:
+        audio = audio[None]
+    if audio.ndim != 2 or audio.shape[1] == 0:
+        raise ValueError(f"audio must be [channels, samples] with samples > 0, got {audio.shape}")
+    if fmt != "wav":
+        audio = np.clip(audio, -1.0, 1.0)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=f".{fmt}")
+    os.close(fd)
+    try:
+        sf.write(tmp, audio.T, int(sample_rate), format=major, subtype=subtype)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path

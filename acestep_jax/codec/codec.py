@@ -1,0 +1,288 @@
+"""The latent audio codec: stereo audio ↔ DC-AE latents ``[B, 8, 16, T]`` (the reference's ``MusicDCAE``).
+
+Encoding resamples to 44.1 kHz, pads to a multiple of 4096 samples, takes the
+log-mel of each channel, maps it from ``[-11, 3]`` to ``[-1, 1]``, runs the DC-AE
+encoder and scales the latent as ``(z - shift) * scale``. Decoding inverts the
+scaling, runs the DC-AE decoder, maps the mels back and vocodes each stereo
+channel, optionally resampling the 44.1 kHz result.
+
+Long audio: ``decode(..., window=frames)`` decodes in fixed-size overlapping
+windows, so memory stays bounded and one compilation serves any length, and it
+reproduces the plain decode exactly (up to float reassociation):
+
+- The vocoder and the DC-AE decoder's up-sampling levels are convolutional with a
+  bounded receptive field. Every window carries at least that much real context on
+  each side (:func:`dcae_context_frames`, :func:`vocoder_context_frames`; the first
+  and last windows sit on the true ends, so edge padding is the same as in the
+  plain decode) and keeps only the frames it owns.
+- The DC-AE decoder's lowest level holds multiscale *linear* attention, whose only
+  whole-sequence quantities are two sums, ``Σ k⊗v`` and ``Σ k``. They are
+  accumulated window by window over each window's own frames, one pass per
+  attention block (each pass feeding the sums found so far to the earlier blocks),
+  and the final pass decodes every window with the whole-sequence sums.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from acestep_jax.codec.config import DCAEConfig, VocoderConfig
+from acestep_jax.codec.dcae import DCAE
+from acestep_jax.codec.logmel import log_mel_spectrogram
+from acestep_jax.codec.resample import resample, resampled_length
+from acestep_jax.codec.vocoder import Vocoder
+
+SAMPLE_RATE = 44100
+HOP = 512
+SCALE_FACTOR = 0.1786
+SHIFT_FACTOR = -1.9091
+MIN_MEL = -11.0
+MAX_MEL = 3.0
+
+
+def latent_frames(num_samples: int, sample_rate: int = SAMPLE_RATE, downsample: int = 8) -> int:
+    """Latent frames :meth:`MusicCodec.encode` produces for ``num_samples`` samples at ``sample_rate``."""
+    if num_samples <= 0:
+        raise ValueError(f"num_samples must be positive, got {num_samples}")
+    n = resampled_length(int(num_samples), int(sample_rate), SAMPLE_RATE)
+    return math.ceil(n / (downsample * HOP))
+
+
+def latent_lengths_for(audio_lengths, sample_rate: int, downsample: int = 8) -> np.ndarray:
+    """The reference's reported latent lengths: ``floor(len / sr * 44100 / 512 / 8)`` in float32 steps."""
+    x = np.asarray(audio_lengths, np.float32) / np.float32(sample_rate)
+    x = x * np.float32(SAMPLE_RATE) / np.float32(HOP) / np.float32(downsample)
+    return np.floor(x).astype(np.int64)
+
+
+def dcae_context_frames(cfg: DCAEConfig) -> int:
+    """Latent frames of context each side that make a windowed DC-AE decode exact.
+
+    The receptive field of everything but the attention sums: the input conv and
+    the lowest level's convolutions (3×3 convs, the multiscale depthwise convs),
+    then the up-sampling levels, whose convolutions count at their own resolution.
+    """
+    n_levels = len(cfg.decoder_block_out_channels)
+    total = 1.0  # input conv
+    for kind, scales in zip(
+        (cfg.decoder_block_types[-1],) * cfg.decoder_layers_per_block[-1],
+        (cfg.decoder_qkv_multiscales[-1],) * cfg.decoder_layers_per_block[-1],
+    ):
+        total += 2 if kind == "ResBlock" else max(scales, default=1) // 2 + 1
+    for i in range(n_levels - 1):
+        if cfg.decoder_block_types[i] != "ResBlock" and cfg.decoder_layers_per_block[i]:
+            raise ValueError("windowed decoding needs convolution-only decoder levels above the lowest one")
+        total += (1 + 2 * cfg.decoder_layers_per_block[i]) / 2 ** (n_levels - 1 - i)
+    total += 1 / 2 ** (n_levels - 1)  # output conv
+    return math.ceil(total) + 1
+
+
+def vocoder_context_frames(cfg: VocoderConfig) -> int:
+    """Mel frames of context each side that make a windowed vocoder exact (a bound on its receptive field)."""
+    frames = 3 + sum(cfg.depths) * (cfg.kernel_sizes[0] // 2) + cfg.pre_conv_kernel_size // 2
+    rate = 1
+    res = max(
+        sum((k - 1) // 2 * d + (k - 1) // 2 for d in dil)
+        for k, dil in zip(cfg.resblock_kernel_sizes, cfg.resblock_dilation_sizes)
+    )
+    for u, k in zip(cfg.upsample_rates, cfg.upsample_kernel_sizes):
+        frames += math.ceil(k / u) / rate  # transposed conv, in input samples of this stage
+        rate *= u
+        frames += res / rate
+    frames += cfg.post_conv_kernel_size // 2 / rate
+    return math.ceil(frames) + 1
+
+
+def _windows(total: int, core: int, context: int):
+    """``(start, keep_from, keep_to)`` per window of ``core + 2 * context`` frames covering ``[0, total)``."""
+    size = core + 2 * context
+    out = []
+    for s in range(0, total, core):
+        start = min(max(s - context, 0), total - size)
+        out.append((start, s - start, min(s + core, total) - start))
+    return out, size
+
+
+@nnx.jit
+def _encode_mel(codec: MusicCodec, audio):
+    v = codec.vocoder.config
+    mel = log_mel_spectrogram(
+        audio,
+        sample_rate=v.sampling_rate,
+        n_fft=v.n_fft,
+        win_length=v.win_length,
+        hop_length=v.hop_length,
+        n_mels=v.n_mels,
+        f_min=v.f_min,
+        f_max=v.f_max,
+    )
+    mel = (mel - codec.min_mel) / (codec.max_mel - codec.min_mel)
+    mel = (mel - 0.5) / 0.5
+    z = codec.dcae.encode(mel).astype(jnp.float32)
+    return (z - codec.shift_factor) * codec.scale_factor
+
+
+def _unscale(codec, latents):
+    return (latents.astype(jnp.float32) / codec.scale_factor + codec.shift_factor).transpose(0, 2, 3, 1)
+
+
+def _denorm(codec, mel):
+    return (mel.astype(jnp.float32) * 0.5 + 0.5) * (codec.max_mel - codec.min_mel) + codec.min_mel
+
+
+@nnx.jit
+def _decode_plain(codec: MusicCodec, latents):
+    mel = _denorm(codec, codec.dcae.decoder(_unscale(codec, latents)))  # [B, H, W, 2]
+    b, h, w, c = mel.shape
+    mel = mel.transpose(0, 3, 2, 1).reshape(b * c, w, h)  # one vocoder item per stereo channel
+    return codec.vocoder.decode_channels_last(mel).reshape(b, c, -1)
+
+
+@nnx.jit
+def _unscaled(codec: MusicCodec, latents):
+    return _unscale(codec, latents)
+
+
+@functools.partial(nnx.jit, static_argnames=("stats_of",))
+def _dcae_window(codec: MusicCodec, z, stats, mask, stats_of):
+    """One window of the DC-AE decode: attention sums of block ``stats_of``, or (``None``) the mel."""
+    decoder = codec.dcae.decoder
+    out = decoder.global_stage(z, stats, stats_of, mask)
+    return out if stats_of is not None else _denorm(codec, decoder.local_stage(out))
+
+
+@nnx.jit
+def _vocode(codec: MusicCodec, mel):
+    return codec.vocoder.decode_channels_last(mel)
+
+
+class MusicCodec(nnx.Module):
+    """``.dcae`` (:class:`DCAE`) and ``.vocoder`` (:class:`Vocoder`) plus the reference's constants."""
+
+    def __init__(
+        self,
+        dcae_cfg: DCAEConfig,
+        vocoder_cfg: VocoderConfig,
+        *,
+        rngs: nnx.Rngs | None,
+        scale_factor: float = SCALE_FACTOR,
+        shift_factor: float = SHIFT_FACTOR,
+        min_mel: float = MIN_MEL,
+        max_mel: float = MAX_MEL,
+    ):
+        if vocoder_cfg.n_mels != vocoder_cfg.input_channels:
+            raise ValueError(
+                f"vocoder n_mels ({vocoder_cfg.n_mels}) must equal input_channels "
+                f"({vocoder_cfg.input_channels})"
+            )
+        if vocoder_cfg.sampling_rate != SAMPLE_RATE or vocoder_cfg.hop_length != HOP:
+            raise ValueError(f"the codec works at {SAMPLE_RATE} Hz with hop {HOP}")
+        self.dcae = DCAE(dcae_cfg, rngs=rngs)
+        self.vocoder = Vocoder(vocoder_cfg, rngs=rngs)
+        self.scale_factor, self.shift_factor = scale_factor, shift_factor
+        self.min_mel, self.max_mel = min_mel, max_mel
+
+    @classmethod
+    def from_parts(cls, dcae: DCAE, vocoder: Vocoder, **constants) -> MusicCodec:
+        """A codec around already built (e.g. converted) ``dcae`` and ``vocoder`` modules."""
+        codec = nnx.eval_shape(lambda: cls(dcae.config, vocoder.config, rngs=None, **constants))
+        codec.dcae, codec.vocoder = dcae, vocoder
+        return codec
+
+    @property
+    def downsample(self) -> int:
+        return self.dcae.config.downsample_factor
+
+    def encode(
+        self, audio, sample_rate: int = SAMPLE_RATE, audio_lengths=None
+    ) -> tuple[jax.Array, np.ndarray]:
+        """``audio [B, 2, N]`` at ``sample_rate`` → ``(latents [B, 8, 16, T], latent_lengths [B])``.
+
+        ``audio_lengths`` (default: ``N`` for every item) only feeds the reported lengths.
+        """
+        audio = np.asarray(audio, np.float32)
+        if audio.ndim != 3 or audio.shape[1] != self.dcae.config.in_channels:
+            raise ValueError(f"audio must be [B, {self.dcae.config.in_channels}, samples], got {audio.shape}")
+        if audio.shape[-1] == 0:
+            raise ValueError("audio is empty")
+        lengths = (
+            np.full(audio.shape[0], audio.shape[-1]) if audio_lengths is None else np.asarray(audio_lengths)
+        )
+        audio = resample(audio, sample_rate, SAMPLE_RATE)
+        block = self.downsample * HOP
+        audio = np.pad(audio, ((0, 0), (0, 0), (0, -audio.shape[-1] % block)))
+        return _encode_mel(self, jnp.asarray(audio)), latent_lengths_for(
+            lengths, sample_rate, self.downsample
+        )
+
+    def decode(
+        self,
+        latents,
+        sample_rate: int = SAMPLE_RATE,
+        *,
+        window: int | None = None,
+        vocoder_window: int | None = None,
+    ) -> np.ndarray:
+        """``latents [B, 8, 16, T]`` → float32 audio ``[B, 2, T * 4096 (resampled)]`` at ``sample_rate``.
+
+        ``window`` (latent frames) decodes in overlapping windows of that many frames
+        (plus context); ``vocoder_window`` (mel frames, default ``8 * window``) sets
+        the vocoder's windows. Both give the plain decode's result (see the module doc).
+        """
+        latents = jnp.asarray(latents)
+        if latents.ndim != 4 or latents.shape[1] != self.dcae.config.latent_channels:
+            raise ValueError(
+                f"latents must be [B, {self.dcae.config.latent_channels}, H, T], got {latents.shape}"
+            )
+        if window is None:
+            audio = _decode_plain(self, latents)
+        else:
+            audio = self._decode_windowed(latents, int(window), vocoder_window)
+        return resample(np.asarray(audio, np.float32), SAMPLE_RATE, sample_rate)
+
+    def _decode_windowed(self, latents, window: int, vocoder_window: int | None):
+        if window <= 0:
+            raise ValueError(f"window must be a positive number of latent frames, got {window}")
+        z = _unscaled(self, latents)  # [B, H, T, latent_channels]
+        total = z.shape[2]
+        f = self.downsample
+        spans, size = _windows(total, window, dcae_context_frames(self.dcae.config))
+        if size >= total:
+            mel = _dcae_window(self, z, None, None, None)
+        else:
+            own = [
+                (np.arange(size) >= a) & (np.arange(size) < e) for _, a, e in spans
+            ]  # frames each window owns
+            # one pass per attention block: its sums accumulated over every window's own frames
+            stats = []
+            for i in range(self.dcae.decoder.num_global_attention):
+                parts = [
+                    _dcae_window(self, z[:, :, s : s + size], tuple(stats), jnp.asarray(m, jnp.float32), i)
+                    for (s, _, _), m in zip(spans, own)
+                ]
+                stats.append(jax.tree.map(lambda *xs: sum(xs[1:], xs[0]), *parts))
+            mel = jnp.concatenate(
+                [
+                    _dcae_window(self, z[:, :, s : s + size], tuple(stats), None, None)[:, :, a * f : e * f]
+                    for s, a, e in spans
+                ],
+                axis=2,
+            )
+        b, h, w, c = mel.shape
+        mel = mel.transpose(0, 3, 2, 1).reshape(b * c, w, h)
+        vw = 8 * window if vocoder_window is None else int(vocoder_window)
+        spans, size = _windows(w, vw, vocoder_context_frames(self.vocoder.config))
+        if size >= w:
+            audio = np.asarray(_vocode(self, mel))
+        else:
+            audio = np.concatenate(
+                [np.asarray(_vocode(self, mel[:, s : s + size]))[:, a * HOP : e * HOP] for s, a, e in spans],
+                axis=1,
+            )
+        return audio.reshape(b, c, -1)

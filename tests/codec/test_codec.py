@@ -1,0 +1,92 @@
+"""The whole codec against the reference MusicDCAE (tiny DC-AE + tiny vocoder)."""
+
+import numpy as np
+import pytest
+
+from acestep_jax.codec import MusicCodec, latent_frames
+from acestep_jax.codec.codec import dcae_context_frames, vocoder_context_frames
+from acestep_jax.codec.config import DCAEConfig, VocoderConfig
+from acestep_jax.convert.dcae import load_dcae
+from acestep_jax.convert.vocoder import load_vocoder
+from tests.helpers import assert_close
+
+
+@pytest.fixture(scope="module")
+def codec(golden):
+    g = golden("music_dcae")
+    c = g.config
+    dcae = load_dcae(g.path("dcae.safetensors"), DCAEConfig.from_dict(c["dcae"]))
+    vocoder = load_vocoder(g.path("vocoder.safetensors"), VocoderConfig.from_dict(c["vocoder"]))
+    model = MusicCodec.from_parts(
+        dcae,
+        vocoder,
+        scale_factor=c["scale_factor"],
+        shift_factor=c["shift_factor"],
+        min_mel=c["min_mel_value"],
+        max_mel=c["max_mel_value"],
+    )
+    return g, model
+
+
+def test_encode_44k(codec):
+    g, model = codec
+    latents, lengths = model.encode(g.io["audio_44k"], 44100)
+    assert_close(latents, g.io["latents_44k"], what="latents_44k")
+    np.testing.assert_array_equal(lengths, g.io["latent_lengths"])
+    assert latents.shape[-1] == latent_frames(g.io["audio_44k"].shape[-1], 44100)
+
+
+def test_decode_44k(codec):
+    g, model = codec
+    audio = model.decode(g.io["latents_44k"])
+    assert audio.shape == (1, *g.io["decoded_44k"].shape)
+    assert_close(audio[0], g.io["decoded_44k"], what="decoded_44k")
+
+
+def test_48k_through_the_same_sinc_resampler(codec):
+    # The resampler reproduces torchaudio's filter, so the resampled cases agree as tightly.
+    g, model = codec
+    latents, _ = model.encode(g.io["audio_48k"], 48000)
+    assert_close(latents, g.io["latents_48k"], what="latents_48k")
+    assert latents.shape[-1] == latent_frames(g.io["audio_48k"].shape[-1], 48000)
+    audio = model.decode(g.io["latents_44k"], sample_rate=48000)
+    assert_close(audio[0], g.io["decoded_48k"], what="decoded_48k")
+
+
+def test_windowed_decode_equals_plain_decode(codec):
+    """Windowed decoding reproduces the plain decode everywhere, window edges included.
+
+    Every window carries at least the receptive field of the convolutions
+    (``*_context_frames``) as real context and the outer windows sit on the true
+    ends, so each kept frame sees exactly the inputs it sees in the plain decode;
+    the linear attention's whole-sequence sums are accumulated over the windows
+    first. Only float reassociation differs (sums in another order, convolutions of
+    another length), hence the 1e-5 bound instead of bitwise equality.
+    """
+    g, model = codec
+    rng = np.random.default_rng(0)
+    base = g.io["latents_44k"]
+    latents = np.concatenate([base, base[..., ::-1], base], axis=-1)
+    latents = (latents + 0.1 * rng.standard_normal(latents.shape)).astype(np.float32)  # [1, 8, 16, 39]
+    assert dcae_context_frames(model.dcae.config) == 12  # windows of 6 + 2 * 12 < 39 latent frames
+    assert vocoder_context_frames(model.vocoder.config) == 55  # windows of 64 + 2 * 55 < 312 mel frames
+    plain = model.decode(latents)
+    windowed = model.decode(latents, window=6, vocoder_window=64)
+    assert windowed.shape == plain.shape
+    assert_close(windowed, plain, rtol=1e-5, atol=1e-5, what="windowed decode")
+
+
+def test_bad_inputs_are_refused(codec):
+    _, model = codec
+    with pytest.raises(ValueError, match="audio must be"):
+        model.encode(np.zeros((2, 44100), np.float32))
+    with pytest.raises(ValueError, match="latents must be"):
+        model.decode(np.zeros((1, 4, 16, 3), np.float32))
+    with pytest.raises(ValueError, match="num_samples"):
+        latent_frames(0)
+
+
+def test_latent_frames():
+    assert latent_frames(4096) == 1
+    assert latent_frames(4097) == 2
+    assert latent_frames(48000, 48000) == latent_frames(44100, 44100) == 11
