@@ -1,0 +1,102 @@
+"""Model presets (``configs/<preset>/``) and randomly initialised models built from them.
+
+``tiny`` runs the whole stack anywhere in seconds (``sample.py --tiny-random``,
+``train.py --tiny-random``, tests, CPU benchmarks); ``full`` holds the released
+checkpoint's sizes (benchmarks with random weights). The tiny prompt tokenizer is
+byte-level and built in memory, so nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+PRESETS = ("tiny", "full")
+BYTE_VOCAB_SPECIALS = ("<pad>", "</s>", "<unk>")
+
+
+def preset_config(preset: str, name: str, **overrides):
+    """The config of component ``name`` (transformer, dcae, vocoder, umt5) in ``preset``."""
+    from acestep_jax.codec import DCAEConfig, VocoderConfig
+    from acestep_jax.models.transformer import TransformerConfig
+    from acestep_jax.text import UMT5Config
+
+    classes = {"transformer": TransformerConfig, "dcae": DCAEConfig, "vocoder": VocoderConfig, "umt5": UMT5Config}
+    if preset not in PRESETS or name not in classes:
+        raise ValueError(f"unknown preset {preset!r}/{name!r}; presets {PRESETS}, components {sorted(classes)}")
+    path = CONFIG_DIR / preset / f"{name}.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"preset config {path} not found (presets need a source checkout of acestep-jax)")
+    return classes[name].from_dict(json.loads(path.read_text()), **overrides)
+
+
+def byte_tokenizer(max_length: int = 256):
+    """A byte-level prompt tokenizer (ids 3..258 are bytes, ``</s>`` appended) for tiny models."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+
+    from acestep_jax.text import PromptTokenizer
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {t: i for i, t in enumerate(BYTE_VOCAB_SPECIALS)}
+    vocab.update({ch: len(BYTE_VOCAB_SPECIALS) + i for i, ch in enumerate(sorted(alphabet))})
+    tok = Tokenizer(models.BPE(vocab, [], unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PromptTokenizer(tok, pad_id=0, max_length=max_length)
+
+
+def random_weights(abstract: nnx.Module, seed: int) -> nnx.Module:
+    """Fill an abstract model (``nnx.eval_shape``) with host-generated random weights.
+
+    Much faster than running each layer's initialiser eagerly on CPU: matrices get
+    ``N(0, 1/fan_in)``, vectors named like norm scales get ones, other vectors zeros.
+    """
+    from acestep_jax.convert.core import load_flat
+
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for path, var in nnx.to_flat_state(nnx.state(abstract)):
+        key, shape = "/".join(map(str, path)), tuple(var.shape)
+        if len(shape) >= 2:
+            value = rng.standard_normal(shape, np.float32) / np.sqrt(max(math.prod(shape[-2:-1]), 1))
+        elif str(path[-1]) in ("scale", "weight", "gamma"):
+            value = np.ones(shape, np.float32)
+        else:
+            value = np.zeros(shape, np.float32)
+        arrays[key] = jnp.asarray(value, var.dtype)
+    return load_flat(abstract, arrays)
+
+
+def _build(factory, seed: int, on_device: bool):
+    if on_device:  # large models: run the initialisers as one compiled program on the accelerator
+        return nnx.jit(lambda: factory(nnx.Rngs(seed)))()
+    return random_weights(nnx.eval_shape(lambda: factory(nnx.Rngs(0))), seed)
+
+
+def random_models(preset: str = "tiny", seed: int = 0, *, dtype: str = "float32", param_dtype: str = "float32",
+                  transformer_overrides: dict | None = None):
+    """``(transformer, codec, text_encoder, prompt_tokenizer)`` with random weights from ``seed``.
+
+    ``dtype``/``param_dtype`` apply to the transformer. The prompt tokenizer is the
+    byte-level one (its ids fit the tiny and full UMT5 vocabularies).
+    """
+    from acestep_jax.codec import MusicCodec
+    from acestep_jax.models.transformer import ACEStepTransformer
+    from acestep_jax.text import UMT5Encoder
+
+    t_cfg = preset_config(preset, "transformer", dtype=dtype, param_dtype=param_dtype,
+                          **(transformer_overrides or {}))
+    d_cfg, v_cfg = preset_config(preset, "dcae"), preset_config(preset, "vocoder")
+    u_cfg = preset_config(preset, "umt5")
+    big = preset != "tiny"
+    transformer = _build(lambda r: ACEStepTransformer(t_cfg, rngs=r), seed, big)
+    codec = _build(lambda r: MusicCodec(d_cfg, v_cfg, rngs=r), seed + 1, big)
+    text_encoder = _build(lambda r: UMT5Encoder(u_cfg, rngs=r), seed + 2, big)
+    return transformer, codec, text_encoder, byte_tokenizer()
