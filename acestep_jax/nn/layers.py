@@ -211,11 +211,18 @@ class GroupNorm(nnx.Module):
         self.num_groups = num_groups
         self.eps = eps
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+        """``mask [B, *spatial]`` (optional) restricts the statistics to positions where it is 1."""
         shape = x.shape
         g = x.astype(jnp.float32).reshape(shape[0], -1, self.num_groups, shape[-1] // self.num_groups)
-        mean = jnp.mean(g, axis=(1, 3), keepdims=True)
-        var = jnp.mean(jnp.square(g - mean), axis=(1, 3), keepdims=True)
+        if mask is None:
+            mean = jnp.mean(g, axis=(1, 3), keepdims=True)
+            var = jnp.mean(jnp.square(g - mean), axis=(1, 3), keepdims=True)
+        else:
+            m = mask.astype(jnp.float32).reshape(shape[0], -1, 1, 1)
+            count = jnp.maximum(jnp.sum(m, axis=1, keepdims=True) * g.shape[-1], 1.0)
+            mean = jnp.sum(g * m, axis=(1, 3), keepdims=True) / count
+            var = jnp.sum(jnp.square(g - mean) * m, axis=(1, 3), keepdims=True) / count
         y = ((g - mean) * jax.lax.rsqrt(var + self.eps)).reshape(shape)
         y = y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
         return y.astype(x.dtype)

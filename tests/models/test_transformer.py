@@ -58,6 +58,25 @@ def test_decode_padded_mask(tiny):
     assert _dist(out, io["decode_out_padded"]) < 0.01 * _dist(out, io["decode_out"])
 
 
+def test_isolate_padding(tiny):
+    """With ``isolate_padding`` extra masked frames leave the valid frames' output unchanged;
+    with an all-ones mask it changes nothing."""
+    model, io, _ = tiny
+    x, t = io["hidden_states"], io["timestep"]
+    args = (io["encoder_hidden_states"], io["encoder_hidden_mask"], t)
+    plain = model.decode(x, io["attention_mask"], *args)
+    same = model.decode(x, io["attention_mask"], *args, isolate_padding=True)
+    np.testing.assert_allclose(np.asarray(same), np.asarray(plain), rtol=1e-6, atol=1e-6)
+    pad = 11
+    noise = np.random.default_rng(0).standard_normal((*x.shape[:-1], pad)).astype(np.float32)
+    padded_x = np.concatenate([x, noise], axis=-1)
+    padded_mask = np.concatenate([io["attention_mask"], np.zeros((x.shape[0], pad), np.float32)], axis=-1)
+    out = model.decode(padded_x, padded_mask, *args, isolate_padding=True)
+    assert_close(np.asarray(out)[..., : x.shape[-1]], plain, what="bucket-padded decode")
+    leaky = model.decode(padded_x, padded_mask, *args)
+    assert _dist(np.asarray(leaky)[..., : x.shape[-1]], plain) > 1e-3  # the reference's behaviour leaks
+
+
 def test_erg_lyric_null_condition(tiny, golden):
     model, io, extra = tiny
     erg = extra["erg"]

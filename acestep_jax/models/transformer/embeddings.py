@@ -74,10 +74,11 @@ class PatchEmbed(nnx.Module):
         self.norm = GroupNorm(32, mid, eps=1e-6, param_dtype=param_dtype, rngs=rngs)
         self.conv_out = Dense(mid, dim, axes=("mlp", "embed"), dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
-    def __call__(self, latent: jax.Array) -> jax.Array:
+    def __call__(self, latent: jax.Array, frame_mask: jax.Array | None = None) -> jax.Array:
+        """``frame_mask [B, T]`` (optional): take the GroupNorm statistics over valid frames only."""
         b, c, h, t = latent.shape
         x = latent.transpose(0, 3, 1, 2).reshape(b, t, c * h)
-        return self.conv_out(self.norm(self.conv_in(x)))
+        return self.conv_out(self.norm(self.conv_in(x), frame_mask))
 
 
 class FinalLayer(nnx.Module):

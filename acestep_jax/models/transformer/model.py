@@ -54,9 +54,14 @@ class GLUMBConv(nnx.Module):
         padded = jnp.pad(x, ((0, 0), (1, 1), (0, 0)))
         return padded[:, :-2] * w[0] + padded[:, 1:-1] * w[1] + padded[:, 2:] * w[2] + b
 
-    def __call__(self, x):
-        value = self._depthwise(nnx.silu(self.in_value(x)), self.dw_value, self.dw_value_bias)
-        gate = self._depthwise(nnx.silu(self.in_gate(x)), self.dw_gate, self.dw_gate_bias)
+    def __call__(self, x, frame_mask=None):
+        """``frame_mask [B, T]`` (optional) zeroes padded frames before the time convolution."""
+        value, gate = nnx.silu(self.in_value(x)), nnx.silu(self.in_gate(x))
+        if frame_mask is not None:
+            m = frame_mask[..., None].astype(value.dtype)
+            value, gate = value * m, gate * m
+        value = self._depthwise(value, self.dw_value, self.dw_value_bias)
+        gate = self._depthwise(gate, self.dw_gate, self.dw_gate_bias)
         return self.out(value * nnx.silu(gate))
 
 
@@ -73,7 +78,7 @@ class TransformerBlock(nnx.Module):
         self.scale_shift_table = make_param(rngs, init, (6, d), param_dtype, (None, "embed"))
         self.dtype = dtype
 
-    def __call__(self, x, temb, mask, context, context_mask, rope, context_rope, q_scale):
+    def __call__(self, x, temb, mask, context, context_mask, rope, context_rope, q_scale, isolate=False):
         b = x.shape[0]
         mod = self.scale_shift_table[...][None].astype(self.dtype) + temb.reshape(b, 6, -1)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(mod, 6, axis=1)
@@ -81,7 +86,7 @@ class TransformerBlock(nnx.Module):
         x = x + gate_msa * self.attn(h, mask, rope, q_scale)
         x = x + self.cross_attn(x, mask, context, context_mask, rope, context_rope, q_scale)
         h = rms_norm(x, 1e-6).astype(self.dtype) * (1 + scale_mlp) + shift_mlp
-        x = x + gate_mlp * self.ff(h)
+        x = x + gate_mlp * self.ff(h, mask if isolate else None)
         return constrain(x, _ACT)
 
 
@@ -176,19 +181,26 @@ class ACEStepTransformer(nnx.Module):
         output_length: int | None = None,
         query_scales=None,
         return_repa: bool = False,
+        isolate_padding: bool = False,
     ):
         """Velocity for latents ``hidden_states [B, C, 16, T]`` at ``timestep [B]`` (0..1000).
 
         ``query_scales [num_layers]`` multiplies the self- and cross-attention query
         projections of each block (ERG). With ``return_repa`` also returns the
         projector outputs ``[B, T, ssl_dim]`` at ``ssl_encoder_depths``.
+
+        Frames where ``attention_mask`` is 0 still leak into valid ones in the reference
+        (PatchEmbed's GroupNorm statistics, GLUMBConv's time convolution).
+        ``isolate_padding`` removes that leak, so padding a batch to a bucketed length
+        leaves the valid frames' output unchanged; it is a no-op with an all-ones mask.
         """
         cfg = self.cfg
         if output_length is None:
             output_length = hidden_states.shape[-1]
         embedded_t = self.timestep_embedder(timestep)
         temb = self.t_block(nnx.silu(embedded_t))
-        x = constrain(self.proj_in(hidden_states.astype(self.dtype)), _ACT)
+        frame_mask = attention_mask if isolate_padding else None
+        x = constrain(self.proj_in(hidden_states.astype(self.dtype), frame_mask), _ACT)
         context = encoder_hidden_states.astype(self.dtype)
         rope = rope_tables(x.shape[1], cfg.attention_head_dim, cfg.rope_theta)
         context_rope = rope_tables(context.shape[1], cfg.attention_head_dim, cfg.rope_theta)
@@ -205,7 +217,7 @@ class ACEStepTransformer(nnx.Module):
             h, taps = carry
             block_state, scale, index = xs
             block = nnx.merge(graphdef, block_state)
-            h = block(h, temb, mask, context, context_mask, rope, context_rope, scale)
+            h = block(h, temb, mask, context, context_mask, rope, context_rope, scale, isolate_padding)
             taps = tuple(jnp.where(index == dep, h, tap) for dep, tap in zip(depths, taps))
             return (h, taps), None
 

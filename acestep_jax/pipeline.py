@@ -1,0 +1,291 @@
+"""End-to-end generation: prompts and lyrics → conditioning → sampling → audio.
+
+:class:`ACEStepPipeline` holds the four models and two tokenizers of a checkpoint::
+
+    pipe = ACEStepPipeline.from_checkpoint("ACE-Step/ACE-Step-v1-3.5B")   # or a folder
+    out = pipe.generate(["funk, bass, 110 bpm"], ["[verse]\\nhello"],
+                        SamplingParams(duration=30, infer_steps=27), seeds=[7])
+    out.audio  # [B, 2, N] float32 at out.sample_rate
+
+Prompt and lyric lengths are padded to buckets (:data:`TEXT_BUCKET`,
+:data:`LYRIC_BUCKET`, masked, which leaves the result unchanged) so new inputs
+reuse compiled programs; durations are bucketed with ``SamplingParams(bucket=True)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from acestep_jax.codec import MusicCodec, load_audio
+from acestep_jax.models.transformer import ACEStepTransformer
+from acestep_jax.sampling import Conditioning, Noise, SamplingParams, generate
+from acestep_jax.text import PromptTokenizer, UMT5Encoder, umt5_erg_scales
+
+log = logging.getLogger(__name__)
+
+TEXT_BUCKET = 32
+LYRIC_BUCKET = 64
+OUTPUT_SAMPLE_RATE = 48000  # the reference writes 48 kHz files
+SPEAKER_DIM = 512
+OVERLAP_DECODE_SECONDS = 48  # longer outputs are decoded in overlapping windows
+DECODE_WINDOW_FRAMES = 128
+
+
+def _bucket(n: int, multiple: int, cap: int | None = None) -> int:
+    size = max(multiple, math.ceil(n / multiple) * multiple)
+    return size if cap is None else min(size, max(cap, n))
+
+
+@dataclass
+class Generation:
+    """One batch of results: audio ``[B, 2, N]`` at ``sample_rate``, latents, parameters per item."""
+
+    audio: np.ndarray
+    sample_rate: int
+    latents: np.ndarray
+    params: list[dict] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@nnx.jit(static_argnames=("erg",))
+def _encode_text(encoder: UMT5Encoder, ids, mask, erg: bool):
+    scales = umt5_erg_scales(encoder.cfg.num_layers) if erg else None
+    return encoder(ids, mask, query_scales=scales)
+
+
+class ACEStepPipeline:
+    """The transformer, codec, UMT5 prompt encoder and tokenizers, with a mesh to run on."""
+
+    def __init__(
+        self,
+        transformer: ACEStepTransformer,
+        codec: MusicCodec,
+        text_encoder: UMT5Encoder,
+        prompt_tokenizer: PromptTokenizer,
+        lyric_tokenizer: LazyLyricTokenizer,
+        *,
+        mesh=None,
+    ):
+        self.transformer, self.codec, self.text_encoder = transformer, codec, text_encoder
+        self.prompt_tokenizer, self.lyric_tokenizer = prompt_tokenizer, lyric_tokenizer
+        self.mesh = mesh
+        self._lora = None  # (path, weight, merged) of the adapter merged into the transformer
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_checkpoint(
+        cls,
+        spec: str | os.PathLike,
+        *,
+        dtype: str = "bfloat16",
+        param_dtype: str | None = None,
+        mesh=None,
+        lyrics_vocab: str | os.PathLike | None = None,
+        progress: bool = True,
+    ) -> "ACEStepPipeline":
+        """Load a converted checkpoint, a reference-layout folder (converted once, cached) or a Hub id.
+
+        ``dtype`` is the transformer's compute dtype; ``param_dtype`` (default: as
+        converted) its storage dtype. The codec and text encoder run in float32.
+        """
+        from acestep_jax.convert.checkpoint import load_component
+        from acestep_jax.convert.components import COMPONENTS
+        from acestep_jax.convert.release import LYRICS_VOCAB, TOKENIZER_DIR, read_manifest, resolve_checkpoint
+
+        ckpt = resolve_checkpoint(spec, param_dtype=param_dtype or "float32", progress=progress)
+        manifest = read_manifest(ckpt)
+        missing = sorted(set(COMPONENTS) - set(manifest["components"]))
+        if missing:
+            raise ValueError(f"checkpoint {ckpt} lacks components {missing} needed for sampling")
+        overrides = {"dtype": dtype} if param_dtype is None else {"dtype": dtype, "param_dtype": param_dtype}
+        transformer = load_component(ckpt / "transformer", COMPONENTS["transformer"], mesh=mesh, **overrides)
+        text_encoder = load_component(ckpt / "text_encoder", COMPONENTS["text_encoder"], mesh=mesh,
+                                      dtype="float32")
+        dcae = load_component(ckpt / "dcae", COMPONENTS["dcae"], mesh=mesh)
+        vocoder = load_component(ckpt / "vocoder", COMPONENTS["vocoder"], mesh=mesh)
+        codec = MusicCodec.from_parts(dcae, vocoder)
+        prompt_tokenizer = PromptTokenizer.from_folder(ckpt / TOKENIZER_DIR)
+        vocab = lyrics_vocab or (ckpt / LYRICS_VOCAB if (ckpt / LYRICS_VOCAB).is_file() else None)
+        return cls(transformer, codec, text_encoder, prompt_tokenizer, LazyLyricTokenizer(vocab, ckpt), mesh=mesh)
+
+    @classmethod
+    def random(cls, preset: str = "tiny", seed: int = 0, *, dtype: str = "float32",
+               lyrics_vocab: str | os.PathLike | None = None, mesh=None, **kwargs) -> "ACEStepPipeline":
+        """Randomly initialised models of a preset (``tiny`` for demos and tests, ``full`` for
+        benchmarks); nothing is downloaded unless lyrics are given without a local vocabulary."""
+        from acestep_jax.presets import random_models
+
+        transformer, codec, text_encoder, prompt_tokenizer = random_models(preset, seed, dtype=dtype, **kwargs)
+        return cls(transformer, codec, text_encoder, prompt_tokenizer, LazyLyricTokenizer(lyrics_vocab), mesh=mesh)
+
+    # ------------------------------------------------------------------ conditioning
+    def encode_prompts(self, prompts: Sequence[str], *, erg_null: bool = True):
+        """Prompt encoder states ``[B, L, D]``, mask ``[B, L]`` and (``erg_null``) the ERG-tag null states."""
+        ids, mask = self.prompt_tokenizer(list(prompts))
+        length = _bucket(ids.shape[1], TEXT_BUCKET, self.prompt_tokenizer.max_length)
+        ids, mask = self.prompt_tokenizer(list(prompts), pad_to=length)
+        ids, mask = jnp.asarray(ids), jnp.asarray(mask)
+        states = _encode_text(self.text_encoder, ids, mask, erg=False)
+        null = _encode_text(self.text_encoder, ids, mask, erg=True) if erg_null else None
+        return states, mask, null
+
+    def tokenize_lyrics(self, lyrics: Sequence[str]):
+        """Lyric ids and mask ``[B, L]`` (``L`` bucketed); empty lyrics give the reference's ``[0]``, mask 0."""
+        rows = []
+        for text in lyrics:
+            if text:
+                rows.append(self.lyric_tokenizer.encode(text))
+            else:
+                rows.append([])
+        length = _bucket(max([len(r) for r in rows] + [1]), LYRIC_BUCKET)
+        ids = np.zeros((len(rows), length), np.int32)
+        mask = np.zeros((len(rows), length), np.int32)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = r
+            mask[i, : len(r)] = 1
+        return jnp.asarray(ids), jnp.asarray(mask)
+
+    def encode_audio(self, audio: str | os.PathLike | np.ndarray, sample_rate: int | None = None):
+        """Latents ``[1, 8, 16, T]`` of an audio file or a ``[2, N]`` array at ``sample_rate``."""
+        if isinstance(audio, (str, os.PathLike)):
+            audio, sample_rate = load_audio(audio)
+        elif sample_rate is None:
+            raise ValueError("sample_rate is required with an audio array")
+        latents, _ = self.codec.encode(np.asarray(audio, np.float32)[None], sample_rate)
+        return latents
+
+    # ------------------------------------------------------------------ LoRA
+    def set_lora(self, path: str | os.PathLike | None, weight: float = 1.0) -> None:
+        """Merge a PEFT/diffusers LoRA file into the transformer (``None`` removes the current one)."""
+        from acestep_jax.lora import merge_lora, unmerge_lora
+
+        wanted = None if path is None else (os.fspath(path), float(weight))
+        if self._lora is not None and self._lora[:2] == wanted:
+            return
+        if self._lora is not None:
+            unmerge_lora(self.transformer, self._lora[2], self._lora[1])
+            self._lora = None
+        if wanted is not None:
+            merged = merge_lora(self.transformer, wanted[0], wanted[1])
+            self._lora = (*wanted, merged)
+            log.info("merged LoRA %s with weight %g", *wanted)
+
+    # ------------------------------------------------------------------ generation
+    def generate(
+        self,
+        prompts: Sequence[str],
+        lyrics: Sequence[str],
+        params: SamplingParams,
+        *,
+        seeds: Sequence[int] | None = None,
+        retake_seeds: Sequence[int] | None = None,
+        noise: Noise | None = None,
+        src_audio: str | os.PathLike | np.ndarray | None = None,
+        src_sample_rate: int | None = None,
+        target_prompts: Sequence[str] | None = None,
+        target_lyrics: Sequence[str] | None = None,
+        sample_rate: int = OUTPUT_SAMPLE_RATE,
+        batch_size: int | None = None,
+    ) -> Generation:
+        """Generate one batch; ``prompts``/``lyrics`` hold one string per item (or one for all).
+
+        ``src_audio`` is the source of retake-from-audio/repaint/extend/edit and the
+        reference of audio2audio. ``target_*`` are the edit task's target prompt/lyrics.
+        ``batch_size`` defaults to the longest of ``prompts``, ``lyrics`` and ``seeds``.
+        """
+        timings: dict[str, float] = {}
+        start = time.perf_counter()
+        prompts, lyrics = list(prompts), list(lyrics)
+        b = batch_size or max(len(prompts), len(lyrics), len(seeds or ()), 1)
+        prompts, lyrics = _broadcast("prompts", prompts, b), _broadcast("lyrics", lyrics, b)
+        if params.task in ("repaint", "extend", "edit", "audio2audio") and src_audio is None:
+            raise ValueError(f"task {params.task!r} needs source audio (src_audio / --src-audio)")
+        if seeds is None:
+            seeds = [int(s) for s in np.random.default_rng().integers(0, 2**31 - 1, b)]
+        seeds = _broadcast("seeds", [int(s) for s in seeds], b)
+        if retake_seeds is None:
+            retake_seeds = [int(s) for s in np.random.default_rng().integers(0, 2**31 - 1, b)]
+        retake_seeds = _broadcast("retake_seeds", [int(s) for s in retake_seeds], b)
+
+        use_null = params.use_erg_tag and params.do_cfg
+        text, text_mask, text_null = self.encode_prompts(prompts, erg_null=use_null)
+        lyric_ids, lyric_mask = self.tokenize_lyrics(lyrics)
+        cond = Conditioning(text=text, text_mask=text_mask, lyric_ids=lyric_ids, lyric_mask=lyric_mask,
+                            speaker=jnp.zeros((b, SPEAKER_DIM), jnp.float32), text_null=text_null)
+        if src_audio is not None:
+            src = self.encode_audio(src_audio, src_sample_rate)
+            cond = dataclasses.replace(cond, src_latents=jnp.repeat(src, b, axis=0))
+        if params.task == "edit":
+            if target_prompts is None or target_lyrics is None:
+                raise ValueError("task 'edit' needs target prompts and target lyrics")
+            t_text, t_mask, _ = self.encode_prompts(_broadcast("target_prompts", list(target_prompts), b),
+                                                    erg_null=False)
+            t_ids, t_lmask = self.tokenize_lyrics(_broadcast("target_lyrics", list(target_lyrics), b))
+            cond = dataclasses.replace(cond, target_text=t_text, target_text_mask=t_mask, target_lyric_ids=t_ids,
+                                       target_lyric_mask=t_lmask, target_speaker=cond.speaker)
+        if noise is None:
+            noise = Noise.from_seeds(seeds, retake_seeds)
+        timings["conditioning"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        latents = generate(self.transformer, params, cond, noise, mesh=self.mesh)
+        latents = jax.block_until_ready(latents)
+        timings["diffusion"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        audio = self.decode(latents, sample_rate)
+        timings["decode"] = time.perf_counter() - start
+        record = {**dataclasses.asdict(params), "sample_rate": sample_rate,
+                  "lora": None if self._lora is None else {"path": self._lora[0], "weight": self._lora[1]}}
+        # the omega mean-shift averages over the whole batch (as the reference), so an item is
+        # reproduced by rerunning its whole batch: every record keeps the batch's seeds
+        record.update(batch_size=b, batch_seeds=seeds, batch_retake_seeds=retake_seeds)
+        per_item = [{**record, "prompt": prompts[i], "lyrics": lyrics[i], "seed": seeds[i],
+                     "retake_seed": retake_seeds[i], "batch_index": i} for i in range(b)]
+        if params.task == "edit":
+            for i, item in enumerate(per_item):
+                item.update(target_prompt=list(target_prompts)[i % len(target_prompts)],
+                            target_lyrics=list(target_lyrics)[i % len(target_lyrics)])
+        return Generation(audio=audio, sample_rate=sample_rate, latents=np.asarray(latents), params=per_item,
+                          timings=timings)
+
+    def decode(self, latents, sample_rate: int = OUTPUT_SAMPLE_RATE) -> np.ndarray:
+        """Latents → audio ``[B, 2, N]``; long outputs decode in overlapping windows (bounded memory)."""
+        frames = latents.shape[-1]
+        seconds = frames * 512 * 8 / 44100
+        window = DECODE_WINDOW_FRAMES if seconds > OVERLAP_DECODE_SECONDS else None
+        return self.codec.decode(latents, sample_rate, window=window)
+
+
+class LazyLyricTokenizer:
+    """Finds the lyric vocabulary (and imports the optional language packages) at the first lyrics."""
+
+    def __init__(self, vocab=None, checkpoint_dir=None):
+        self.vocab, self.checkpoint_dir, self._tok = vocab, checkpoint_dir, None
+
+    def encode(self, text: str) -> list[int]:
+        if self._tok is None:
+            from acestep_jax.text.lyrics import LyricTokenizer, find_lyrics_vocab
+
+            self._tok = LyricTokenizer(find_lyrics_vocab(self.vocab, checkpoint_dir=self.checkpoint_dir))
+        return self._tok.encode(text)
+
+
+def _broadcast(name: str, values: list, b: int) -> list:
+    if len(values) == 1:
+        return values * b
+    if len(values) != b:
+        raise ValueError(f"{name} has {len(values)} entries; give one or one per batch item ({b})")
+    return values

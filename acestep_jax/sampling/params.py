@@ -1,0 +1,271 @@
+"""Sampling arguments, conditioning inputs and noise sources of :func:`acestep_jax.sampling.generate`."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from acestep_jax.sampling.guidance import CFG_TYPES
+from acestep_jax.sampling.schedulers import SCHEDULERS
+
+TASKS = ("text2music", "retake", "repaint", "extend", "edit", "audio2audio")
+SOURCE_TASKS = ("repaint", "extend", "edit", "audio2audio")
+# the reference caps extended outputs at 240 s of latent frames
+MAX_FRAMES = int(240 * 44100 / 512 / 8)
+
+
+def seconds_to_frames(seconds: float) -> int:
+    """Latent frames for ``seconds`` of audio, truncated as the reference does (44.1 kHz, hop 4096)."""
+    return int(seconds * 44100 / 512 / 8)
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Arguments of one generation, named as in the reference pipeline.
+
+    Defaults are those of the reference ``__call__``. ``duration`` (seconds) sets the
+    length of ``text2music``/``retake`` outputs; tasks with source latents take their
+    length from them. ``n_min``/``n_max``/``n_avg`` are the FlowEdit arguments
+    (``edit_n_*`` in the reference); ``bucket`` rounds the latent length up to
+    :func:`acestep_jax.sampling.bucket_frames` so nearby durations share one compile
+    (not for ``edit``). Padded frames are masked in the sampler; results equal the
+    unpadded run only once the transformer masks padded frames in PatchEmbed's
+    GroupNorm statistics and GLUMBConv's time convolution (see :mod:`acestep_jax.sampling`).
+    """
+
+    task: str = "text2music"
+    duration: float = 60.0
+    infer_steps: int = 60
+    guidance_scale: float = 15.0
+    omega_scale: float = 10.0
+    scheduler_type: str = "euler"
+    cfg_type: str = "apg"
+    guidance_interval: float = 0.5
+    guidance_interval_decay: float = 0.0
+    min_guidance_scale: float = 3.0
+    use_erg_tag: bool = True
+    use_erg_lyric: bool = True
+    use_erg_diffusion: bool = True
+    guidance_scale_text: float = 0.0
+    guidance_scale_lyric: float = 0.0
+    oss_steps: tuple[int, ...] = ()
+    zero_steps: int = 1
+    use_zero_init: bool = True
+    retake_variance: float = 0.5
+    repaint_start: float = 0.0
+    repaint_end: float = 0.0
+    ref_audio_strength: float = 0.5
+    n_min: float = 0.0
+    n_max: float = 1.0
+    n_avg: int = 1
+    bucket: bool = False
+
+    def replace(self, **kw) -> SamplingParams:
+        return dataclasses.replace(self, **kw)
+
+    @property
+    def do_cfg(self) -> bool:
+        """Whether guidance runs at all (the reference disables it at scale 0 or 1)."""
+        return self.guidance_scale not in (0.0, 1.0)
+
+    @property
+    def double_condition(self) -> bool:
+        return (self.guidance_scale_text or 0) > 1.0 and (self.guidance_scale_lyric or 0) > 1.0
+
+    def validate(self, source_frames: int | None = None) -> None:
+        """Raise ``ValueError`` naming the first bad argument.
+
+        ``source_frames`` is the length of the source latents (``None`` when absent).
+        """
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+        if self.scheduler_type not in SCHEDULERS:
+            raise ValueError(f"scheduler_type must be one of {SCHEDULERS}, got {self.scheduler_type!r}")
+        if self.cfg_type not in CFG_TYPES:
+            raise ValueError(f"cfg_type must be one of {CFG_TYPES}, got {self.cfg_type!r}")
+        if int(self.infer_steps) != self.infer_steps or self.infer_steps < 1:
+            raise ValueError(f"infer_steps must be a positive integer, got {self.infer_steps!r}")
+        if self.oss_steps:
+            if any(int(s) != s or s < 1 for s in self.oss_steps):
+                raise ValueError(f"oss_steps must be positive integers, got {self.oss_steps!r}")
+            if self.scheduler_type == "heun":
+                raise ValueError("oss_steps cannot be used with scheduler_type='heun' (as in the reference)")
+        if self.task in SOURCE_TASKS and source_frames is None:
+            raise ValueError(f"task {self.task!r} needs source latents (Conditioning.src_latents)")
+        if source_frames is None and not self.duration > 0:
+            raise ValueError(f"duration must be > 0 seconds, got {self.duration!r}")
+        if source_frames is None and seconds_to_frames(self.duration) < 1:
+            raise ValueError(f"duration {self.duration!r} s is shorter than one latent frame")
+        if not 0.0 <= self.guidance_interval <= 1.0:
+            raise ValueError(f"guidance_interval must be in [0, 1], got {self.guidance_interval!r}")
+        if self.task in ("retake", "repaint", "extend") and not 0.0 <= self.retake_variance <= 1.0:
+            raise ValueError(f"retake_variance must be in [0, 1], got {self.retake_variance!r}")
+        steps = max(self.oss_steps) if self.oss_steps else self.infer_steps
+        if self.task in ("repaint", "extend") and int(steps * (1 - self.retake_variance)) >= steps:
+            raise ValueError(
+                f"retake_variance={self.retake_variance} leaves no denoising step of {steps} "
+                "for repaint/extend (the loop starts at int(steps * (1 - retake_variance)))"
+            )
+        if self.task in ("repaint", "extend"):
+            frames = source_frames
+            start, end = seconds_to_frames(self.repaint_start), seconds_to_frames(self.repaint_end)
+            if end <= start:
+                raise ValueError(
+                    f"repaint_end ({self.repaint_end}) must be after repaint_start ({self.repaint_start})"
+                )
+            if self.task == "repaint" and (start < 0 or end > frames):
+                raise ValueError(
+                    f"repaint window [{self.repaint_start}, {self.repaint_end}] s is outside the "
+                    f"source audio (0 to {frames} frames); use task='extend' to extend it"
+                )
+            if self.task == "extend":
+                if start >= 0 and end <= frames:
+                    raise ValueError(
+                        "extend needs repaint_start < 0 or repaint_end beyond the source "
+                        f"({frames} frames); got [{self.repaint_start}, {self.repaint_end}] s"
+                    )
+                if start < -frames:
+                    raise ValueError(
+                        f"repaint_start ({self.repaint_start} s) extends left by more than the "
+                        f"source length ({frames} frames)"
+                    )
+                total = max(-start, 0) + frames
+                if end > frames:
+                    # the reference measures the right padding from the left-padded length
+                    if end <= total:
+                        raise ValueError(
+                            f"repaint_end ({self.repaint_end} s) must lie beyond the left-extended "
+                            f"length ({total} frames) when extending both sides"
+                        )
+                    total = end
+                if total > MAX_FRAMES:
+                    raise ValueError(f"extended length {total} frames exceeds the 240 s limit ({MAX_FRAMES})")
+        if self.task == "audio2audio" and not 0.0 <= self.ref_audio_strength < 1.0:
+            raise ValueError(f"ref_audio_strength must be in [0, 1), got {self.ref_audio_strength!r}")
+        if self.task == "audio2audio" and int((1 - self.ref_audio_strength) * self.infer_steps) < 1:
+            raise ValueError(
+                f"ref_audio_strength={self.ref_audio_strength} with infer_steps={self.infer_steps} "
+                "leaves no denoising steps"
+            )
+        if self.task == "edit":
+            if not 0.0 <= self.n_min <= self.n_max <= 1.0:
+                raise ValueError(f"edit needs 0 <= n_min <= n_max <= 1, got n_min={self.n_min} n_max={self.n_max}")
+            if int(self.n_avg) != self.n_avg or self.n_avg < 1:
+                raise ValueError(f"n_avg must be a positive integer, got {self.n_avg!r}")
+            if self.oss_steps:
+                raise ValueError("oss_steps is not supported by the edit task")
+
+
+@jax.tree_util.register_dataclass
+@dataclass
+class Conditioning:
+    """Model inputs of one batch (numpy or jax arrays, batch first).
+
+    ``text [B, Lt, Dt]`` / ``text_mask [B, Lt]``: prompt encoder states; ``lyric_ids``
+    / ``lyric_mask [B, Ll]``; ``speaker [B, 512]`` (zeros when ``None``);
+    ``text_null``: the ERG-tag prompt states (UMT5 with scaled queries), used when
+    ``use_erg_tag`` and ``use_erg_lyric``; ``src_latents [B, 8, 16, T]``: source latents
+    of retake/repaint/extend/edit, reference latents of audio2audio; ``target_*``:
+    the edit target prompt and lyrics.
+    """
+
+    text: jax.Array
+    text_mask: jax.Array
+    lyric_ids: jax.Array
+    lyric_mask: jax.Array
+    speaker: jax.Array | None = None
+    text_null: jax.Array | None = None
+    src_latents: jax.Array | None = None
+    target_text: jax.Array | None = None
+    target_text_mask: jax.Array | None = None
+    target_lyric_ids: jax.Array | None = None
+    target_lyric_mask: jax.Array | None = None
+    target_speaker: jax.Array | None = None
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.text.shape[0])
+
+    def validate(self, params: SamplingParams) -> None:
+        b = self.batch_size
+        for name in ("text_mask", "lyric_ids", "lyric_mask", "speaker", "text_null", "src_latents"):
+            a = getattr(self, name)
+            if a is not None and a.shape[0] != b:
+                raise ValueError(f"Conditioning.{name} has batch {a.shape[0]}, text has {b}")
+        if self.text_mask.shape != self.text.shape[:2]:
+            raise ValueError(f"Conditioning.text_mask {self.text_mask.shape} does not match text {self.text.shape}")
+        if self.lyric_ids.shape != self.lyric_mask.shape:
+            raise ValueError(f"Conditioning.lyric_mask {self.lyric_mask.shape} != lyric_ids {self.lyric_ids.shape}")
+        if self.text_null is not None and self.text_null.shape != self.text.shape:
+            raise ValueError(f"Conditioning.text_null {self.text_null.shape} != text {self.text.shape}")
+        if self.src_latents is not None and (self.src_latents.ndim != 4 or self.src_latents.shape[1:3] != (8, 16)):
+            raise ValueError(f"Conditioning.src_latents must be [B, 8, 16, T], got {self.src_latents.shape}")
+        if params.task == "edit":
+            for name in ("target_text", "target_text_mask", "target_lyric_ids", "target_lyric_mask"):
+                if getattr(self, name) is None:
+                    raise ValueError(f"task 'edit' needs Conditioning.{name}")
+
+
+_NOISE_TAGS = {"initial": 0, "retake": 1, "steps": 2, "edit_forward": 3, "edit_steps": 4}
+
+
+@jax.tree_util.register_dataclass
+@dataclass
+class Noise:
+    """Where the sampler's random draws come from.
+
+    By default every draw is made per batch item from ``keys [B]`` (typed PRNG keys;
+    ``retake_keys`` for the retake noise and the edit draws, as the reference uses its
+    retake generators there), so an item's noise does not depend on its batch
+    position. Any array given explicitly replaces the corresponding draws:
+    ``initial [B, 8, 16, T]``; ``retake [B, 8, 16, T]``; ``steps [S, B, 8, 16, T]``:
+    pingpong's per-step noises, indexed by step; ``edit_forward [K, B, 8, 16, T]``:
+    FlowEdit's forward noises in call order; ``edit_steps [S, B, 8, 16, T]``: FlowEdit
+    pingpong noises, one per step from ``n_min``.
+    """
+
+    keys: jax.Array | None = None
+    retake_keys: jax.Array | None = None
+    initial: jax.Array | None = None
+    retake: jax.Array | None = None
+    steps: jax.Array | None = None
+    edit_forward: jax.Array | None = None
+    edit_steps: jax.Array | None = None
+
+    @classmethod
+    def from_seeds(cls, seeds: Sequence[int], retake_seeds: Sequence[int] | None = None, **arrays) -> Noise:
+        """Per-item keys ``jax.random.key(seed)``; retake keys default to keys folded with a tag."""
+        keys = jax.vmap(jax.random.key)(jnp.asarray(np.asarray(seeds, np.uint32)))
+        if retake_seeds is None:
+            rkeys = jax.vmap(lambda k: jax.random.fold_in(k, 0x7E7A4E))(keys)
+        else:
+            if len(retake_seeds) != len(seeds):
+                raise ValueError(f"retake_seeds has {len(retake_seeds)} entries, seeds has {len(seeds)}")
+            rkeys = jax.vmap(jax.random.key)(jnp.asarray(np.asarray(retake_seeds, np.uint32)))
+        return cls(keys=keys, retake_keys=rkeys, **arrays)
+
+
+def draw(noise: Noise, kind: str, index, item_shape: tuple[int, int, int]) -> jax.Array:
+    """Draw ``kind`` number ``index`` (may be traced) as ``[B, *item_shape]`` float32.
+
+    Key draws are made frame-major (``[T, C, H]``, then transposed) so, with JAX's
+    partitionable threefry, the first frames' values do not depend on the total length.
+    """
+    arr = getattr(noise, kind)
+    if arr is not None:
+        return (arr if kind in ("initial", "retake") else arr[index]).astype(jnp.float32)
+    keys = noise.retake_keys if kind in ("retake", "edit_forward") else noise.keys
+    if keys is None:
+        raise ValueError(f"Noise has neither keys nor an explicit {kind!r} array")
+    c, h, t = item_shape
+
+    def one(key):
+        key = jax.random.fold_in(jax.random.fold_in(key, _NOISE_TAGS[kind]), index)
+        return jnp.transpose(jax.random.normal(key, (t, c, h), jnp.float32), (1, 2, 0))
+
+    return jax.vmap(one)(keys)

@@ -1,0 +1,300 @@
+"""The jitted sampling loops (text2music family and FlowEdit).
+
+Each run is one ``jax.jit`` call: conditions are encoded once, then a
+``lax.fori_loop`` runs the steps. Per step, the conditional, unconditional (and, for
+double-condition guidance, text-only) predictions are made by ONE transformer decode
+over the batch concatenated along its first axis; outside the guidance interval a
+``lax.cond`` takes the single conditional decode instead. Static structure
+(:class:`LoopConfig`, array shapes, which noise arrays are injected) selects the
+compiled program; scales, timesteps, omega, the guidance schedule, the repaint start
+and the noise are traced, so changing them never recompiles.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from acestep_jax.models.transformer import layer_scales
+from acestep_jax.sampling import guidance as G
+from acestep_jax.sampling.params import Conditioning, Noise, draw
+from acestep_jax.sampling.schedulers import HeunState, euler_step, heun_substep, pingpong_step
+
+ERG_TAU = 0.01
+ERG_LYRIC_LAYERS = (4, 5)  # lyric-encoder blocks whose queries are scaled (ERG lyric)
+ERG_DIFFUSION_LAYERS = (15, 16, 17, 18, 19)  # transformer blocks (ERG diffusion)
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """Static structure of a sampling loop.
+
+    ``guidance``: ``"none"``, ``"apg"``, ``"cfg"``, ``"cfg_star"`` or ``"double"``;
+    ``null_text``: the ERG-lyric null branch uses ``Conditioning.text_null`` (else
+    zeros); ``repaint``: the reference's repaint/extend update replaces the scheduler;
+    ``masked``: a bucketed run with a per-frame validity mask.
+    """
+
+    task: str = "text2music"  # "text2music" (every non-edit task) or "edit"
+    scheduler: str = "euler"
+    guidance: str = "apg"
+    erg_lyric: bool = False
+    erg_diffusion: bool = False
+    null_text: bool = False
+    repaint: bool = False
+    masked: bool = False
+    zero_steps: int = 1
+    use_zero_init: bool = True
+
+
+def _erg_scales(n: int, layers) -> jax.Array:
+    return layer_scales(n, [l for l in layers if l < n], ERG_TAU)
+
+
+def _zeros(a):
+    return jnp.zeros_like(a)
+
+
+def _speaker(cond: Conditioning, target: bool = False):
+    spk = cond.target_speaker if target else cond.speaker
+    if spk is None:
+        spk = jnp.zeros((cond.batch_size, 512), jnp.float32)
+    return spk
+
+
+def _decode(model, x, frame_mask, ctx, ctx_mask, t, query_scales=None):
+    n, length = x.shape[0], x.shape[-1]
+    mask = jnp.ones((n, length), jnp.float32) if frame_mask is None else jnp.broadcast_to(frame_mask, (n, length))
+    out = model.decode(
+        x, mask, ctx, ctx_mask, jnp.full((n,), t, jnp.float32), query_scales=query_scales,
+        isolate_padding=frame_mask is not None,
+    ).astype(jnp.float32)
+    return out if frame_mask is None else out * frame_mask
+
+
+def _pad_context(states, mask, length):
+    pad = length - states.shape[1]
+    if pad == 0:
+        return states, mask
+    return (
+        jnp.pad(states, ((0, 0), (0, pad), (0, 0))),
+        jnp.pad(mask, ((0, 0), (0, pad))),
+    )
+
+
+# ---------------------------------------------------------------------------- text2music
+def _encode_t2m(model, lc: LoopConfig, cond: Conditioning):
+    spk = _speaker(cond)
+    text, tmask, lyr, lmask = cond.text, cond.text_mask, cond.lyric_ids, cond.lyric_mask
+    enc, enc_mask = model.encode(text, tmask, spk, lyr, lmask)
+    if lc.guidance == "none":
+        return enc, enc_mask, None, None
+    lq = _erg_scales(model.cfg.lyric_encoder.num_blocks, ERG_LYRIC_LAYERS) if lc.erg_lyric else None
+    if lc.erg_lyric:
+        null_text = cond.text_null if lc.null_text else _zeros(text)
+        null, _ = model.encode(null_text, tmask, _zeros(spk), lyr, lmask, lyric_query_scales=lq)
+    else:
+        null, _ = model.encode(_zeros(text), tmask, _zeros(spk), _zeros(lyr), lmask)
+    text_only = None
+    if lc.guidance == "double":
+        if lc.erg_lyric:
+            text_only, _ = model.encode(text, tmask, _zeros(spk), lyr, lmask, lyric_query_scales=lq)
+        else:
+            text_only, _ = model.encode(text, tmask, _zeros(spk), _zeros(lyr), lmask)
+    return enc, enc_mask, null, text_only
+
+
+def text2music_loop(model, lc: LoopConfig, cond: Conditioning, inputs: dict, noise: Noise):
+    """Run the text2music-family loop; see :func:`acestep_jax.sampling.tasks.prepare`
+    for ``inputs`` (``x``, ``timesteps``, ``sigmas``, ``active``, ``scales``, ``omega``,
+    ``scale_text``, ``scale_lyric``, ``start``; repaint: ``x0``, ``z0``, ``repaint_mask``;
+    bucketed: ``frame_mask``)."""
+    enc, enc_mask, null, text_only = _encode_t2m(model, lc, cond)
+    timesteps, sigmas = inputs["timesteps"], inputs["sigmas"]
+    n = timesteps.shape[0]
+    fm = inputs.get("frame_mask")
+    x = inputs["x"].astype(jnp.float32)
+    b, shape = x.shape[0], x.shape[1:]
+    omega = inputs["omega"]
+
+    def plain(x, i, buf):
+        return _decode(model, x, fm, enc, enc_mask, timesteps[i]), buf
+
+    # loop-invariant inputs of the batched guided decode: [cond; (text only;) uncond]
+    double = lc.guidance == "double"
+    k = 3 if double else 2
+    g_ctx = g_mask = g_qs = None
+    if lc.guidance != "none":
+        g_ctx = jnp.concatenate([enc, text_only, null] if double else [enc, null])
+        g_mask = jnp.concatenate([enc_mask] * k)
+        if lc.erg_diffusion:
+            layers = model.cfg.num_layers
+            erg = _erg_scales(layers, ERG_DIFFUSION_LAYERS)
+            per_item = jnp.concatenate([jnp.ones((layers, (k - 1) * b)), jnp.repeat(erg[:, None], b, axis=1)], axis=1)
+            g_qs = per_item[:, :, None, None]  # [layers, k*B, 1, 1]: ERG on the uncond items only
+
+    def guided(x, i, buf):
+        out = _decode(model, jnp.concatenate([x] * k), fm, g_ctx, g_mask, timesteps[i], g_qs)
+        parts = jnp.split(out, k)
+        scale = inputs["scales"][i]
+        if double:
+            return G.double_condition(parts[0], parts[2], parts[1], inputs["scale_text"], inputs["scale_lyric"]), buf
+        if lc.guidance == "apg":
+            return G.apg(parts[0], parts[1], scale, buf)
+        if lc.guidance == "cfg":
+            return G.cfg(parts[0], parts[1], scale), buf
+        return G.cfg_zero_star(parts[0], parts[1], scale, i, lc.zero_steps, lc.use_zero_init), buf
+
+    def velocity(x, i, buf):
+        if lc.guidance == "none":
+            return plain(x, i, buf)
+        return jax.lax.cond(inputs["active"][i], guided, plain, x, i, buf)
+
+    def body(i, carry):
+        x, buf, heun = carry
+        v, buf = velocity(x, i, buf)
+        if lc.repaint:
+            t_i = timesteps[i] / 1000
+            t_next = jnp.where(i + 1 < n, timesteps[jnp.minimum(i + 1, n - 1)] / 1000, 0.0)
+            prev = x + (t_next - t_i) * v
+            zt_src = (1 - t_next) * inputs["x0"] + t_next * inputs["z0"]
+            x = jnp.where(inputs["repaint_mask"] == 1.0, prev, zt_src)
+        elif lc.scheduler == "euler":
+            x = euler_step(x, v, sigmas[i], sigmas[i + 1], omega, fm)
+        elif lc.scheduler == "heun":
+            x, heun = heun_substep(i, x, v, sigmas, omega, heun, fm)
+        else:
+            x = pingpong_step(x, v, sigmas[i], sigmas[i + 1], draw(noise, "steps", i, shape))
+        if fm is not None:
+            x = x * fm
+        return x, buf, heun
+
+    start = inputs["start"]
+    if lc.repaint:
+        # the reference re-noises the source to the start level: zt_edit + zt_src - x0
+        t0 = timesteps[start] / 1000
+        x0 = inputs["x0"]
+        x = (x0 + ((1 - t0) * x0 + t0 * inputs["z0"])) - x0
+    buf = G.apg_momentum_init(x) if lc.guidance == "apg" else None
+    heun = HeunState.zeros(x) if lc.scheduler == "heun" and not lc.repaint else None
+    x, _, _ = jax.lax.fori_loop(start, n, body, (x, buf, heun))
+    return x
+
+
+# ---------------------------------------------------------------------------- FlowEdit
+def edit_loop(model, lc: LoopConfig, cond: Conditioning, inputs: dict, noise: Noise):
+    """FlowEdit (the reference's ``flowedit_diffusion_process``) on the Euler table.
+
+    ``inputs``: ``x_src``, ``timesteps``, ``sigmas``, ``scale``, and the step indices
+    ``n_min``/``n_max`` and ``n_avg`` (int32, traced) with ``n_avg_f`` (float32). Guidance is APG (the reference's default) when enabled; the source branch keeps a
+    momentum buffer during editing, the target branch one of its own afterwards. With
+    pingpong the reference never updates the edited latents during the editing phase
+    (only draws noise), so that phase is skipped here: the output is identical.
+    """
+    cfg_on = lc.guidance != "none"
+    spk, tspk = _speaker(cond), _speaker(cond, target=True)
+    src_c, src_m = model.encode(cond.text, cond.text_mask, spk, cond.lyric_ids, cond.lyric_mask)
+    tar_c, tar_m = model.encode(
+        cond.target_text, cond.target_text_mask, tspk, cond.target_lyric_ids, cond.target_lyric_mask
+    )
+    src, tar = [(src_c, src_m)], [(tar_c, tar_m)]
+    if cfg_on:
+        src.append(model.encode(
+            _zeros(cond.text), cond.text_mask, _zeros(spk), _zeros(cond.lyric_ids), _zeros(cond.lyric_mask)
+        ))
+        tar.append(model.encode(
+            _zeros(cond.target_text), cond.target_text_mask, _zeros(tspk),
+            _zeros(cond.target_lyric_ids), _zeros(cond.target_lyric_mask),
+        ))
+    length = max(s.shape[1] for s, _ in src + tar)
+    src = [_pad_context(s, m.astype(jnp.float32), length) for s, m in src]
+    tar = [_pad_context(s, m.astype(jnp.float32), length) for s, m in tar]
+
+    timesteps, sigmas = inputs["timesteps"], inputs["sigmas"]
+    n = timesteps.shape[0]
+    x_src = inputs["x_src"].astype(jnp.float32)
+    shape = x_src.shape[1:]
+    scale = inputs["scale"]
+    n_min, n_max, n_avg = inputs["n_min"], inputs["n_max"], inputs["n_avg"]
+
+    def times(i):
+        t = timesteps[i]
+        t_next = jnp.where(i + 1 < n, timesteps[jnp.minimum(i + 1, n - 1)] / 1000, 0.0)
+        return t, t / 1000, t_next
+
+    def joined(conds):
+        return jnp.concatenate([c for c, _ in conds]), jnp.concatenate([m for _, m in conds])
+
+    # loop-invariant contexts: editing phase [src; (src null;) tar; (tar null)], then target only
+    ctx_all, ctx_tar = joined(src + tar), joined(tar)
+
+    def predict(zs, ctx, t):
+        """One decode over the latents ``zs`` against the joined contexts ``ctx``."""
+        return jnp.split(_decode(model, jnp.concatenate(zs), None, *ctx, t), len(zs))
+
+    def phase1(i, carry):
+        zt_edit, buf = carry
+        t, t_i, t_next = times(i)
+
+        def one(a, acc_buf):
+            acc, buf = acc_buf
+            fwd = draw(noise, "edit_forward", (i - n_min) * n_avg + a, shape)
+            zt_src = (1 - t_i) * x_src + t_i * fwd
+            zt_tar = zt_edit + zt_src - x_src
+            if cfg_on:
+                sc, su, tc, tu = predict([zt_src, zt_src, zt_tar, zt_tar], ctx_all, t)
+                v_src, buf = G.apg(sc, su, scale, buf)
+                v_tar = G.apg(tc, tu, scale)
+            else:
+                v_src, v_tar = predict([zt_src, zt_tar], ctx_all, t)
+            return acc + (1 / inputs["n_avg_f"]) * (v_tar - v_src), buf
+
+        acc, buf = jax.lax.fori_loop(0, n_avg, one, (jnp.zeros_like(x_src), buf))
+        return zt_edit + (t_next - t_i) * acc, buf
+
+    zt_edit = x_src
+    buf = G.apg_momentum_init(x_src) if cfg_on else None
+    if lc.scheduler != "pingpong":
+        zt_edit, _ = jax.lax.fori_loop(n_min, n_max, phase1, (zt_edit, buf))
+
+    fwd = draw(noise, "edit_forward", (n_max - n_min) * n_avg, shape)
+    sigma = sigmas[jnp.minimum(n_max, n - 1)]
+    xt_src = sigma * fwd + (1.0 - sigma) * x_src
+    xt_tar = zt_edit + xt_src - x_src
+
+    def phase2(i, carry):
+        xt, buf = carry
+        t, t_i, t_next = times(i)
+        if cfg_on:
+            tc, tu = predict([xt, xt], ctx_tar, t)
+            v, buf = G.apg(tc, tu, scale, buf)
+        else:
+            (v,) = predict([xt], ctx_tar, t)
+        if lc.scheduler != "pingpong":
+            return xt + (t_next - t_i) * v, buf
+        prev = xt - t_i * v
+        return (1 - t_next) * prev + t_next * draw(noise, "edit_steps", i - n_min, shape), buf
+
+    xt_tar, _ = jax.lax.fori_loop(n_max, n, phase2, (xt_tar, buf))
+    return jnp.where(n_max < n, xt_tar, zt_edit)
+
+
+# ---------------------------------------------------------------------------- jit
+@functools.lru_cache(maxsize=32)
+def _compiled(graphdef, lc: LoopConfig):
+    loop = edit_loop if lc.task == "edit" else text2music_loop
+
+    def run(state, cond, inputs, noise):
+        return loop(nnx.merge(graphdef, state), lc, cond, inputs, noise)
+
+    return jax.jit(run)
+
+
+def run_loop(model, lc: LoopConfig, cond: Conditioning, inputs: dict, noise: Noise) -> jax.Array:
+    """Run the jitted loop for ``lc`` (compiled once per structure and shapes)."""
+    graphdef, state = nnx.split(model)
+    return _compiled(graphdef, lc)(state, cond, inputs, noise)

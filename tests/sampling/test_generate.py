@@ -1,0 +1,145 @@
+"""generate(): sharding, per-item noise, compile reuse, bucketing and argument checks."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from acestep_jax.sampling import (
+    Noise,
+    SamplingParams,
+    bucket_frames,
+    enable_compilation_cache,
+    generate,
+    prepare,
+    sampler,
+)
+from acestep_jax.sampling.params import draw
+from acestep_jax.sharding import make_mesh
+from tests.helpers import assert_close
+from tests.sampling.conftest import make_cond
+
+FAST = SamplingParams(duration=2.0, infer_steps=4, guidance_interval=1.0, scheduler_type="pingpong")
+
+
+def test_sharded_batch_equals_unsharded(tiny_model, pipeline_golden):
+    cond = make_cond(pipeline_golden.io, batch=8)
+    params = FAST.replace(scheduler_type="euler")  # the omega mean-shift couples the whole batch
+    seeds = list(range(100, 108))
+    ref = np.asarray(generate(tiny_model, params, cond, seeds))
+    mesh = make_mesh(data=8)
+    out = generate(tiny_model, params, cond, seeds, mesh=mesh)
+    assert len(out.sharding.device_set) == 8
+    assert_close(out, ref, what="sharded vs unsharded")
+    with pytest.raises(ValueError, match="divisible"):
+        generate(tiny_model, params, make_cond(pipeline_golden.io, batch=4), seeds[:4], mesh=mesh)
+
+
+def test_item_noise_independent_of_batch(tiny_model, pipeline_golden):
+    io = pipeline_golden.io
+    # pingpong has no batch-wide mean shift, so items are independent
+    both = np.asarray(generate(tiny_model, FAST, make_cond(io), [5, 6]))
+    one = jax.tree.map(lambda a: a[1:], make_cond(io))
+    alone = np.asarray(generate(tiny_model, FAST, one, [6]))
+    assert_close(alone[0], both[1], what="item 1 alone vs in batch")
+    other = np.asarray(generate(tiny_model, FAST, make_cond(io), [5, 7]))
+    assert_close(other[0], both[0], what="item 0 with another partner")
+    assert np.abs(other[1] - both[1]).max() > 1e-2
+
+
+def test_scales_and_seeds_reuse_compile(tiny_model, pipeline_golden):
+    cond = make_cond(pipeline_golden.io)
+    params = FAST.replace(scheduler_type="euler", guidance_interval_decay=1.0)
+    sampler._compiled.cache_clear()
+    generate(tiny_model, params, cond, [1, 2])
+    lc = prepare(params, cond, Noise.from_seeds([1, 2]))[0]
+    fn = sampler._compiled(nnx.split(tiny_model)[0], lc)
+    assert fn._cache_size() == 1
+    for change in (
+        {"guidance_scale": 7.0}, {"omega_scale": 3.0}, {"guidance_interval": 0.5},
+        {"min_guidance_scale": 1.5}, {"guidance_interval_decay": 0.0},
+    ):
+        generate(tiny_model, params.replace(**change), cond, [3, 4])
+    assert sampler._compiled.cache_info().currsize == 1
+    assert fn._cache_size() == 1
+
+
+def test_key_noise_prefix_stable():
+    """Key draws of a padded length agree with the unpadded draws on the valid frames."""
+    noise = Noise.from_seeds([3, 4])
+    for kind in ("initial", "steps", "edit_forward"):
+        short = draw(noise, kind, 2, (8, 16, 21))
+        long = draw(noise, kind, 2, (8, 16, 128))
+        np.testing.assert_array_equal(np.asarray(long)[..., :21], np.asarray(short))
+    assert np.abs(np.asarray(draw(noise, "initial", 0, (8, 16, 5)) - draw(noise, "retake", 0, (8, 16, 5)))).min() > 0
+
+
+def test_bucket_frames():
+    assert bucket_frames(1) == 128 and bucket_frames(128) == 128 and bucket_frames(129) == 256
+    with pytest.raises(ValueError):
+        bucket_frames(0)
+
+
+def test_bucketed_run_equals_unpadded(tiny_model, pipeline_golden):
+    """Padding frames are masked in the sampler (mean shift, guidance, latents) and isolated in
+    the transformer (``decode(isolate_padding=True)``), so a bucketed run equals the unpadded
+    one on the valid frames."""
+    cond = make_cond(pipeline_golden.io)
+    params = FAST.replace(scheduler_type="heun", omega_scale=10.0)  # mean shift over valid frames, both stages
+    ref = np.asarray(generate(tiny_model, params, cond, [1, 2]))
+    out = np.asarray(generate(tiny_model, params.replace(bucket=True), cond, [1, 2]))
+    assert out.shape == ref.shape == (2, 8, 16, 21)
+    assert_close(out, ref, rtol=1e-3, atol=1e-3, what="bucketed heun")
+
+
+def test_validation_errors(tiny_model, pipeline_golden):
+    io = pipeline_golden.io
+    cond, src = make_cond(io), make_cond(io, src=True)
+    bad = [
+        (FAST.replace(duration=0.0), cond, "duration"),
+        (FAST.replace(duration=-3.0), cond, "duration"),
+        (FAST.replace(infer_steps=0), cond, "infer_steps"),
+        (FAST.replace(scheduler_type="ddim"), cond, "scheduler_type"),
+        (FAST.replace(cfg_type="pag"), cond, "cfg_type"),
+        (FAST.replace(task="remix"), cond, "task"),
+        (FAST.replace(task="repaint", repaint_start=0.5, repaint_end=1.0), cond, "source latents"),
+        (FAST.replace(task="edit"), cond, "source latents"),
+        (FAST.replace(task="extend", repaint_start=-1.0, repaint_end=2.0), cond, "source latents"),
+        (FAST.replace(task="audio2audio"), cond, "source latents"),
+        (FAST.replace(task="repaint", repaint_start=0.5, repaint_end=3.0), src, "outside"),
+        (FAST.replace(task="repaint", repaint_start=1.0, repaint_end=0.5), src, "after"),
+        (FAST.replace(task="extend", repaint_start=0.0, repaint_end=1.0), src, "extend"),
+        (FAST.replace(task="edit", n_min=0.8, n_max=0.2), src, "n_min"),
+        (FAST.replace(task="repaint", repaint_start=0.5, repaint_end=1.0, retake_variance=0.0), src,
+         "retake_variance"),
+        (FAST.replace(guidance_interval=1.5), cond, "guidance_interval"),
+        (FAST.replace(task="edit"), src, "target_text"),
+        (FAST.replace(scheduler_type="heun", oss_steps=(1, 3)), cond, "oss_steps"),
+        (FAST.replace(task="audio2audio", ref_audio_strength=1.0), src, "ref_audio_strength"),
+    ]
+    for params, c, match in bad:
+        with pytest.raises(ValueError, match=match):
+            generate(tiny_model, params, c, [1, 2])
+    with pytest.raises(ValueError, match="Noise.initial"):
+        generate(tiny_model, FAST, cond, Noise(initial=np.zeros((2, 8, 16, 20), np.float32)))
+    with pytest.raises(ValueError, match="Noise.steps"):
+        generate(tiny_model, FAST, cond, Noise(initial=np.zeros((2, 8, 16, 21), np.float32),
+                                               steps=np.zeros((4, 1, 8, 16, 21), np.float32)))
+    with pytest.raises(ValueError, match="batch"):
+        generate(tiny_model, FAST, dataclasses.replace(cond, lyric_ids=io["lyric_token_ids"][:1]), [1, 2])
+
+
+def test_enable_compilation_cache(tmp_path):
+    keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+            "jax_persistent_cache_min_entry_size_bytes")
+    before = {k: getattr(jax.config, k) for k in keys}
+    try:
+        path = enable_compilation_cache(tmp_path / "xla", min_compile_time_s=2.0)
+        assert path.is_dir() and jax.config.jax_compilation_cache_dir == str(path)
+        assert jax.config.jax_persistent_cache_min_compile_time_secs == 2.0
+    finally:
+        for k, v in before.items():
+            jax.config.update(k, v)

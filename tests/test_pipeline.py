@@ -1,0 +1,109 @@
+"""The end-to-end pipeline from a converted checkpoint equals the direct path through each module."""
+
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from acestep_jax.codec import MusicCodec
+from acestep_jax.convert import release
+from acestep_jax.convert.dcae import load_dcae
+from acestep_jax.convert.transformer import load_transformer
+from acestep_jax.convert.umt5 import load_umt5
+from acestep_jax.convert.vocoder import load_vocoder
+from acestep_jax.codec import DCAEConfig, VocoderConfig
+from acestep_jax.models.transformer import TransformerConfig
+from acestep_jax.pipeline import ACEStepPipeline
+from acestep_jax.sampling import Conditioning, Noise, SamplingParams, generate
+from acestep_jax.text import PromptTokenizer, UMT5Config, UMT5Encoder, umt5_erg_scales
+from tests.fake_checkpoint import build_reference_folder
+
+PROMPTS = ["rock guitar drums", "piano sad"]
+PARAMS = SamplingParams(duration=1.5, infer_steps=3, guidance_scale=7.0, scheduler_type="euler")
+
+
+@pytest.fixture(scope="module")
+def reference_dir(tmp_path_factory):
+    return build_reference_folder(tmp_path_factory.mktemp("hf") / "ckpt")
+
+
+@pytest.fixture(scope="module")
+def pipe(reference_dir, tmp_path_factory, lyrics_vocab_path):
+    dst = tmp_path_factory.mktemp("converted") / "ckpt"
+    release.convert_checkpoint(reference_dir, dst, lyrics_vocab=lyrics_vocab_path, progress=False)
+    return ACEStepPipeline.from_checkpoint(dst, dtype="float32", progress=False)
+
+
+def _cfg(folder, cls):
+    return cls.from_dict(json.loads((folder / "config.json").read_text()))
+
+
+def test_converted_pipeline_matches_direct_path(pipe, reference_dir):
+    r = reference_dir
+    transformer = load_transformer(r / "ace_step_transformer", _cfg(r / "ace_step_transformer", TransformerConfig))
+    umt5 = load_umt5(r / "umt5-base", _cfg(r / "umt5-base", UMT5Config))
+    codec = MusicCodec.from_parts(load_dcae(r / "music_dcae_f8c8", _cfg(r / "music_dcae_f8c8", DCAEConfig)),
+                                  load_vocoder(r / "music_vocoder", _cfg(r / "music_vocoder", VocoderConfig)))
+    ids, mask = PromptTokenizer.from_folder(r / "umt5-base")(PROMPTS)  # unbucketed, as the reference
+    ids, mask = jnp.asarray(ids), jnp.asarray(mask)
+    text = umt5(ids, mask)
+    null = umt5(ids, mask, query_scales=umt5_erg_scales(umt5.cfg.num_layers))
+    cond = Conditioning(text=text, text_mask=mask, lyric_ids=jnp.zeros((2, 1), jnp.int32),
+                        lyric_mask=jnp.zeros((2, 1), jnp.int32), speaker=jnp.zeros((2, 512)), text_null=null)
+    noise = Noise.from_seeds([1, 2], [3, 4])
+    direct = np.asarray(codec.decode(generate(transformer, PARAMS, cond, noise), 48000))
+
+    out = pipe.generate(PROMPTS, [""], PARAMS, seeds=[1, 2], retake_seeds=[3, 4])
+    assert out.audio.shape == direct.shape and out.sample_rate == 48000
+    np.testing.assert_allclose(out.audio, direct, rtol=1e-4, atol=1e-4)
+    assert [p["seed"] for p in out.params] == [1, 2] and out.params[1]["prompt"] == PROMPTS[1]
+
+
+def test_lyrics_and_sources(pipe, golden):
+    lyrics = json.loads((golden("lyrics").dir / "cases.json").read_text().splitlines()[1].rstrip(","))
+    out = pipe.generate(["pop"], [lyrics["lyrics"]], PARAMS, seeds=[5])
+    ids, mask = pipe.tokenize_lyrics([lyrics["lyrics"]])
+    n = len(lyrics["token_ids"])
+    assert np.asarray(ids)[0, :n].tolist() == lyrics["token_ids"] and int(mask.sum()) == n
+    assert ids.shape[1] % 64 == 0 and np.isfinite(out.audio).all()
+
+    src = out.audio[0]
+    repaint = PARAMS.replace(task="repaint", repaint_start=0.2, repaint_end=0.8, retake_variance=0.5)
+    edited = pipe.generate(["pop"], [""], repaint, seeds=[5], src_audio=src, src_sample_rate=out.sample_rate)
+    assert np.isfinite(edited.audio).all()
+    with pytest.raises(ValueError, match="needs source audio"):
+        pipe.generate(["pop"], [""], repaint, seeds=[5])
+
+
+def test_lora_merge_and_unmerge(pipe, tmp_path):
+    from flax import nnx
+
+    from acestep_jax.lora import LoraConfig, add_lora, save_lora
+
+    before = {k: np.asarray(v[...]) for k, v in nnx.to_flat_state(nnx.state(pipe.transformer))}
+    trained = load_transformer_like(pipe)
+    add_lora(trained, LoraConfig(r=2, lora_alpha=4, target_modules=("to_q", "to_k")), nnx.Rngs(1))
+    for _, v in nnx.to_flat_state(nnx.state(trained, nnx.LoRAParam)):
+        v[...] = jnp.full(v.shape, 0.05, v.dtype)
+    save_lora(trained, LoraConfig(r=2, lora_alpha=4, target_modules=("to_q", "to_k")), tmp_path / "lora")
+    pipe.set_lora(tmp_path / "lora", 0.5)
+    merged = {k: np.asarray(v[...]) for k, v in nnx.to_flat_state(nnx.state(pipe.transformer))}
+    assert any(not np.allclose(merged[k], before[k]) for k in before)
+    pipe.set_lora(None)
+    after = {k: np.asarray(v[...]) for k, v in nnx.to_flat_state(nnx.state(pipe.transformer))}
+    for k in before:
+        np.testing.assert_allclose(after[k], before[k], atol=1e-6, err_msg=k)
+
+
+def load_transformer_like(pipe):
+    from flax import nnx
+
+    graphdef, state = nnx.split(pipe.transformer)
+    return nnx.merge(graphdef, jax_copy(state))
+
+
+def jax_copy(state):
+    import jax
+
+    return jax.tree.map(lambda x: jnp.array(x, copy=True), state)
