@@ -59,7 +59,7 @@ class LoraConfig:
         return self.lora_alpha / (math.sqrt(self.r) if self.use_rslora else self.r)
 
     @classmethod
-    def from_dict(cls, d: Mapping) -> "LoraConfig":
+    def from_dict(cls, d: Mapping) -> LoraConfig:
         """From a PEFT ``adapter_config.json``-style dict (other PEFT fields are ignored)."""
         if "r" not in d:
             raise ValueError("LoRA config has no rank 'r'")

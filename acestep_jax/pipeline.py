@@ -21,7 +21,6 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -81,6 +80,7 @@ class ACEStepPipeline:
         self.transformer, self.codec, self.text_encoder = transformer, codec, text_encoder
         self.prompt_tokenizer, self.lyric_tokenizer = prompt_tokenizer, lyric_tokenizer
         self.mesh = mesh
+        self.checkpoint: Path | None = None  # the converted checkpoint folder, when loaded from one
         self._lora = None  # (path, weight, merged) of the adapter merged into the transformer
 
     # ------------------------------------------------------------------ construction
@@ -93,16 +93,24 @@ class ACEStepPipeline:
         param_dtype: str | None = None,
         mesh=None,
         lyrics_vocab: str | os.PathLike | None = None,
+        transformer: str | os.PathLike | None = None,
         progress: bool = True,
-    ) -> "ACEStepPipeline":
+    ) -> ACEStepPipeline:
         """Load a converted checkpoint, a reference-layout folder (converted once, cached) or a Hub id.
 
         ``dtype`` is the transformer's compute dtype; ``param_dtype`` (default: as
         converted) its storage dtype. The codec and text encoder run in float32.
+        ``transformer`` replaces the checkpoint's transformer with a component folder,
+        e.g. the fine-tuned ``RUN/transformer`` that ``train.py`` writes.
         """
         from acestep_jax.convert.checkpoint import load_component
         from acestep_jax.convert.components import COMPONENTS
-        from acestep_jax.convert.release import LYRICS_VOCAB, TOKENIZER_DIR, read_manifest, resolve_checkpoint
+        from acestep_jax.convert.release import (
+            LYRICS_VOCAB,
+            TOKENIZER_DIR,
+            read_manifest,
+            resolve_checkpoint,
+        )
 
         ckpt = resolve_checkpoint(spec, param_dtype=param_dtype or "float32", progress=progress)
         manifest = read_manifest(ckpt)
@@ -110,7 +118,8 @@ class ACEStepPipeline:
         if missing:
             raise ValueError(f"checkpoint {ckpt} lacks components {missing} needed for sampling")
         overrides = {"dtype": dtype} if param_dtype is None else {"dtype": dtype, "param_dtype": param_dtype}
-        transformer = load_component(ckpt / "transformer", COMPONENTS["transformer"], mesh=mesh, **overrides)
+        transformer = load_component(transformer or ckpt / "transformer", COMPONENTS["transformer"], mesh=mesh,
+                                     **overrides)
         text_encoder = load_component(ckpt / "text_encoder", COMPONENTS["text_encoder"], mesh=mesh,
                                       dtype="float32")
         dcae = load_component(ckpt / "dcae", COMPONENTS["dcae"], mesh=mesh)
@@ -118,11 +127,13 @@ class ACEStepPipeline:
         codec = MusicCodec.from_parts(dcae, vocoder)
         prompt_tokenizer = PromptTokenizer.from_folder(ckpt / TOKENIZER_DIR)
         vocab = lyrics_vocab or (ckpt / LYRICS_VOCAB if (ckpt / LYRICS_VOCAB).is_file() else None)
-        return cls(transformer, codec, text_encoder, prompt_tokenizer, LazyLyricTokenizer(vocab, ckpt), mesh=mesh)
+        pipe = cls(transformer, codec, text_encoder, prompt_tokenizer, LazyLyricTokenizer(vocab, ckpt), mesh=mesh)
+        pipe.checkpoint = ckpt
+        return pipe
 
     @classmethod
     def random(cls, preset: str = "tiny", seed: int = 0, *, dtype: str = "float32",
-               lyrics_vocab: str | os.PathLike | None = None, mesh=None, **kwargs) -> "ACEStepPipeline":
+               lyrics_vocab: str | os.PathLike | None = None, mesh=None, **kwargs) -> ACEStepPipeline:
         """Randomly initialised models of a preset (``tiny`` for demos and tests, ``full`` for
         benchmarks); nothing is downloaded unless lyrics are given without a local vocabulary."""
         from acestep_jax.presets import random_models

@@ -24,12 +24,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
+import jax
+import numpy as np
 
-from acestep_jax.models.transformer.flops import decode_flops  # noqa: E402
-from acestep_jax.pipeline import ACEStepPipeline  # noqa: E402
-from acestep_jax.sampling import SamplingParams, seconds_to_frames  # noqa: E402
+from acestep_jax.models.transformer.flops import decode_flops
+from acestep_jax.pipeline import ACEStepPipeline
+from acestep_jax.sampling import SamplingParams, seconds_to_frames
 
 # dense bf16 peak FLOP/s by device kind (vendor figures, no sparsity)
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "RTX 4090": 165e12,

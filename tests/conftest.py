@@ -9,11 +9,11 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
         os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
     ).strip()
 
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
-import pytest  # noqa: E402
+import pytest
 
-from tests.helpers import Golden, golden_root  # noqa: E402
+from tests.helpers import Golden, golden_root
 
 
 @pytest.fixture(scope="session")

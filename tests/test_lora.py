@@ -10,7 +10,15 @@ from safetensors.numpy import load_file, save_file
 
 from acestep_jax.convert import CheckpointError, DictSource
 from acestep_jax.convert.transformer import load_transformer
-from acestep_jax.lora import LoraConfig, add_lora, linear_sites, merge_lora, read_lora, save_lora, unmerge_lora
+from acestep_jax.lora import (
+    LoraConfig,
+    add_lora,
+    linear_sites,
+    merge_lora,
+    read_lora,
+    save_lora,
+    unmerge_lora,
+)
 from acestep_jax.models.transformer import TransformerConfig
 
 TARGETS = ("to_q", "to_out.0", "linear_v", "speaker_embedder")

@@ -6,17 +6,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from acestep_jax.codec import MusicCodec
+from acestep_jax.codec import DCAEConfig, MusicCodec, VocoderConfig
 from acestep_jax.convert import release
 from acestep_jax.convert.dcae import load_dcae
 from acestep_jax.convert.transformer import load_transformer
 from acestep_jax.convert.umt5 import load_umt5
 from acestep_jax.convert.vocoder import load_vocoder
-from acestep_jax.codec import DCAEConfig, VocoderConfig
 from acestep_jax.models.transformer import TransformerConfig
 from acestep_jax.pipeline import ACEStepPipeline
 from acestep_jax.sampling import Conditioning, Noise, SamplingParams, generate
-from acestep_jax.text import PromptTokenizer, UMT5Config, UMT5Encoder, umt5_erg_scales
+from acestep_jax.text import PromptTokenizer, UMT5Config, umt5_erg_scales
 from tests.fake_checkpoint import build_reference_folder
 
 PROMPTS = ["rock guitar drums", "piano sad"]
@@ -107,3 +106,21 @@ def jax_copy(state):
     import jax
 
     return jax.tree.map(lambda x: jnp.array(x, copy=True), state)
+
+
+def test_fine_tuned_transformer_replaces_the_checkpoints(pipe, tmp_path):
+    """``from_checkpoint(transformer=...)`` (``sample.py --transformer``) loads train.py's export."""
+    from flax import nnx
+
+    from acestep_jax.convert.checkpoint import save_component
+
+    tuned = load_transformer_like(pipe)
+    kernel = tuned.final_layer.linear.kernel
+    kernel[...] = kernel[...] * 0.5
+    save_component(tmp_path / "transformer", tuned, tuned.cfg)
+    ckpt = pipe.checkpoint
+    other = ACEStepPipeline.from_checkpoint(ckpt, dtype="float32", transformer=tmp_path / "transformer",
+                                            progress=False)
+    np.testing.assert_array_equal(np.asarray(other.transformer.final_layer.linear.kernel[...]),
+                                  np.asarray(kernel[...]))
+    assert np.isfinite(other.generate(["pop"], [""], PARAMS, seeds=[1]).audio).all()

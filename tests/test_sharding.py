@@ -4,7 +4,8 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from acestep_jax.convert.transformer import load_transformer
 from acestep_jax.models.transformer import TransformerConfig

@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16", help="transformer compute dtype")
     src.add_argument("--param-dtype", choices=("bfloat16", "float32"), help="transformer storage dtype")
     src.add_argument("--lyrics-vocab", help="lyric vocabulary (default: in the checkpoint, else downloaded)")
+    src.add_argument("--transformer", help="a fine-tuned transformer folder (train.py's RUN/transformer) "
+                     "replacing the checkpoint's")
     src.add_argument("--lora", help="LoRA adapter (PEFT/diffusers safetensors file or folder)")
     src.add_argument("--lora-weight", type=float, default=1.0)
     src.add_argument("--shard", action="store_true", help="shard the batch over all local devices (data axis)")
@@ -147,6 +149,10 @@ def validate(args, params) -> None:
         raise FileNotFoundError(f"--lyrics-file {args.lyrics_file} does not exist")
     if params.task == "edit" and (args.edit_target_prompt is None or args.edit_target_lyrics is None):
         raise ValueError("--task edit needs --edit-target-prompt and --edit-target-lyrics")
+    if args.transformer and not os.path.isdir(args.transformer):
+        raise FileNotFoundError(f"--transformer {args.transformer} is not a folder")
+    if args.transformer and args.tiny_random:
+        raise ValueError("--transformer needs --checkpoint (the other models come from it), not --tiny-random")
     if args.lora and not os.path.exists(args.lora):
         raise FileNotFoundError(f"--lora {args.lora} does not exist")
     fmt = output_format(args)
@@ -219,7 +225,7 @@ def run(args, params) -> int:
         else:
             pipe = ACEStepPipeline.from_checkpoint(args.checkpoint, dtype=args.dtype, param_dtype=args.param_dtype,
                                                    mesh=mesh, lyrics_vocab=args.lyrics_vocab,
-                                                   progress=not args.quiet)
+                                                   transformer=args.transformer, progress=not args.quiet)
         if args.lora:
             pipe.set_lora(args.lora, args.lora_weight)
         load_time = time.perf_counter() - t0

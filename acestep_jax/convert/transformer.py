@@ -19,7 +19,6 @@ from acestep_jax.convert.core import (
 )
 from acestep_jax.models.transformer import ACEStepTransformer, TransformerConfig
 
-
 STACKED_LINEAR = stack_of(linear_t)  # combine of every stacked nn.Linear weight (used by LoRA)
 
 _pointwise = Transform(lambda w: w[:, :, 0].T, lambda k: k.T[:, :, None], name="pointwise")
@@ -67,7 +66,7 @@ def transformer_rules(cfg: TransformerConfig) -> list[Rule]:
     """Every parameter of the model, with the reference keys it comes from."""
     rules: list[Rule] = []
     blocks = [f"transformer_blocks.{i}" for i in range(cfg.num_layers)]
-    per = lambda suffix: [f"{b}.{suffix}" for b in blocks]  # noqa: E731
+    per = lambda suffix: [f"{b}.{suffix}" for b in blocks]
     rules.append(stacked_rule("blocks/scale_shift_table", per("scale_shift_table")))
     for name in ("to_q", "to_k", "to_v"):
         rules += _stacked_dense([f"{b}.attn.{name}" for b in blocks], f"blocks/attn/{name}")

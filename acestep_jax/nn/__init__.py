@@ -1,5 +1,6 @@
 """Shared building blocks: layers with logical axis names and dtype handling."""
 
+from acestep_jax.nn.dtypes import resolve_dtype
 from acestep_jax.nn.layers import (
     Conv,
     Dense,
@@ -10,7 +11,6 @@ from acestep_jax.nn.layers import (
     make_param,
     rms_norm,
 )
-from acestep_jax.nn.dtypes import resolve_dtype
 
 __all__ = [
     "Conv",

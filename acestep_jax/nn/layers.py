@@ -100,7 +100,7 @@ class Conv(nnx.Module):
             raise ValueError(f"Conv supports 1-3 spatial dims, got kernel_size={kernel_size}")
         if in_features % groups or out_features % groups:
             raise ValueError(f"channels {in_features}->{out_features} not divisible by groups={groups}")
-        as_tuple = lambda v: (v,) * nd if isinstance(v, int) else tuple(v)  # noqa: E731
+        as_tuple = lambda v: (v,) * nd if isinstance(v, int) else tuple(v)
         self.strides = as_tuple(strides)
         self.dilation = as_tuple(dilation)
         self.padding = (
@@ -146,7 +146,7 @@ class Embed(nnx.Module):
         param_dtype=jnp.float32,
         rngs: nnx.Rngs | None,
     ):
-        init = lambda key, shape, dt: jax.random.normal(key, shape, dt)  # noqa: E731
+        init = lambda key, shape, dt: jax.random.normal(key, shape, dt)
         self.embedding = make_param(rngs, init, (num_embeddings, features), param_dtype, axes)
         self.dtype = dtype
 
@@ -165,7 +165,7 @@ class RMSNorm(nnx.Module):
 
     def __init__(self, features: int, *, eps: float = 1e-6, use_scale: bool = True,
                  axis_name: str | None = "norm", param_dtype=jnp.float32, rngs: nnx.Rngs | None = None):
-        ones = lambda key, shape, dt: jnp.ones(shape, dt)  # noqa: E731
+        ones = lambda key, shape, dt: jnp.ones(shape, dt)
         self.scale = make_param(rngs, ones, (features,), param_dtype, (axis_name,)) if use_scale else None
         self.eps = eps
 
@@ -181,8 +181,8 @@ class LayerNorm(nnx.Module):
 
     def __init__(self, features: int, *, eps: float = 1e-5, use_affine: bool = True,
                  axis_name: str | None = "norm", param_dtype=jnp.float32, rngs: nnx.Rngs | None = None):
-        ones = lambda key, shape, dt: jnp.ones(shape, dt)  # noqa: E731
-        zeros = lambda key, shape, dt: jnp.zeros(shape, dt)  # noqa: E731
+        ones = lambda key, shape, dt: jnp.ones(shape, dt)
+        zeros = lambda key, shape, dt: jnp.zeros(shape, dt)
         self.scale = make_param(rngs, ones, (features,), param_dtype, (axis_name,)) if use_affine else None
         self.bias = make_param(rngs, zeros, (features,), param_dtype, (axis_name,)) if use_affine else None
         self.eps = eps
@@ -204,8 +204,8 @@ class GroupNorm(nnx.Module):
                  axis_name: str | None = "norm", param_dtype=jnp.float32, rngs: nnx.Rngs | None = None):
         if features % num_groups:
             raise ValueError(f"{features} channels not divisible into {num_groups} groups")
-        ones = lambda key, shape, dt: jnp.ones(shape, dt)  # noqa: E731
-        zeros = lambda key, shape, dt: jnp.zeros(shape, dt)  # noqa: E731
+        ones = lambda key, shape, dt: jnp.ones(shape, dt)
+        zeros = lambda key, shape, dt: jnp.zeros(shape, dt)
         self.scale = make_param(rngs, ones, (features,), param_dtype, (axis_name,))
         self.bias = make_param(rngs, zeros, (features,), param_dtype, (axis_name,))
         self.num_groups = num_groups

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from acestep_jax.convert import CheckpointError, DictSource
-from acestep_jax.convert import checkpoint
+from acestep_jax.convert import CheckpointError, DictSource, checkpoint
 from acestep_jax.convert.checkpoint import load_component, save_component, write_component
 from acestep_jax.convert.components import TRANSFORMER
 from acestep_jax.convert.transformer import export_transformer

@@ -2,7 +2,6 @@
 
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,8 +9,7 @@ from flax import nnx
 from safetensors.numpy import load_file
 
 from acestep_jax.cli.convert import main as convert_main
-from acestep_jax.convert import CheckpointError
-from acestep_jax.convert import release
+from acestep_jax.convert import CheckpointError, release
 from acestep_jax.convert.checkpoint import load_component
 from acestep_jax.convert.components import COMPONENTS, TRANSFORMER
 from acestep_jax.convert.transformer import load_transformer

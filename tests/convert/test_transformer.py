@@ -5,13 +5,18 @@ import json
 import math
 
 import jax.numpy as jnp
-
 import numpy as np
 import pytest
 from flax import nnx
 from safetensors.numpy import load_file, save_file
 
-from acestep_jax.convert import CheckpointError, DictSource, ManifestSource, check_rules, param_shapes
+from acestep_jax.convert import (
+    CheckpointError,
+    DictSource,
+    ManifestSource,
+    check_rules,
+    param_shapes,
+)
 from acestep_jax.convert.transformer import export_transformer, load_transformer, transformer_rules
 from acestep_jax.models.transformer import ACEStepTransformer, TransformerConfig
 

@@ -9,7 +9,12 @@ import pytest
 from flax import nnx
 
 from acestep_jax.convert.transformer import load_transformer
-from acestep_jax.models.transformer import ACEStepTransformer, TransformerConfig, layer_scales, repa_loss
+from acestep_jax.models.transformer import (
+    ACEStepTransformer,
+    TransformerConfig,
+    layer_scales,
+    repa_loss,
+)
 from tests.helpers import assert_close
 
 

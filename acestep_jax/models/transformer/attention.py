@@ -36,7 +36,7 @@ class LinearSelfAttention(nnx.Module):
 
     def __call__(self, x, mask, rope, q_scale=None):
         b, s, _ = x.shape
-        split = lambda y: y.reshape(b, s, self.heads, self.head_dim)  # noqa: E731
+        split = lambda y: y.reshape(b, s, self.heads, self.head_dim)
         q = self.to_q(x)
         if q_scale is not None:
             q = q * q_scale.astype(q.dtype)

@@ -74,7 +74,7 @@ class TransformerConfig:
             raise ValueError("lyric encoder output_size must be divisible by attention_heads")
 
     @classmethod
-    def from_dict(cls, d: dict, **overrides) -> "TransformerConfig":
+    def from_dict(cls, d: dict, **overrides) -> TransformerConfig:
         """Build from the reference ``config.json`` (``_``-prefixed keys are ignored)."""
         d = {k: v for k, v in {**d, **overrides}.items() if not k.startswith("_")}
         d.pop("inner_dim", None)  # derived: heads * head_dim

@@ -85,7 +85,7 @@ class FinalLayer(nnx.Module):
     """RMSNorm → timestep shift/scale → Linear → unpatchify to ``[B, C, 16, T]``."""
 
     def __init__(self, dim: int, out_channels: int, height: int, *, dtype, param_dtype, rngs):
-        init = lambda key, shape, dt: jax.random.normal(key, shape, dt) / dim**0.5  # noqa: E731
+        init = lambda key, shape, dt: jax.random.normal(key, shape, dt) / dim**0.5
         self.scale_shift_table = make_param(rngs, init, (2, dim), param_dtype, (None, "embed"))
         self.linear = Dense(dim, height * out_channels, axes=("embed", None), dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.out_channels = out_channels

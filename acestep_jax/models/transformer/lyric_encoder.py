@@ -39,14 +39,14 @@ class RelPositionAttention(nnx.Module):
         self.linear_out = Dense(dim, dim, axes=("heads", "embed"), **kw)
         self.linear_pos = Dense(dim, dim, use_bias=False, axes=("embed", "heads"), **kw)
         bound = math.sqrt(6.0 / (heads + self.d_k))
-        init = lambda key, shape, dt: jax.random.uniform(key, shape, dt, -bound, bound)  # noqa: E731
+        init = lambda key, shape, dt: jax.random.uniform(key, shape, dt, -bound, bound)
         self.pos_bias_u = make_param(rngs, init, (heads, self.d_k), param_dtype, ("heads", None))
         self.pos_bias_v = make_param(rngs, init, (heads, self.d_k), param_dtype, ("heads", None))
         self.dtype = dtype
 
     def __call__(self, x, key_mask, pos_emb, q_scale=None):
         b, t, _ = x.shape
-        heads = lambda y: y.reshape(*y.shape[:-1], self.heads, self.d_k)  # noqa: E731
+        heads = lambda y: y.reshape(*y.shape[:-1], self.heads, self.d_k)
         q = self.linear_q(x)
         if q_scale is not None:
             q = q * q_scale.astype(q.dtype)

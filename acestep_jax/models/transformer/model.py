@@ -41,7 +41,7 @@ class GLUMBConv(nnx.Module):
         self.in_value = Dense(dim, hidden, axes=("embed", "mlp"), **kw)
         self.in_gate = Dense(dim, hidden, axes=("embed", "mlp"), **kw)
         bound = 1 / 3**0.5
-        init = lambda key, shape, dt: jax.random.uniform(key, shape, dt, -bound, bound)  # noqa: E731
+        init = lambda key, shape, dt: jax.random.uniform(key, shape, dt, -bound, bound)
         self.dw_value = make_param(rngs, init, (3, hidden), param_dtype, (None, "mlp"))
         self.dw_gate = make_param(rngs, init, (3, hidden), param_dtype, (None, "mlp"))
         self.dw_value_bias = make_param(rngs, init, (hidden,), param_dtype, ("mlp",))
@@ -74,7 +74,7 @@ class TransformerBlock(nnx.Module):
         self.attn = LinearSelfAttention(d, h, hd, **kw)
         self.cross_attn = CrossAttention(d, h, hd, **kw)
         self.ff = GLUMBConv(d, cfg.ff_hidden, **kw)
-        init = lambda key, shape, dt: jax.random.normal(key, shape, dt) / d**0.5  # noqa: E731
+        init = lambda key, shape, dt: jax.random.normal(key, shape, dt) / d**0.5
         self.scale_shift_table = make_param(rngs, init, (6, d), param_dtype, (None, "embed"))
         self.dtype = dtype
 
@@ -280,7 +280,7 @@ def repa_loss(projected: jax.Array, ssl: jax.Array, ssl_lengths: jax.Array) -> j
     def one(p, z, n):
         z_tilde = _interpolate_linear(p.astype(jnp.float32), n, max_len)
         z = z.astype(jnp.float32)
-        unit = lambda v: v / jnp.maximum(jnp.linalg.norm(v, axis=-1, keepdims=True), 1e-12)  # noqa: E731
+        unit = lambda v: v / jnp.maximum(jnp.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
         a, b = unit(z), unit(z_tilde)
         cos = jnp.sum(a * b, -1) / jnp.sqrt((jnp.sum(a * a, -1) + 1e-12) * (jnp.sum(b * b, -1) + 1e-12))
         valid = jnp.arange(max_len) < n

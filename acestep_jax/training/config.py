@@ -1,0 +1,182 @@
+"""Training configuration: nested frozen dataclasses read from JSON/YAML plus ``a.b=value`` overrides.
+
+Defaults follow the reference trainer (``trainer.py``): AdamW lr 1e-4, betas (0.8, 0.9),
+weight decay 1e-2, 10 linear warm-up steps then linear decay to zero at ``max_steps``,
+gradient-norm clipping at 0.5, flow-matching shift 3 with logit-normal(0, 1) timesteps,
+REPA weight 1, condition dropout text 0.15 / speaker 0.5 / lyrics 0.15.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    """Which transformer to train.
+
+    ``transformer`` is a config dict or a path to a JSON config (the reference's
+    ``config.json``); ``checkpoint`` a reference checkpoint folder/file to start from
+    (random initialisation when ``None``). ``lora`` (dict or PEFT ``adapter_config.json``
+    path) switches to adapter training: only adapters are trained and saved.
+    """
+
+    transformer: Any = "configs/full/transformer.json"
+    checkpoint: str | None = None
+    dtype: str = "bfloat16"
+    param_dtype: str = "float32"
+    remat: str = "full"
+    lora: Any = None
+
+
+@dataclass(frozen=True)
+class DataSection:
+    """Record files and batching. ``batch_size`` is global (all hosts) per micro-batch."""
+
+    path: str | None = None
+    batch_size: int = 1
+    max_frames: int = 2583  # 240 s of 44.1 kHz latents (the reference's longest clip)
+    frame_buckets: tuple[int, ...] = ()  # pad frames up to the first bucket ≥ length; () → pad_multiple
+    pad_multiple: int = 16
+    max_text_tokens: int = 256
+    max_lyric_tokens: int = 4096
+    seed: int = 0
+    num_threads: int = 2
+    prefetch: int = 4
+    synthetic: int = 0  # without a path: generate this many random examples
+
+
+@dataclass(frozen=True)
+class LossSection:
+    num_train_timesteps: int = 1000
+    shift: float = 3.0
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    ssl_coeff: float = 1.0
+    text_drop: float = 0.15
+    speaker_drop: float = 0.5
+    lyric_drop: float = 0.15
+
+
+@dataclass(frozen=True)
+class OptimSection:
+    learning_rate: float = 1e-4
+    b1: float = 0.8
+    b2: float = 0.9
+    eps: float = 1e-8
+    weight_decay: float = 1e-2
+    warmup_steps: int = 10
+    max_steps: int = 200_000
+    clip_norm: float = 0.5  # 0 disables clipping
+    grad_accum: int = 1
+
+
+@dataclass(frozen=True)
+class MeshSection:
+    data: int = -1
+    fsdp: int = 1
+    tensor: int = 1
+
+
+@dataclass(frozen=True)
+class RunSection:
+    """Output, logging, checkpoint and evaluation cadence.
+
+    ``steps`` bounds this invocation (``None``: run to ``optim.max_steps``).
+    ``eval_fn`` is ``"module:function"`` called as ``fn(trainer, step)`` every ``eval_every`` steps.
+    """
+
+    output_dir: str = "runs/acestep"
+    seed: int = 0
+    steps: int | None = None
+    save_every: int = 2000
+    keep: int = 3
+    async_checkpoint: bool = True
+    log_every: int = 1
+    eval_every: int = 0
+    eval_fn: str | None = None
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    loss: LossSection = field(default_factory=LossSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    mesh: MeshSection = field(default_factory=MeshSection)
+    run: RunSection = field(default_factory=RunSection)
+
+    def __post_init__(self):
+        if self.data.batch_size < 1 or self.optim.grad_accum < 1:
+            raise ValueError("data.batch_size and optim.grad_accum must be ≥ 1")
+        if self.optim.max_steps < 1:
+            raise ValueError(f"optim.max_steps must be ≥ 1, got {self.optim.max_steps}")
+
+    @classmethod
+    def from_dict(cls, d: dict, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+        """Build from a nested dict; ``overrides`` are ``section.key=value`` (value parsed as JSON if it can be)."""
+        d = json.loads(json.dumps(d))  # deep copy
+        for item in overrides:
+            if "=" not in item:
+                raise ValueError(f"override {item!r} is not section.key=value")
+            dotted, raw = item.split("=", 1)
+            try:
+                value = json.loads(raw)
+            except json.JSONDecodeError:
+                value = raw
+            *parents, leaf = dotted.strip().split(".")
+            node = d
+            for p in parents:
+                node = node.setdefault(p, {})
+                if not isinstance(node, dict):
+                    raise TypeError(f"override {item!r}: {p} is not a section")
+            node[leaf] = value
+        return _build(cls, d, "config")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, overrides=()) -> TrainConfig:
+        """Read a ``.json`` or ``.yaml``/``.yml`` file."""
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"training config not found: {path}")
+        with open(path, encoding="utf-8") as f:
+            if path.endswith((".yaml", ".yml")):
+                import yaml
+
+                d = yaml.safe_load(f) or {}
+            else:
+                d = json.load(f)
+        return cls.from_dict(d, overrides)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _build(cls, d, where):
+    if not isinstance(d, dict):
+        raise TypeError(f"{where} must be a mapping, got {type(d).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ValueError(f"unknown keys in {where}: {unknown}")
+    kwargs = {}
+    for k, v in d.items():
+        hint = hints[k]
+        if dataclasses.is_dataclass(hint):
+            v = _build(hint, v, f"{where}.{k}")
+        elif typing.get_origin(hint) is tuple or hint is tuple:
+            v = tuple(v)
+        elif isinstance(hint, types.UnionType) and v is not None and int in typing.get_args(hint):
+            v = int(v)
+        elif hint is float and isinstance(v, int | float):
+            v = float(v)
+        kwargs[k] = v
+    return cls(**kwargs)

@@ -1,0 +1,481 @@
+"""Sharded training of the ACE-Step transformer (full or LoRA fine-tuning).
+
+The model is split into trainable parameters (``nnx.Param``, or only ``nnx.LoRAParam`` with
+LoRA) and frozen state. The train state ``{"step", "params", "opt_state", "key"}`` lives on a
+``(data, fsdp, tensor)`` mesh; one jitted step scans over ``grad_accum`` micro-batches (each
+sharded over ``("data", "fsdp")``), then applies one clipped AdamW update. Randomness of step
+``s`` is ``fold_in(key, s)``, so a resumed run replays an uninterrupted one exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from acestep_jax.models.transformer import ACEStepTransformer, TransformerConfig
+from acestep_jax.sharding import make_mesh, shard_model, state_shardings
+from acestep_jax.training.config import TrainConfig
+from acestep_jax.training.loss import flow_matching_loss
+from acestep_jax.training.optim import lr_schedule, make_optimizer
+
+log = logging.getLogger("acestep_jax.training")
+
+BATCH_AXES = ("data", "fsdp")
+_STEP_CACHE: dict = {}
+
+
+# ----------------------------------------------------------------------------- model
+def transformer_config(cfg: TrainConfig) -> TransformerConfig:
+    """The transformer config named by ``cfg.model`` with the training dtypes and remat."""
+    m = cfg.model
+    src = m.transformer
+    if isinstance(src, str):
+        path = os.path.join(src, "config.json") if os.path.isdir(src) else src
+        if not os.path.isfile(path) and not os.path.isabs(path):  # repo-relative (configs/...)
+            path = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"model.transformer config not found: {src}")
+        with open(path) as f:
+            src = json.load(f)
+    if not isinstance(src, dict):
+        raise TypeError("model.transformer must be a config dict or a path to a JSON config")
+    return TransformerConfig.from_dict(src, dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat)
+
+
+def lora_config(cfg: TrainConfig):
+    """The :class:`~acestep_jax.lora.LoraConfig` of ``cfg.model.lora`` (dict or JSON path), or ``None``."""
+    from acestep_jax.lora import LoraConfig
+
+    src = cfg.model.lora
+    if src is None:
+        return None
+    if isinstance(src, str):
+        if not os.path.isfile(src):
+            raise FileNotFoundError(f"model.lora config not found: {src}")
+        with open(src) as f:
+            src = json.load(f)
+    return LoraConfig.from_dict(src)
+
+
+def build_model(cfg: TrainConfig, mesh: jax.sharding.Mesh | None = None) -> ACEStepTransformer:
+    """The transformer to train, with LoRA adapters attached when ``model.lora`` is set.
+
+    ``model.checkpoint`` may be a converted acestep-jax checkpoint (or its ``transformer/``
+    folder; restored straight into its sharding on ``mesh``), a reference checkpoint folder or
+    Hub id (converted once and cached), or reference transformer weights (a safetensors file or
+    ``ace_step_transformer/`` folder). Its own config is used, with the training dtypes and
+    remat. Without a checkpoint the model named by ``model.transformer`` is randomly initialised.
+    """
+    m = cfg.model
+    opts = {"dtype": m.dtype, "param_dtype": m.param_dtype, "remat": m.remat}
+    ckpt = m.checkpoint
+    if ckpt is None:
+        model = ACEStepTransformer(transformer_config(cfg), rngs=nnx.Rngs(cfg.run.seed))
+    else:
+        from acestep_jax.convert.checkpoint import load_component
+        from acestep_jax.convert.components import TRANSFORMER
+
+        folder = _transformer_folder(ckpt, m.param_dtype)
+        if folder is not None:
+            model = load_component(folder, TRANSFORMER, mesh=mesh, **opts)
+        else:
+            from acestep_jax.convert.transformer import load_transformer
+
+            tcfg = transformer_config(cfg)
+            if os.path.isfile(os.path.join(ckpt, "config.json")):
+                with open(os.path.join(ckpt, "config.json")) as f:
+                    tcfg = TransformerConfig.from_dict(json.load(f), **opts)
+            model = load_transformer(ckpt, tcfg)
+    lcfg = lora_config(cfg)
+    if lcfg is not None:
+        from acestep_jax.lora import add_lora
+
+        add_lora(model, lcfg, nnx.Rngs(params=cfg.run.seed + 1))
+    return model
+
+
+def _transformer_folder(ckpt: str, param_dtype: str) -> str | None:
+    """The converted transformer component folder for ``ckpt`` (``None``: plain reference weights)."""
+    if os.path.isfile(os.path.join(ckpt, "params", "index.json")):
+        return ckpt
+    if os.path.isfile(ckpt) or os.path.isfile(os.path.join(ckpt, "diffusion_pytorch_model.safetensors")):
+        return None
+    from acestep_jax.convert.release import component_folder, resolve_checkpoint
+
+    return os.fspath(component_folder(resolve_checkpoint(ckpt, param_dtype=param_dtype), "transformer"))
+
+
+# ----------------------------------------------------------------------------- step
+def _train_filter(lora: bool):
+    return nnx.LoRAParam if lora else nnx.Param
+
+
+def make_train_step(graphdef, cfg: TrainConfig, tx: optax.GradientTransformation) -> Callable:
+    """``step(state, frozen, batch) -> (state, metrics)``; batch leaves are ``[grad_accum, B, ...]``."""
+    schedule = lr_schedule(cfg.optim)
+
+    def loss_fn(params, frozen, micro, key):
+        model = nnx.merge(graphdef, params, frozen)
+        return flow_matching_loss(model, micro, key, cfg.loss)
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def step(state, frozen, batch):
+        params = state["params"]
+        key = jax.random.fold_in(state["key"], state["step"])
+        accum = jax.tree.leaves(batch)[0].shape[0]
+
+        def body(carry, xs):
+            grads_sum, metrics_sum = carry
+            micro, i = xs
+            (_, metrics), grads = grad_fn(params, frozen, micro, jax.random.fold_in(key, i))
+            grads_sum = jax.tree.map(jnp.add, grads_sum, grads)
+            metrics_sum = jax.tree.map(jnp.add, metrics_sum, metrics)
+            return (grads_sum, metrics_sum), None
+
+        zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+        first = jax.tree.map(lambda x: x[0], batch)
+        metric_shapes = jax.eval_shape(loss_fn, params, frozen, first, key)[1]
+        m0 = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), metric_shapes)
+        (grads, metrics), _ = jax.lax.scan(body, (zeros, m0), (batch, jnp.arange(accum)))
+        grads = jax.tree.map(lambda g, p: (g / accum).astype(p.dtype), grads, params)
+        metrics = jax.tree.map(lambda m: m / accum, metrics)
+        updates, opt_state = tx.update(grads, state["opt_state"], params)
+        new_params = optax.apply_updates(params, updates)
+        metrics["grad_norm"] = optax.tree.norm(grads)
+        metrics["learning_rate"] = schedule(state["step"])
+        new_state = {"step": state["step"] + 1, "params": new_params, "opt_state": opt_state, "key": state["key"]}
+        return new_state, metrics
+
+    return step
+
+
+# ----------------------------------------------------------------------------- trainer
+class Trainer:
+    """Owns the mesh, model split, optimizer, data iterator, checkpoints and logging.
+
+    ``source``: a random-access sequence of examples (default: the ``cfg.data.path`` records, or
+    without a path ``cfg.data.synthetic`` random examples). ``eval_fn(trainer, step)``: optional hook run every
+    ``cfg.run.eval_every`` steps (overrides ``cfg.run.eval_fn``).
+    """
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        *,
+        model: ACEStepTransformer | None = None,
+        source=None,
+        mesh: jax.sharding.Mesh | None = None,
+        eval_fn: Callable | None = None,
+        checkpoints: bool = True,
+        writer=None,
+    ):
+        self.cfg = cfg
+        self.mesh = mesh or make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+        batch_ways = int(np.prod([self.mesh.shape[a] for a in BATCH_AXES]))
+        if cfg.data.batch_size % batch_ways:
+            raise ValueError(
+                f"data.batch_size {cfg.data.batch_size} is not divisible by the mesh's data×fsdp = {batch_ways}"
+            )
+        if cfg.data.batch_size % jax.process_count():
+            raise ValueError(f"data.batch_size {cfg.data.batch_size} is not divisible by {jax.process_count()} hosts")
+        self.model = model if model is not None else build_model(cfg, self.mesh)
+        self.lora = lora_config(cfg)
+        with jax.set_mesh(self.mesh):
+            shard_model(self.model, self.mesh)
+        self.graphdef, params, frozen = nnx.split(self.model, _train_filter(self.lora is not None), ...)
+        self.tx = make_optimizer(cfg.optim)
+
+        self.param_shardings = state_shardings(params, self.mesh)
+        self.replicated = NamedSharding(self.mesh, P())
+        frozen_shardings = state_shardings(frozen, self.mesh)
+        self.frozen = frozen
+        opt_shardings = optax.tree_map_params(
+            self.tx, lambda _, s: s, jax.eval_shape(self.tx.init, params), self.param_shardings,
+            transform_non_params=lambda _: self.replicated, is_leaf=lambda x: isinstance(x, NamedSharding),
+        )
+        self.state_shardings = {
+            "step": self.replicated,
+            "params": self.param_shardings,
+            "opt_state": opt_shardings,
+            "key": self.replicated,
+        }
+        params = jax.device_put(params, self.param_shardings)
+        self.state = {
+            "step": jax.device_put(jnp.zeros((), jnp.int32), self.replicated),
+            "params": params,
+            "opt_state": jax.jit(self.tx.init, out_shardings=opt_shardings)(params),
+            "key": jax.device_put(jax.random.PRNGKey(cfg.run.seed), self.replicated),
+        }
+        self.batch_sharding = NamedSharding(self.mesh, P(None, BATCH_AXES))
+        cache_key = (self.graphdef, self.mesh, json.dumps(
+            {k: v for k, v in cfg.to_dict().items() if k != "run"}, sort_keys=True, default=str))
+        if cache_key not in _STEP_CACHE:  # trainers of one setup share the compiled step
+            _STEP_CACHE[cache_key] = jax.jit(
+                make_train_step(self.graphdef, cfg, self.tx),
+                in_shardings=(self.state_shardings, frozen_shardings, self.batch_sharding),
+                out_shardings=(self.state_shardings, self.replicated),
+                donate_argnums=(0,),
+            )
+        self._step = _STEP_CACHE[cache_key]
+
+        self.source = source if source is not None else self._default_source()
+        if len(self.source) == 0:
+            raise ValueError("the training data holds no examples")
+        from acestep_jax.training.data import check_compatible
+
+        check_compatible(self.source[0], self.model.cfg)
+        self._data_iter = None
+        self.eval_fn = eval_fn if eval_fn is not None else _import_fn(cfg.run.eval_fn)
+        self.manager = self._checkpoint_manager() if checkpoints else None
+        self.writer = writer
+        self.history: list[dict] = []
+
+    # ------------------------------------------------------------------ data
+    def _default_source(self):
+        d = self.cfg.data
+        if d.path is None and d.synthetic > 0:
+            from acestep_jax.training.data import synthetic_examples
+
+            c = self.model.cfg
+            return synthetic_examples(
+                d.synthetic, text_dim=c.text_embedding_dim, lyric_vocab=c.lyric_encoder_vocab_size,
+                ssl_dims=dict(zip(c.ssl_names, c.ssl_latent_dims)), seed=d.seed,
+                frames=(max(1, d.max_frames // 2), d.max_frames),
+            )
+        if d.path is None:
+            raise ValueError("no training data: set data.path (record files) or data.synthetic")
+        from acestep_jax.training.records import RecordSource
+
+        return RecordSource(d.path)
+
+    @property
+    def data_iter(self):
+        if self._data_iter is None:
+            from acestep_jax.training.data import make_dataset
+
+            local = self.cfg.data.batch_size * self.cfg.optim.grad_accum // jax.process_count()
+            ds = make_dataset(self.source, self.cfg.data, batch_size=local, ssl_names=self.model.cfg.ssl_names)
+            self._data_iter = iter(ds)
+        return self._data_iter
+
+    def _global_batch(self, local: dict) -> dict:
+        accum = self.cfg.optim.grad_accum
+
+        def put(x):
+            x = np.asarray(x)
+            x = x.reshape(accum, x.shape[0] // accum, *x.shape[1:])
+            shape = (accum, x.shape[1] * jax.process_count(), *x.shape[2:])
+            return jax.make_array_from_process_local_data(self.batch_sharding, x, shape)
+
+        return jax.tree.map(put, local)
+
+    # ------------------------------------------------------------------ steps
+    @property
+    def step(self) -> int:
+        return int(self.state["step"])
+
+    def train_step(self, batch: dict) -> dict:
+        """One optimizer step on a host-local batch of ``batch_size * grad_accum / hosts`` examples."""
+        with jax.set_mesh(self.mesh):
+            self.state, metrics = self._step(self.state, self.frozen, self._global_batch(batch))
+        return metrics
+
+    def fit(self, steps: int | None = None) -> list[dict]:
+        """Train until ``steps`` more steps (default ``run.steps``, else to ``optim.max_steps``) are done.
+
+        Returns the metrics of the steps run here (floats).
+        """
+        run = self.cfg.run
+        n = steps if steps is not None else run.steps
+        target = min(self.cfg.optim.max_steps, self.step + n if n is not None else self.cfg.optim.max_steps)
+        bar = None
+        if run.progress and jax.process_index() == 0:
+            from tqdm import tqdm
+
+            bar = tqdm(total=target, initial=self.step, desc="train", dynamic_ncols=True)
+        out = []
+        t0 = time.perf_counter()
+        try:
+            while self.step < target:
+                batch = next(self.data_iter)
+                metrics = self.train_step(batch)
+                step = self.step
+                floats = {k: float(v) for k, v in metrics.items()}
+                out.append(floats)
+                self.history.append(floats)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{floats['loss']:.4f}")
+                if run.log_every and step % run.log_every == 0:
+                    self._log(step, floats, time.perf_counter() - t0)
+                    t0 = time.perf_counter()
+                if self.manager is not None and run.save_every and step % run.save_every == 0:
+                    self.save()
+                if self.eval_fn is not None and run.eval_every and step % run.eval_every == 0:
+                    self.eval_fn(self, step)
+            if self.manager is not None and self.manager.latest_step() != self.step:
+                self.save()
+        finally:
+            if bar is not None:
+                bar.close()
+            if self.manager is not None:
+                self.manager.wait_until_finished()
+        return out
+
+    def _log(self, step: int, metrics: dict, seconds: float) -> None:
+        if jax.process_index() != 0:
+            return
+        if self.writer is not None:
+            for k, v in metrics.items():
+                self.writer.add_scalar(f"train/{k}", v, step)
+            self.writer.add_scalar("train/seconds_per_log", seconds, step)
+            self.writer.flush()
+        log.info("step %d %s", step, " ".join(f"{k}={v:.5g}" for k, v in sorted(metrics.items())))
+
+    # ------------------------------------------------------------------ models out
+    def current_model(self) -> ACEStepTransformer:
+        """The model with the current trained parameters (shares arrays with the train state)."""
+        return nnx.merge(self.graphdef, self.state["params"], self.frozen)
+
+    def save_lora(self, folder: str | None = None) -> str:
+        """Write the adapters (PEFT format, readable by :func:`acestep_jax.lora.read_lora`).
+
+        Call on every host: the adapters are gathered from all hosts and host 0 writes them.
+        """
+        from acestep_jax.lora import save_lora
+
+        if self.lora is None:
+            raise ValueError("save_lora: this run trains no LoRA adapters (model.lora is unset)")
+        folder = folder or os.path.join(self.cfg.run.output_dir, "lora", f"step_{self.step}")
+        params = self.state["params"]
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            params = multihost_utils.process_allgather(params, tiled=True)
+        if jax.process_index() == 0:
+            save_lora(nnx.merge(self.graphdef, params, self.frozen), self.lora, folder)
+        return os.path.join(folder, "pytorch_lora_weights.safetensors")
+
+    def export_transformer(self, folder: str | None = None) -> str:
+        """Write the trained transformer as a checkpoint component folder (replacing an older one).
+
+        ``sample.py --transformer FOLDER`` samples with it and ``convert_weights.py
+        --to-reference FOLDER OUT`` exports it to the reference's safetensors.
+        """
+        import shutil
+
+        from acestep_jax.convert.checkpoint import save_component
+
+        folder = os.path.abspath(folder or os.path.join(self.cfg.run.output_dir, "transformer"))
+        tmp = f"{folder}.tmp-{self.step}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        model = self.current_model()
+        save_component(tmp, model, model.cfg)
+        if jax.process_index() == 0:
+            shutil.rmtree(folder, ignore_errors=True)
+            os.replace(tmp, folder)
+        return folder
+
+    # ------------------------------------------------------------------ checkpoints
+    def _checkpoint_manager(self):
+        import orbax.checkpoint as ocp
+
+        run = self.cfg.run
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=run.keep, enable_async_checkpointing=run.async_checkpoint, create=True
+        )
+        directory = os.path.abspath(os.path.join(run.output_dir, "checkpoints"))
+        return ocp.CheckpointManager(directory, options=options, item_names=("state", "data"))
+
+    def save(self) -> None:
+        """Save state and data-iterator position at the current step (async); with LoRA also the adapters."""
+        import grain
+        import orbax.checkpoint as ocp
+
+        snapshot = _IteratorSnapshot(self.data_iter.get_state())
+        self.manager.save(
+            self.step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(self.state), data=grain.checkpoint.CheckpointSave(snapshot)
+            ),
+        )
+        if self.lora is not None:
+            self.save_lora()
+
+    def restore(self, step: int | None = None) -> bool:
+        """Resume from the latest (or given) checkpoint; returns whether one was found."""
+        import grain
+        import orbax.checkpoint as ocp
+
+        if self.manager is None:
+            return False
+        step = self.manager.latest_step() if step is None else step
+        if step is None:
+            return False
+        abstract = jax.tree.map(
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), self.state, self.state_shardings
+        )
+        snapshot = _IteratorSnapshot(None)
+        restored = self.manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract), data=grain.checkpoint.CheckpointRestore(snapshot)
+            ),
+        )
+        self.state = restored["state"]
+        self.data_iter.set_state(snapshot.state)
+        log.info("resumed from step %d", step)
+        return True
+
+    def close(self) -> None:
+        if self.manager is not None:
+            self.manager.wait_until_finished()
+            self.manager.close()
+        if self.writer is not None:
+            self.writer.close()
+
+
+class _IteratorSnapshot:
+    """Data-iterator state captured at save time (so an async save never sees a later position)."""
+
+    def __init__(self, state):
+        self.state = state
+
+    def get_state(self) -> bytes:
+        return json.dumps(self.state, indent=2).encode()
+
+    def set_state(self, data: bytes) -> None:
+        self.state = json.loads(data)
+
+    def start_prefetch(self) -> None:
+        pass
+
+
+def _import_fn(spec: str | None):
+    if not spec:
+        return None
+    if ":" not in spec:
+        raise ValueError(f"run.eval_fn must be 'module:function', got {spec!r}")
+    module, name = spec.split(":", 1)
+    return getattr(importlib.import_module(module), name)
+
+
+def replace(cfg: TrainConfig, **sections) -> TrainConfig:
+    """``cfg`` with section fields replaced: ``replace(cfg, optim={"learning_rate": 1e-3})``."""
+    return dataclasses.replace(
+        cfg, **{k: dataclasses.replace(getattr(cfg, k), **v) for k, v in sections.items()}
+    )

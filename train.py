@@ -1,0 +1,9 @@
+#!/usr/bin/env python
+"""Train the ACE-Step transformer (full or LoRA fine-tuning); see ``acestep_jax/training/cli.py``."""
+
+import sys
+
+from acestep_jax.training.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
