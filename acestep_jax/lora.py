@@ -20,7 +20,6 @@ import json
 import math
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -31,6 +30,7 @@ from flax import nnx
 
 from acestep_jax.convert.core import CheckpointError, linear_t
 from acestep_jax.convert.transformer import STACKED_LINEAR, transformer_rules
+from acestep_jax.files import write_atomic, write_json
 from acestep_jax.models.transformer import ACEStepTransformer
 
 ADAPTER_FILE = "pytorch_lora_weights.safetensors"
@@ -286,24 +286,6 @@ def save_lora(model: ACEStepTransformer, config: LoraConfig, folder: str | os.Pa
     os.makedirs(folder, exist_ok=True)
     peft = config.to_peft_dict()
     metadata = {"format": "pt", METADATA_KEY: json.dumps(peft)}
-    _atomic(os.path.join(folder, ADAPTER_FILE), lambda p: save_file(tensors, p, metadata=metadata))
-    _atomic(os.path.join(folder, "adapter_config.json"), lambda p: _write_text(p, json.dumps(peft, indent=2)))
+    write_atomic(os.path.join(folder, ADAPTER_FILE), lambda p: save_file(tensors, p, metadata=metadata))
+    write_json(os.path.join(folder, "adapter_config.json"), peft)
     return os.path.join(folder, ADAPTER_FILE)
-
-
-def _write_text(path: str, text: str) -> None:
-    with open(path, "w") as f:
-        f.write(text)
-
-
-def _atomic(path: str, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=os.path.basename(path))
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-

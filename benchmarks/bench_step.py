@@ -19,13 +19,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-from flax import nnx  # noqa: E402
+import jax
+import jax.numpy as jnp
+from flax import nnx
 
-from acestep_jax.models.transformer.flops import decode_flops  # noqa: E402
-from acestep_jax.presets import preset_config  # noqa: E402
-from benchmarks.bench_generate import CPU_TRANSFORMER, peak_flops, peak_memory_gb  # noqa: E402
+from acestep_jax.models.transformer.flops import decode_flops
+from acestep_jax.presets import preset_config
+from benchmarks.bench_generate import CPU_TRANSFORMER, peak_flops, peak_memory_gb
 
 
 def main(argv=None) -> int:

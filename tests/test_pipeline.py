@@ -110,7 +110,6 @@ def jax_copy(state):
 
 def test_fine_tuned_transformer_replaces_the_checkpoints(pipe, tmp_path):
     """``from_checkpoint(transformer=...)`` (``sample.py --transformer``) loads train.py's export."""
-    from flax import nnx
 
     from acestep_jax.convert.checkpoint import save_component
 

@@ -43,8 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--lora", help="LoRA adapter (PEFT/diffusers safetensors file or folder)")
     src.add_argument("--lora-weight", type=float, default=1.0)
     src.add_argument("--shard", action="store_true", help="shard the batch over all local devices (data axis)")
-    src.add_argument("--compile-cache", default=str(Path.home() / ".cache" / "acestep_jax" / "xla"),
-                     help="persistent XLA compilation cache ('' disables)")
+    src.add_argument("--compile-cache", help="persistent XLA compilation cache folder (default: the cache "
+                     "folder's xla/, see ACESTEP_JAX_CACHE; '' disables)")
 
     text = p.add_argument_group("conditioning")
     text.add_argument("--prompt", default="pop, upbeat, piano, female vocal", help="tags / description")
@@ -205,10 +205,11 @@ def run(args, params) -> int:
 
     from acestep_jax.codec import save_audio
     from acestep_jax.convert.core import CheckpointError
+    from acestep_jax.files import write_json
     from acestep_jax.pipeline import ACEStepPipeline
     from acestep_jax.sampling import enable_compilation_cache
 
-    if args.compile_cache:
+    if args.compile_cache != "":
         enable_compilation_cache(args.compile_cache)
     lyrics = Path(args.lyrics_file).read_text(encoding="utf-8") if args.lyrics_file else args.lyrics
     bar = tqdm(total=4, desc="generating", disable=args.quiet, unit="stage")
@@ -247,7 +248,7 @@ def run(args, params) -> int:
                       "checkpoint": None if args.tiny_random else args.checkpoint, "tiny_random": args.tiny_random,
                       "dtype": args.dtype, "audio_path": str(path),
                       "timings": {"load": load_time, **result.timings}}
-            _write_json(path.with_suffix(".json"), record)
+            write_json(path.with_suffix(".json"), record)
         bar.update()
     except (ValueError, FileNotFoundError, CheckpointError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -261,12 +262,6 @@ def run(args, params) -> int:
     log.info("%.1f s of audio in %.2f s (diffusion %.2f s, decode %.2f s): %.1fx real time",
              seconds, gen_time, result.timings["diffusion"], result.timings["decode"], seconds / max(gen_time, 1e-9))
     return 0
-
-
-def _write_json(path: Path, data) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
-import tempfile
 
 import numpy as np
+
+from acestep_jax.files import write_atomic
 
 _FORMATS = {
     "wav": ("WAV", "FLOAT"),
@@ -74,15 +75,6 @@ def save_audio(path: str | os.PathLike, audio, sample_rate: int, format: str | N
         raise ValueError(f"audio must be [channels, samples] with samples > 0, got {audio.shape}")
     if fmt != "wav":
         audio = np.clip(audio, -1.0, 1.0)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=f".{fmt}")
-    os.close(fd)
-    try:
-        sf.write(tmp, audio.T, int(sample_rate), format=major, subtype=subtype)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    write_atomic(path, lambda tmp: sf.write(tmp, audio.T, int(sample_rate), format=major, subtype=subtype),
+                 suffix=f".{fmt}")
     return path

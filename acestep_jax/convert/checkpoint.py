@@ -14,7 +14,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -32,6 +31,7 @@ from acestep_jax.convert.core import (
     load_flat,
     param_shapes,
 )
+from acestep_jax.files import write_json
 from acestep_jax.sharding import DEFAULT_RULES, state_shardings
 
 CONFIG_FILE = "config.json"
@@ -113,7 +113,7 @@ def _save_params(params_dir: str, groups: list[list[str]], arrays_for: Callable[
         checkpointer.save(os.path.join(params_dir, name), _nest(arrays_for(paths)))
         checkpointer.wait_until_finished()
         index.update({p: name for p in paths})
-    _write_json(os.path.join(params_dir, INDEX_FILE), {"format": FORMAT, "version": 1, "arrays": index})
+    write_json(os.path.join(params_dir, INDEX_FILE), {"format": FORMAT, "version": 1, "arrays": index})
 
 
 def _read_index(params_dir: str) -> dict[str, str]:
@@ -185,7 +185,7 @@ def write_component(
     os.makedirs(folder)
     try:
         _save_params(os.path.join(folder, PARAMS_DIR), _shard_groups(sizes), arrays_for)
-        _write_json(os.path.join(folder, CONFIG_FILE), _config_dict(cfg))
+        write_json(os.path.join(folder, CONFIG_FILE), _config_dict(cfg))
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
@@ -206,7 +206,7 @@ def save_component(folder: str | os.PathLike, model: nnx.Module, cfg) -> None:
     try:
         _save_params(os.path.join(folder, PARAMS_DIR), _shard_groups(sizes),
                      lambda paths: {p: variables[p][...] for p in paths})
-        _write_json(os.path.join(folder, CONFIG_FILE), _config_dict(cfg))
+        write_json(os.path.join(folder, CONFIG_FILE), _config_dict(cfg))
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
@@ -262,10 +262,3 @@ def load_component(
     variables = _flat_state(state)
     targets = {k: jax.ShapeDtypeStruct(expected[k], variables[k].dtype, sharding=shardings[k]) for k in expected}
     return load_flat(abstract, _restore_params(params_dir, index, targets))
-
-
-def _write_json(path: str, data) -> None:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from acestep_jax.convert.checkpoint import Component, read_config, write_component
 from acestep_jax.convert.core import CheckpointError, open_source
+from acestep_jax.files import cache_root
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +51,6 @@ def components() -> dict[str, Component]:
     from acestep_jax.convert.components import COMPONENTS
 
     return COMPONENTS
-
-
-def cache_root() -> Path:
-    """``$ACESTEP_JAX_CACHE`` or ``~/.cache/acestep_jax``."""
-    return Path(os.environ.get("ACESTEP_JAX_CACHE", Path.home() / ".cache" / "acestep_jax"))
 
 
 # ----------------------------------------------------------------------------- inspection

@@ -7,15 +7,17 @@ from pathlib import Path
 
 import jax
 
+from acestep_jax.files import cache_root
+
 
 def enable_compilation_cache(
     path: str | os.PathLike | None = None, min_compile_time_s: float = 1.0, min_entry_size_bytes: int = 0
 ) -> Path:
     """Store compiled programs under ``path`` (default ``$ACESTEP_JAX_CACHE`` or
-    ``~/.cache/acestep_jax/xla``); only programs taking at least ``min_compile_time_s``
+    ``~/.cache/acestep_jax``, then ``xla/``); only programs taking at least ``min_compile_time_s``
     to compile are cached. Returns the cache folder."""
     if path is None:
-        path = os.environ.get("ACESTEP_JAX_CACHE", Path.home() / ".cache" / "acestep_jax" / "xla")
+        path = cache_root() / "xla"
     path = Path(path).expanduser().resolve()
     path.mkdir(parents=True, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", str(path))

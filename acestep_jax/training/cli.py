@@ -16,8 +16,8 @@ import json
 import logging
 import os
 import sys
-import tempfile
 
+from acestep_jax.files import write_json
 from acestep_jax.presets import CONFIG_DIR
 
 TINY_TRANSFORMER = str(CONFIG_DIR / "tiny" / "transformer.json")
@@ -65,14 +65,6 @@ def _maybe_initialize_distributed(flag: bool) -> None:
         jax.distributed.initialize()
 
 
-def _write_json(path: str, data) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, default=str)
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -87,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     out = cfg.run.output_dir
     writer = None
     if jax.process_index() == 0:
-        _write_json(os.path.join(out, "train_config.json"), cfg.to_dict())
+        write_json(os.path.join(out, "train_config.json"), cfg.to_dict(), default=str)
         from tensorboardX import SummaryWriter
 
         writer = SummaryWriter(os.path.join(out, "tensorboard"))

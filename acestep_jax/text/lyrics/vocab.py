@@ -18,7 +18,9 @@ VOCAB_SHA256 = "c2a66ea48c478c0bb9acb5497144b926acdeaa37128faa799508d40f2b9cc558
 
 
 def default_cache_dir() -> Path:
-    return Path.home() / ".cache" / "acestep_jax"
+    from acestep_jax.files import cache_root
+
+    return cache_root()
 
 
 def sha256_of(path: str | os.PathLike) -> str:

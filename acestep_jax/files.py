@@ -1,0 +1,51 @@
+"""Small file helpers: the cache folder and atomic writes (temporary file, then rename)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+
+def cache_root() -> Path:
+    """``$ACESTEP_JAX_CACHE`` or ``~/.cache/acestep_jax`` (converted checkpoints, lyric vocabulary, XLA cache)."""
+    return Path(os.environ.get("ACESTEP_JAX_CACHE") or Path.home() / ".cache" / "acestep_jax").expanduser()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_atomic(path: str | os.PathLike, write: Callable[[str], None], suffix: str = "") -> None:
+    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it over ``path``.
+
+    Readers never see a partial file; on failure nothing is left behind. The file
+    gets the usual permissions (``0o666`` less the umask).
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=suffix)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_json(path: str | os.PathLike, data, **kwargs) -> None:
+    """Write ``data`` as indented UTF-8 JSON, atomically."""
+
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, ensure_ascii=False, **kwargs)
+
+    write_atomic(path, write, suffix=".json")
