@@ -106,12 +106,7 @@ class ACEStepPipeline:
         """
         from acestep_jax.convert.checkpoint import load_component
         from acestep_jax.convert.components import COMPONENTS
-        from acestep_jax.convert.release import (
-            LYRICS_VOCAB,
-            TOKENIZER_DIR,
-            read_manifest,
-            resolve_checkpoint,
-        )
+        from acestep_jax.convert.release import read_manifest, resolve_checkpoint
 
         ckpt = resolve_checkpoint(spec, param_dtype=param_dtype or "float32", progress=progress)
         manifest = read_manifest(ckpt)
@@ -121,14 +116,7 @@ class ACEStepPipeline:
         overrides = {"dtype": dtype} if param_dtype is None else {"dtype": dtype, "param_dtype": param_dtype}
         transformer = load_component(transformer or ckpt / "transformer", COMPONENTS["transformer"], mesh=mesh,
                                      **overrides)
-        text_encoder = load_component(ckpt / "text_encoder", COMPONENTS["text_encoder"], mesh=mesh,
-                                      dtype="float32")
-        dcae = load_component(ckpt / "dcae", COMPONENTS["dcae"], mesh=mesh)
-        vocoder = load_component(ckpt / "vocoder", COMPONENTS["vocoder"], mesh=mesh)
-        codec = MusicCodec.from_parts(dcae, vocoder)
-        prompt_tokenizer = PromptTokenizer.from_folder(ckpt / TOKENIZER_DIR)
-        vocab = lyrics_vocab or (ckpt / LYRICS_VOCAB if (ckpt / LYRICS_VOCAB).is_file() else None)
-        pipe = cls(transformer, codec, text_encoder, prompt_tokenizer, LazyLyricTokenizer(vocab, ckpt), mesh=mesh)
+        pipe = cls(transformer, *load_conditioning_models(ckpt, mesh=mesh, lyrics_vocab=lyrics_vocab), mesh=mesh)
         pipe.checkpoint = ckpt
         return pipe
 
@@ -279,6 +267,22 @@ class ACEStepPipeline:
         seconds = frames * 512 * 8 / 44100
         window = DECODE_WINDOW_FRAMES if seconds > OVERLAP_DECODE_SECONDS else None
         return self.codec.decode(latents, sample_rate, window=window)
+
+
+def load_conditioning_models(ckpt: str | os.PathLike, *, mesh=None, lyrics_vocab=None):
+    """``(codec, text_encoder, prompt_tokenizer, lyric_tokenizer)`` of a converted checkpoint folder:
+    everything but the transformer (sampling and training preprocessing share it)."""
+    from acestep_jax.convert.checkpoint import load_component
+    from acestep_jax.convert.components import COMPONENTS
+    from acestep_jax.convert.release import LYRICS_VOCAB, TOKENIZER_DIR
+
+    ckpt = Path(ckpt)
+    text_encoder = load_component(ckpt / "text_encoder", COMPONENTS["text_encoder"], mesh=mesh, dtype="float32")
+    codec = MusicCodec.from_parts(load_component(ckpt / "dcae", COMPONENTS["dcae"], mesh=mesh),
+                                  load_component(ckpt / "vocoder", COMPONENTS["vocoder"], mesh=mesh))
+    prompt_tokenizer = PromptTokenizer.from_folder(ckpt / TOKENIZER_DIR)
+    vocab = lyrics_vocab or (ckpt / LYRICS_VOCAB if (ckpt / LYRICS_VOCAB).is_file() else None)
+    return codec, text_encoder, prompt_tokenizer, LazyLyricTokenizer(vocab, ckpt)
 
 
 class LazyLyricTokenizer:

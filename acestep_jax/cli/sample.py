@@ -250,7 +250,7 @@ def run(args, params) -> int:
                       "timings": {"load": load_time, **result.timings}}
             write_json(path.with_suffix(".json"), record)
         bar.update()
-    except (ValueError, FileNotFoundError, CheckpointError, ImportError) as e:
+    except (ValueError, OSError, CheckpointError, ImportError) as e:  # OSError: files, downloads
         print(f"error: {e}", file=sys.stderr)
         return 2
     finally:

@@ -97,30 +97,19 @@ class Preprocessor:
     @classmethod
     def from_checkpoint(cls, spec: str, lyrics_vocab: str | None = None) -> Preprocessor:
         """From a converted checkpoint, a reference checkpoint folder or a Hub id."""
-        from acestep_jax.codec import MusicCodec
-        from acestep_jax.convert.checkpoint import load_component
-        from acestep_jax.convert.components import COMPONENTS
-        from acestep_jax.convert.release import LYRICS_VOCAB, TOKENIZER_DIR, resolve_checkpoint
-        from acestep_jax.text import PromptTokenizer
-        from acestep_jax.text.lyrics import LyricTokenizer, find_lyrics_vocab
+        from acestep_jax.convert.release import resolve_checkpoint
+        from acestep_jax.pipeline import load_conditioning_models
 
-        ckpt = resolve_checkpoint(spec)
-        text_encoder = load_component(ckpt / "text_encoder", COMPONENTS["text_encoder"], dtype="float32")
-        codec = MusicCodec.from_parts(load_component(ckpt / "dcae", COMPONENTS["dcae"]),
-                                      load_component(ckpt / "vocoder", COMPONENTS["vocoder"]))
-        vocab = lyrics_vocab or (ckpt / LYRICS_VOCAB if (ckpt / LYRICS_VOCAB).is_file() else None)
-        lyric_tok = LyricTokenizer(find_lyrics_vocab(vocab, checkpoint_dir=ckpt))
-        return cls(codec, text_encoder, PromptTokenizer.from_folder(ckpt / TOKENIZER_DIR), lyric_tok)
+        return cls(*load_conditioning_models(resolve_checkpoint(spec), lyrics_vocab=lyrics_vocab))
 
     @classmethod
     def tiny_random(cls, seed: int = 0, lyrics_vocab: str | None = None) -> Preprocessor:
         """Random tiny codec and text encoder (``configs/tiny``) for smoke tests."""
+        from acestep_jax.pipeline import LazyLyricTokenizer
         from acestep_jax.presets import random_models
-        from acestep_jax.text.lyrics import LyricTokenizer, find_lyrics_vocab
 
         _, codec, text_encoder, prompt_tokenizer = random_models("tiny", seed)
-        lyric_tok = _LazyLyrics(lambda: LyricTokenizer(find_lyrics_vocab(lyrics_vocab)))
-        return cls(codec, text_encoder, prompt_tokenizer, lyric_tok)
+        return cls(codec, text_encoder, prompt_tokenizer, LazyLyricTokenizer(lyrics_vocab))
 
     def lyric_ids(self, lyrics: str) -> np.ndarray:
         if not lyrics.strip() or _PROMPT_AS_LYRICS.search(lyrics):
@@ -154,16 +143,6 @@ class Preprocessor:
         for name, feats in (ssl or {}).items():
             ex[SSL_PREFIX + name] = np.asarray(feats, np.float32)
         return ex
-
-
-class _LazyLyrics:
-    def __init__(self, make):
-        self.make, self.tok = make, None
-
-    def encode(self, text: str) -> list[int]:
-        if self.tok is None:
-            self.tok = self.make()
-        return self.tok.encode(text)
 
 
 def _examples(items: list[Item], pre: Preprocessor) -> Iterator[dict]:

@@ -50,3 +50,21 @@ def test_preprocess_folder_tiny(tmp_path, lyrics_vocab_path):
     assert not a["speaker"].any()
     with pytest.raises(FileNotFoundError):
         discover(tmp_path / "nothing")
+
+
+def test_preprocess_from_converted_checkpoint(tmp_path, lyrics_vocab_path):
+    """The real path: the codec, prompt encoder and tokenizers of a converted checkpoint."""
+    from acestep_jax.convert.release import convert_checkpoint
+    from tests.fake_checkpoint import build_reference_folder
+
+    ckpt = tmp_path / "ckpt"
+    convert_checkpoint(build_reference_folder(tmp_path / "hf"), ckpt, lyrics_vocab=lyrics_vocab_path,
+                       names=["dcae", "vocoder", "text_encoder"], progress=False)
+    songs = tmp_path / "songs"
+    songs.mkdir()
+    _song(songs, "a", 3.0, "rock guitar", "[verse]\nhello world")
+    pre = Preprocessor.from_checkpoint(str(ckpt))
+    preprocess_folder(songs, tmp_path / "rec", pre)
+    a = RecordSource(tmp_path / "rec")[0]
+    assert a["latents"].shape == (8, 16, 32) and a["text_states"].shape == (3, 48)  # rock guitar </s>
+    assert a["lyric_ids"][0] == 261
