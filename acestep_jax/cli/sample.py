@@ -5,7 +5,7 @@
               --lyrics-file song.txt --duration 60 --steps 27 --batch 4 --out outputs/funk.flac
     sample.py --params-json outputs/funk_0.json --seeds 5                # rerun with changes
 
-Each output ``NAME_i.FORMAT`` gets ``NAME_i.json`` beside it holding every
+Each output (``NAME.FORMAT``, or ``NAME_i.FORMAT`` for a batch) gets a ``.json`` beside it holding every
 generation parameter; ``--params-json`` reloads such a file (flags given on the
 command line win) and reruns the item's whole batch, which reproduces it exactly
 (guidance statistics are taken over the batch, as in the reference).
@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--edit-n-avg", dest="n_avg", type=int, default=1)
 
     o = p.add_argument_group("output")
-    o.add_argument("--out", default="outputs/output.wav", help="output path (NAME.FORMAT; items get _i)")
+    o.add_argument("--out", default="outputs/output.wav", help="output path (NAME.FORMAT; batch items get _i)")
     o.add_argument("--format", choices=FORMATS, help="default: from --out's extension")
     o.add_argument("--sample-rate", type=int, default=48000)
     o.add_argument("--params-json", help="reload the parameters of an earlier output's JSON")
@@ -181,15 +181,19 @@ def output_format(args) -> str:
 
 
 def output_paths(args, b: int) -> list[Path]:
+    """``--out NAME.FORMAT`` for one item, ``NAME_i.FORMAT`` for a batch."""
     out = Path(args.out)
     fmt = output_format(args)
     stem = out.stem if out.suffix else out.name
     folder = out.parent if out.suffix else out
+    if b == 1:
+        return [folder / f"{stem}.{fmt}"]
     return [folder / f"{stem}_{i}.{fmt}" for i in range(b)]
 
 
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("jax").setLevel(logging.WARNING)
     try:
         args = parse_args(argv)
         params = sampling_params(args)

@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save step at INFO
+    logging.getLogger("jax").setLevel(logging.WARNING)
     log = logging.getLogger("acestep_jax.training")
     _maybe_initialize_distributed(args.distributed)
     import jax

@@ -52,3 +52,13 @@ def test_tiny_random_writes_audio_and_reloadable_params(tmp_path):
     again = tmp_path / "again.flac"
     assert main(["--params-json", str(paths[1].with_suffix(".json")), "--out", str(again), "--quiet"]) == 0
     np.testing.assert_array_equal(sf.read(tmp_path / "again_1.flac", dtype="float32")[0], audio[1])
+
+
+def test_output_paths():
+    from pathlib import Path
+
+    from acestep_jax.cli.sample import output_paths, parse_args
+
+    assert output_paths(parse_args(["--out", "o/song.flac"]), 1) == [Path("o/song.flac")]
+    assert output_paths(parse_args(["--out", "o/song.flac"]), 2) == [Path("o/song_0.flac"), Path("o/song_1.flac")]
+    assert output_paths(parse_args(["--out", "o/dir", "--format", "ogg"]), 1) == [Path("o/dir/dir.ogg")]
