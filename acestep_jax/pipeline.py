@@ -31,6 +31,7 @@ from flax import nnx
 from acestep_jax.codec import MusicCodec, load_audio
 from acestep_jax.models.transformer import ACEStepTransformer
 from acestep_jax.sampling import Conditioning, Noise, SamplingParams, generate
+from acestep_jax.sampling.progress import step_bar
 from acestep_jax.text import PromptTokenizer, UMT5Encoder, umt5_erg_scales
 
 log = logging.getLogger(__name__)
@@ -198,12 +199,14 @@ class ACEStepPipeline:
         target_lyrics: Sequence[str] | None = None,
         sample_rate: int = OUTPUT_SAMPLE_RATE,
         batch_size: int | None = None,
+        progress: bool = False,
     ) -> Generation:
         """Generate one batch; ``prompts``/``lyrics`` hold one string per item (or one for all).
 
         ``src_audio`` is the source of retake-from-audio/repaint/extend/edit and the
         reference of audio2audio. ``target_*`` are the edit task's target prompt/lyrics.
         ``batch_size`` defaults to the longest of ``prompts``, ``lyrics`` and ``seeds``.
+        ``progress`` shows a bar of sampling steps (a host callback per step).
         """
         timings: dict[str, float] = {}
         start = time.perf_counter()
@@ -240,8 +243,9 @@ class ACEStepPipeline:
         timings["conditioning"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        latents = generate(self.transformer, params, cond, noise, mesh=self.mesh)
-        latents = jax.block_until_ready(latents)
+        with step_bar(disable=not progress):
+            latents = generate(self.transformer, params, cond, noise, mesh=self.mesh, progress=progress)
+            latents = jax.block_until_ready(latents)
         timings["diffusion"] = time.perf_counter() - start
 
         start = time.perf_counter()

@@ -205,8 +205,6 @@ def main(argv=None) -> int:
 
 
 def run(args, params) -> int:
-    from tqdm.auto import tqdm
-
     from acestep_jax.codec import save_audio
     from acestep_jax.convert.core import CheckpointError
     from acestep_jax.files import write_json
@@ -216,14 +214,13 @@ def run(args, params) -> int:
     if args.compile_cache != "":
         enable_compilation_cache(args.compile_cache)
     lyrics = Path(args.lyrics_file).read_text(encoding="utf-8") if args.lyrics_file else args.lyrics
-    bar = tqdm(total=4, desc="generating", disable=args.quiet, unit="stage")
     try:
         mesh = None
         if args.shard:
             from acestep_jax.sharding import make_mesh
 
             mesh = make_mesh(data=-1)
-        bar.set_postfix_str("loading models")
+        log.info("loading models")
         t0 = time.perf_counter()
         if args.tiny_random:
             pipe = ACEStepPipeline.random("tiny", 0, lyrics_vocab=args.lyrics_vocab, mesh=mesh)
@@ -234,17 +231,15 @@ def run(args, params) -> int:
         if args.lora:
             pipe.set_lora(args.lora, args.lora_weight)
         load_time = time.perf_counter() - t0
-        bar.update()
-        bar.set_postfix_str(f"sampling {params.infer_steps} steps")
+        log.info("generating %d x %s (the first run of a shape compiles)", args.batch,
+                 f"{params.duration:g} s" if params.task in ("text2music", "retake") else params.task)
         result = pipe.generate(
             [args.prompt], [lyrics], params, seeds=args.seeds or None, retake_seeds=args.retake_seeds,
             src_audio=args.src_audio,
             target_prompts=None if args.edit_target_prompt is None else [args.edit_target_prompt],
             target_lyrics=None if args.edit_target_lyrics is None else [args.edit_target_lyrics],
-            sample_rate=args.sample_rate, batch_size=args.batch,
+            sample_rate=args.sample_rate, batch_size=args.batch, progress=not args.quiet,
         )
-        bar.update(2)
-        bar.set_postfix_str("writing")
         paths = output_paths(args, result.audio.shape[0])
         for path, audio, record in zip(paths, result.audio, result.params, strict=True):
             save_audio(path, audio, result.sample_rate, output_format(args))
@@ -253,12 +248,9 @@ def run(args, params) -> int:
                       "dtype": args.dtype, "audio_path": str(path),
                       "timings": {"load": load_time, **result.timings}}
             write_json(path.with_suffix(".json"), record)
-        bar.update()
     except (ValueError, OSError, CheckpointError, ImportError) as e:  # OSError: files, downloads
         print(f"error: {e}", file=sys.stderr)
         return 2
-    finally:
-        bar.close()
     seconds = result.audio.shape[-1] / result.sample_rate * result.audio.shape[0]
     gen_time = result.timings["diffusion"] + result.timings["decode"]
     for path in paths:

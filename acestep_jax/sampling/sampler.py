@@ -22,6 +22,7 @@ from flax import nnx
 from acestep_jax.models.transformer import layer_scales
 from acestep_jax.sampling import guidance as G
 from acestep_jax.sampling.params import Conditioning, Noise, draw
+from acestep_jax.sampling.progress import report
 from acestep_jax.sampling.schedulers import HeunState, euler_step, heun_substep, pingpong_step
 
 ERG_TAU = 0.01
@@ -49,6 +50,7 @@ class LoopConfig:
     masked: bool = False
     zero_steps: int = 1
     use_zero_init: bool = True
+    progress: bool = False  # report each step to acestep_jax.sampling.progress (a host callback)
 
 
 def _erg_scales(n: int, layers) -> jax.Array:
@@ -171,6 +173,8 @@ def text2music_loop(model, lc: LoopConfig, cond: Conditioning, inputs: dict, noi
             x = pingpong_step(x, v, sigmas[i], sigmas[i + 1], draw(noise, "steps", i, shape))
         if fm is not None:
             x = x * fm
+        if lc.progress:
+            report(i + 1 - start, n - start)
         return x, buf, heun
 
     start = inputs["start"]
@@ -254,6 +258,8 @@ def edit_loop(model, lc: LoopConfig, cond: Conditioning, inputs: dict, noise: No
             return acc + (1 / inputs["n_avg_f"]) * (v_tar - v_src), buf
 
         acc, buf = jax.lax.fori_loop(0, n_avg, one, (jnp.zeros_like(x_src), buf))
+        if lc.progress:
+            report(i + 1 - n_min, n - n_min)
         return zt_edit + (t_next - t_i) * acc, buf
 
     zt_edit = x_src
@@ -269,6 +275,8 @@ def edit_loop(model, lc: LoopConfig, cond: Conditioning, inputs: dict, noise: No
     def phase2(i, carry):
         xt, buf = carry
         t, t_i, t_next = times(i)
+        if lc.progress:
+            report(i + 1 - n_min, n - n_min)
         if cfg_on:
             tc, tu = predict([xt, xt], ctx_tar, t)
             v, buf = G.apg(tc, tu, scale, buf)

@@ -211,13 +211,15 @@ def generate(
     cond: Conditioning,
     noise: Noise | Sequence[int] | jax.Array | None = None,
     mesh=None,
+    progress: bool = False,
 ) -> jax.Array:
     """Sample final latents ``[B, 8, 16, T]`` for ``cond`` with ``params``.
 
     ``noise``: a :class:`Noise`, per-item seeds, a ``[B]`` PRNG key array, or ``None``
     (fresh random seeds). ``mesh``: shard the batch over the mesh's ``data`` axis
     (the batch must divide it); the model is placed with
-    :func:`acestep_jax.sharding.shard_model`.
+    :func:`acestep_jax.sharding.shard_model`. ``progress``: report each step to the
+    bar of :func:`acestep_jax.sampling.progress.step_bar` (compiles a separate program).
     """
     src_frames = None if cond.src_latents is None else int(cond.src_latents.shape[-1])
     params.validate(src_frames)
@@ -227,6 +229,7 @@ def generate(
     check_noise(noise, b, _num_frames(params, cond))
     if mesh is None:
         lc, inputs, frames = prepare(params, cond, noise)
+        lc = dataclasses.replace(lc, progress=progress)
         noise = _pad_step_noise(noise, inputs)
         return run_loop(model, lc, cond, inputs, noise)[..., :frames]
 
@@ -243,6 +246,7 @@ def generate(
     )
     with jax.set_mesh(mesh):
         lc, inputs, frames = prepare(params, cond, noise)
+        lc = dataclasses.replace(lc, progress=progress)
         for k in ("x", "x0", "z0", "repaint_mask", "x_src"):
             if k in inputs:
                 inputs[k] = _shard_batch(inputs[k], mesh)

@@ -142,3 +142,16 @@ def test_enable_compilation_cache(tmp_path):
     finally:
         for k, v in before.items():
             jax.config.update(k, v)
+
+
+def test_step_progress_reports_every_step_and_changes_nothing(tiny_model, pipeline_golden):
+    from acestep_jax.sampling.progress import step_bar
+
+    cond = make_cond(pipeline_golden.io)
+    params = FAST.replace(scheduler_type="euler")
+    plain = np.asarray(generate(tiny_model, params, cond, [1, 2]))
+    with step_bar() as bar:
+        shown = np.asarray(jax.block_until_ready(generate(tiny_model, params, cond, [1, 2], progress=True)))
+        jax.effects_barrier()
+        assert (bar.n, bar.total) == (params.infer_steps, params.infer_steps)
+    np.testing.assert_array_equal(shown, plain)
