@@ -28,9 +28,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from acestep_jax.codec import MusicCodec, load_audio
+from acestep_jax.codec import MusicCodec, frames_to_seconds, load_audio
 from acestep_jax.models.transformer import ACEStepTransformer
 from acestep_jax.sampling import Conditioning, Noise, SamplingParams, generate
+from acestep_jax.sampling.params import SOURCE_TASKS
 from acestep_jax.sampling.progress import step_bar
 from acestep_jax.text import PromptTokenizer, UMT5Encoder, umt5_erg_scales
 
@@ -39,7 +40,6 @@ log = logging.getLogger(__name__)
 TEXT_BUCKET = 32
 LYRIC_BUCKET = 64
 OUTPUT_SAMPLE_RATE = 48000  # the reference writes 48 kHz files
-SPEAKER_DIM = 512
 OVERLAP_DECODE_SECONDS = 48  # longer outputs are decoded in overlapping windows
 DECODE_WINDOW_FRAMES = 128
 
@@ -213,7 +213,7 @@ class ACEStepPipeline:
         prompts, lyrics = list(prompts), list(lyrics)
         b = batch_size or max(len(prompts), len(lyrics), len(seeds or ()), 1)
         prompts, lyrics = _broadcast("prompts", prompts, b), _broadcast("lyrics", lyrics, b)
-        if params.task in ("repaint", "extend", "edit", "audio2audio") and src_audio is None:
+        if params.task in SOURCE_TASKS and src_audio is None:
             raise ValueError(f"task {params.task!r} needs source audio (src_audio / --src-audio)")
         if seeds is None:
             seeds = [int(s) for s in np.random.default_rng().integers(0, 2**31 - 1, b)]
@@ -226,7 +226,7 @@ class ACEStepPipeline:
         text, text_mask, text_null = self.encode_prompts(prompts, erg_null=use_null)
         lyric_ids, lyric_mask = self.tokenize_lyrics(lyrics)
         cond = Conditioning(text=text, text_mask=text_mask, lyric_ids=lyric_ids, lyric_mask=lyric_mask,
-                            speaker=jnp.zeros((b, SPEAKER_DIM), jnp.float32), text_null=text_null)
+                            speaker=jnp.zeros((b, self.transformer.cfg.speaker_embedding_dim), jnp.float32), text_null=text_null)
         if src_audio is not None:
             src = self.encode_audio(src_audio, src_sample_rate)
             cond = dataclasses.replace(cond, src_latents=jnp.repeat(src, b, axis=0))
@@ -267,9 +267,7 @@ class ACEStepPipeline:
 
     def decode(self, latents, sample_rate: int = OUTPUT_SAMPLE_RATE) -> np.ndarray:
         """Latents → audio ``[B, 2, N]``; long outputs decode in overlapping windows (bounded memory)."""
-        frames = latents.shape[-1]
-        seconds = frames * 512 * 8 / 44100
-        window = DECODE_WINDOW_FRAMES if seconds > OVERLAP_DECODE_SECONDS else None
+        window = DECODE_WINDOW_FRAMES if frames_to_seconds(latents.shape[-1]) > OVERLAP_DECODE_SECONDS else None
         return self.codec.decode(latents, sample_rate, window=window)
 
 

@@ -1,24 +1,44 @@
-"""Model presets (``configs/<preset>/``) and randomly initialised models built from them.
+"""Model presets and training configs shipped with the package, and random models built from them.
 
-``tiny`` runs the whole stack anywhere in seconds (``sample.py --tiny-random``,
-``train.py --tiny-random``, tests, CPU benchmarks); ``full`` holds the released
-checkpoint's sizes (benchmarks with random weights). The tiny prompt tokenizer is
-byte-level and built in memory, so nothing is downloaded.
+The JSON files live in the package (``acestep_jax/configs``, read with
+:mod:`importlib.resources`, so an installed wheel has them; a source checkout's
+top-level ``configs/`` is a link to the same folder). ``tiny`` runs the whole stack
+anywhere in seconds (``sample.py --tiny-random``, ``train.py --tiny-random``, tests,
+CPU benchmarks); ``full`` holds the released checkpoint's sizes (benchmarks with random
+weights). The tiny prompt tokenizer is byte-level and built in memory, so nothing is
+downloaded.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
+from importlib import resources
 
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 PRESETS = ("tiny", "full")
 BYTE_VOCAB_SPECIALS = ("<pad>", "</s>", "<unk>")
+
+
+def packaged_config(name: str):
+    """A file under the package's ``configs/`` (a :class:`importlib.resources` traversable)."""
+    return resources.files("acestep_jax").joinpath("configs", *name.split("/"))
+
+
+def training_configs() -> list[str]:
+    """Names of the packaged training configs (``train.py --config NAME``)."""
+    return sorted(p.name[: -len(".json")] for p in packaged_config("").iterdir() if p.name.endswith(".json"))
+
+
+def preset_dict(preset: str, name: str) -> dict:
+    """The raw config dict of component ``name`` (transformer, dcae, vocoder, umt5) in ``preset``."""
+    if preset not in PRESETS or name not in ("transformer", "dcae", "vocoder", "umt5"):
+        raise ValueError(f"unknown preset {preset!r}/{name!r}; presets {PRESETS}, "
+                         "components ['dcae', 'transformer', 'umt5', 'vocoder']")
+    return json.loads(packaged_config(f"{preset}/{name}.json").read_text())
 
 
 def preset_config(preset: str, name: str, **overrides):
@@ -28,12 +48,7 @@ def preset_config(preset: str, name: str, **overrides):
     from acestep_jax.text import UMT5Config
 
     classes = {"transformer": TransformerConfig, "dcae": DCAEConfig, "vocoder": VocoderConfig, "umt5": UMT5Config}
-    if preset not in PRESETS or name not in classes:
-        raise ValueError(f"unknown preset {preset!r}/{name!r}; presets {PRESETS}, components {sorted(classes)}")
-    path = CONFIG_DIR / preset / f"{name}.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"preset config {path} not found (presets need a source checkout of acestep-jax)")
-    return classes[name].from_dict(json.loads(path.read_text()), **overrides)
+    return classes[name].from_dict(preset_dict(preset, name), **overrides)
 
 
 def byte_tokenizer(max_length: int = 256):

@@ -44,9 +44,20 @@ SCALE_FACTOR = 0.1786
 SHIFT_FACTOR = -1.9091
 MIN_MEL = -11.0
 MAX_MEL = 3.0
+LATENT_DOWNSAMPLE = 8  # DC-AE time compression: one latent frame is LATENT_DOWNSAMPLE * HOP samples
 
 
-def latent_frames(num_samples: int, sample_rate: int = SAMPLE_RATE, downsample: int = 8) -> int:
+def seconds_to_frames(seconds: float) -> int:
+    """Latent frames for ``seconds`` of audio, truncated as the reference's sampling does."""
+    return int(seconds * SAMPLE_RATE / HOP / LATENT_DOWNSAMPLE)
+
+
+def frames_to_seconds(frames: int) -> float:
+    """Seconds of 44.1 kHz audio that ``frames`` latent frames decode to."""
+    return frames * LATENT_DOWNSAMPLE * HOP / SAMPLE_RATE
+
+
+def latent_frames(num_samples: int, sample_rate: int = SAMPLE_RATE, downsample: int = LATENT_DOWNSAMPLE) -> int:
     """Latent frames :meth:`MusicCodec.encode` produces for ``num_samples`` samples at ``sample_rate``."""
     if num_samples <= 0:
         raise ValueError(f"num_samples must be positive, got {num_samples}")
@@ -54,7 +65,7 @@ def latent_frames(num_samples: int, sample_rate: int = SAMPLE_RATE, downsample: 
     return math.ceil(n / (downsample * HOP))
 
 
-def latent_lengths_for(audio_lengths, sample_rate: int, downsample: int = 8) -> np.ndarray:
+def latent_lengths_for(audio_lengths, sample_rate: int, downsample: int = LATENT_DOWNSAMPLE) -> np.ndarray:
     """The reference's reported latent lengths: ``floor(len / sr * 44100 / 512 / 8)`` in float32 steps."""
     x = np.asarray(audio_lengths, np.float32) / np.float32(sample_rate)
     x = x * np.float32(SAMPLE_RATE) / np.float32(HOP) / np.float32(downsample)

@@ -32,7 +32,7 @@ from acestep_jax.convert.core import (
     param_shapes,
 )
 from acestep_jax.files import write_json
-from acestep_jax.sharding import DEFAULT_RULES, state_shardings
+from acestep_jax.sharding import state_shardings
 
 CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
@@ -226,10 +226,11 @@ def load_component(
     component: Component,
     *,
     mesh: Mesh | None = None,
-    rules=DEFAULT_RULES,
+    rules=None,
     **config_overrides,
 ) -> nnx.Module:
-    """Restore a component folder, each array directly into its sharding on ``mesh``.
+    """Restore a component folder, each array directly into its sharding on ``mesh``
+    (under ``rules``, default the current :func:`acestep_jax.sharding.axis_rules`).
 
     ``config_overrides`` (e.g. ``dtype``, ``param_dtype``, ``remat``) replace saved
     config values; a changed ``param_dtype`` casts on restore. Missing, unexpected or

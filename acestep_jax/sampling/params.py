@@ -10,18 +10,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from acestep_jax.codec.codec import seconds_to_frames
 from acestep_jax.sampling.guidance import CFG_TYPES
+from acestep_jax.sampling.inputs import pad_frames, shard_batch
 from acestep_jax.sampling.schedulers import SCHEDULERS
 
 TASKS = ("text2music", "retake", "repaint", "extend", "edit", "audio2audio")
-SOURCE_TASKS = ("repaint", "extend", "edit", "audio2audio")
-# the reference caps extended outputs at 240 s of latent frames
-MAX_FRAMES = int(240 * 44100 / 512 / 8)
-
-
-def seconds_to_frames(seconds: float) -> int:
-    """Latent frames for ``seconds`` of audio, truncated as the reference does (44.1 kHz, hop 4096)."""
-    return int(seconds * 44100 / 512 / 8)
+SOURCE_TASKS = ("repaint", "extend", "edit", "audio2audio")  # tasks that need source audio / latents
+REPAINT_TASKS = ("repaint", "extend")
+MAX_SECONDS = 240.0  # the reference's longest output (it caps extended outputs there)
+MAX_FRAMES = seconds_to_frames(MAX_SECONDS)
+# fields that may differ between the items of one batch: they are traced per item, so one
+# compiled program serves any mix of them (see SamplingParams.structure for the rest)
+ITEM_FIELDS = (
+    "duration", "guidance_scale", "omega_scale", "guidance_interval", "guidance_interval_decay",
+    "min_guidance_scale", "use_erg_tag", "use_erg_lyric", "use_erg_diffusion", "guidance_scale_text",
+    "guidance_scale_lyric", "retake_variance",
+)
 
 
 @dataclass(frozen=True)
@@ -33,9 +38,10 @@ class SamplingParams:
     length from them. ``n_min``/``n_max``/``n_avg`` are the FlowEdit arguments
     (``edit_n_*`` in the reference); ``bucket`` rounds the latent length up to
     :func:`acestep_jax.sampling.bucket_frames` so nearby durations share one compile
-    (not for ``edit``). Padded frames are masked in the sampler; results equal the
-    unpadded run only once the transformer masks padded frames in PatchEmbed's
-    GroupNorm statistics and GLUMBConv's time convolution (see :mod:`acestep_jax.sampling`).
+    (not for ``edit``); padded frames are masked, so results equal the unpadded run.
+    ``batch_invariant`` takes the omega mean shift per item instead of over the whole
+    batch (the reference's behaviour), so an item's result does not depend on what it
+    is batched with.
     """
 
     task: str = "text2music"
@@ -64,6 +70,7 @@ class SamplingParams:
     n_max: float = 1.0
     n_avg: int = 1
     bucket: bool = False
+    batch_invariant: bool = False
 
     def replace(self, **kw) -> SamplingParams:
         return dataclasses.replace(self, **kw)
@@ -76,6 +83,26 @@ class SamplingParams:
     @property
     def double_condition(self) -> bool:
         return (self.guidance_scale_text or 0) > 1.0 and (self.guidance_scale_lyric or 0) > 1.0
+
+    @property
+    def guidance_mode(self) -> str:
+        """``"none"``, ``"double"`` (separate text and lyric scales) or the ``cfg_type``."""
+        if not self.do_cfg:
+            return "none"
+        return "double" if self.double_condition else self.cfg_type
+
+    def structure(self) -> tuple:
+        """What selects the compiled program besides array shapes: the items of one batch
+        must agree on it, while the :data:`ITEM_FIELDS` may differ per item."""
+        names = ["task", "scheduler_type", "infer_steps", "oss_steps", "zero_steps", "use_zero_init", "bucket",
+                 "batch_invariant"]
+        if self.task in REPAINT_TASKS:
+            names += ["repaint_start", "repaint_end", "retake_variance"]
+        elif self.task == "audio2audio":
+            names.append("ref_audio_strength")
+        elif self.task == "edit":
+            names += ["n_min", "n_max", "n_avg"]
+        return (("guidance", self.guidance_mode), *((n, getattr(self, n)) for n in names))
 
     def validate(self, source_frames: int | None = None) -> None:
         """Raise ``ValueError`` naming the first bad argument.
@@ -97,8 +124,8 @@ class SamplingParams:
                 raise ValueError("oss_steps cannot be used with scheduler_type='heun' (as in the reference)")
         if self.task in SOURCE_TASKS and source_frames is None:
             raise ValueError(f"task {self.task!r} needs source latents (Conditioning.src_latents)")
-        if source_frames is None and not self.duration > 0:
-            raise ValueError(f"duration must be > 0 seconds, got {self.duration!r}")
+        if source_frames is None and not 0 < self.duration <= MAX_SECONDS:
+            raise ValueError(f"duration must be in (0, {MAX_SECONDS:g}] seconds, got {self.duration!r}")
         if source_frames is None and seconds_to_frames(self.duration) < 1:
             raise ValueError(f"duration {self.duration!r} s is shorter than one latent frame")
         if not 0.0 <= self.guidance_interval <= 1.0:
@@ -212,6 +239,13 @@ class Conditioning:
 
 
 _NOISE_TAGS = {"initial": 0, "retake": 1, "steps": 2, "edit_forward": 3, "edit_steps": 4}
+RETAKE_KEY_TAG = 0x7E7A4E  # default retake keys: each item's key folded with this tag
+STEP_NOISES = ("steps", "edit_forward", "edit_steps")  # [S, B, ...] arrays (batch on axis 1)
+
+
+def retake_keys(keys: jax.Array) -> jax.Array:
+    """The default retake keys of per-item ``keys``."""
+    return jax.vmap(lambda k: jax.random.fold_in(k, RETAKE_KEY_TAG))(keys)
 
 
 @jax.tree_util.register_dataclass
@@ -242,12 +276,45 @@ class Noise:
         """Per-item keys ``jax.random.key(seed)``; retake keys default to keys folded with a tag."""
         keys = jax.vmap(jax.random.key)(jnp.asarray(np.asarray(seeds, np.uint32)))
         if retake_seeds is None:
-            rkeys = jax.vmap(lambda k: jax.random.fold_in(k, 0x7E7A4E))(keys)
+            rkeys = retake_keys(keys)
         else:
             if len(retake_seeds) != len(seeds):
                 raise ValueError(f"retake_seeds has {len(retake_seeds)} entries, seeds has {len(seeds)}")
             rkeys = jax.vmap(jax.random.key)(jnp.asarray(np.asarray(retake_seeds, np.uint32)))
         return cls(keys=keys, retake_keys=rkeys, **arrays)
+
+    @staticmethod
+    def batch_axis(name: str) -> int:
+        """The batch axis of field ``name`` (per-step arrays are ``[S, B, ...]``)."""
+        return 1 if name in STEP_NOISES else 0
+
+    def check(self, batch: int, frames: int) -> None:
+        """Raise ``ValueError`` when a key or noise array does not fit ``batch`` items of ``frames`` frames."""
+        item = (batch, 8, 16, frames)
+        for f in dataclasses.fields(self):
+            a = getattr(self, f.name)
+            if a is None:
+                continue
+            if f.name in ("keys", "retake_keys"):
+                if a.shape != (batch,):
+                    raise ValueError(f"Noise.{f.name} must hold {batch} keys, got shape {tuple(a.shape)}")
+            elif f.name in STEP_NOISES:
+                if tuple(a.shape[1:]) != item:
+                    raise ValueError(f"Noise.{f.name} must have shape [n, *{item}], got {tuple(a.shape)}")
+            elif tuple(a.shape) != item:
+                raise ValueError(f"Noise.{f.name} must have shape {item}, got {tuple(a.shape)}")
+
+    def shard(self, mesh) -> Noise:
+        """Every array split over ``mesh``'s ``data`` axis along its batch axis."""
+        return Noise(**{
+            f.name: None if getattr(self, f.name) is None
+            else shard_batch(getattr(self, f.name), mesh, self.batch_axis(f.name))
+            for f in dataclasses.fields(self)
+        })
+
+    def pad_frames(self, total: int) -> Noise:
+        """Explicit noise arrays zero-padded to ``total`` frames (bucketed runs)."""
+        return jax.tree.map(lambda a: a if a.ndim < 4 else pad_frames(jnp.asarray(a), total), self)
 
 
 def draw(noise: Noise, kind: str, index, item_shape: tuple[int, int, int]) -> jax.Array:

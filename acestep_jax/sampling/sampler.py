@@ -3,11 +3,12 @@
 Each run is one ``jax.jit`` call: conditions are encoded once, then a
 ``lax.fori_loop`` runs the steps. Per step, the conditional, unconditional (and, for
 double-condition guidance, text-only) predictions are made by ONE transformer decode
-over the batch concatenated along its first axis; outside the guidance interval a
-``lax.cond`` takes the single conditional decode instead. Static structure
-(:class:`LoopConfig`, array shapes, which noise arrays are injected) selects the
-compiled program; scales, timesteps, omega, the guidance schedule, the repaint start
-and the noise are traced, so changing them never recompiles.
+over the batch concatenated along its first axis; when no item is inside its
+guidance interval a ``lax.cond`` takes the single conditional decode instead. Static
+structure (:class:`LoopConfig`, array shapes, which optional inputs are present)
+selects the compiled program; everything per item (guidance schedule and scales,
+omega, ERG switches, frame masks), the timesteps, the repaint start and the noise are
+traced, so changing them never recompiles.
 """
 
 from __future__ import annotations
@@ -21,9 +22,17 @@ from flax import nnx
 
 from acestep_jax.models.transformer import layer_scales
 from acestep_jax.sampling import guidance as G
+from acestep_jax.sampling.inputs import LoopInputs
 from acestep_jax.sampling.params import Conditioning, Noise, draw
 from acestep_jax.sampling.progress import report
-from acestep_jax.sampling.schedulers import HeunState, euler_step, heun_substep, pingpong_step
+from acestep_jax.sampling.schedulers import (
+    HeunState,
+    euler_step,
+    heun_substep,
+    next_t,
+    pingpong_step,
+    repaint_step,
+)
 
 ERG_TAU = 0.01
 ERG_LYRIC_LAYERS = (4, 5)  # lyric-encoder blocks whose queries are scaled (ERG lyric)
@@ -35,21 +44,17 @@ class LoopConfig:
     """Static structure of a sampling loop.
 
     ``guidance``: ``"none"``, ``"apg"``, ``"cfg"``, ``"cfg_star"`` or ``"double"``;
-    ``null_text``: the ERG-lyric null branch uses ``Conditioning.text_null`` (else
-    zeros); ``repaint``: the reference's repaint/extend update replaces the scheduler;
-    ``masked``: a bucketed run with a per-frame validity mask.
+    ``repaint``: the reference's repaint/extend update replaces the scheduler;
+    ``batch_invariant``: the omega mean shift is taken per item instead of over the batch.
     """
 
     task: str = "text2music"  # "text2music" (every non-edit task) or "edit"
     scheduler: str = "euler"
     guidance: str = "apg"
-    erg_lyric: bool = False
-    erg_diffusion: bool = False
-    null_text: bool = False
     repaint: bool = False
-    masked: bool = False
     zero_steps: int = 1
     use_zero_init: bool = True
+    batch_invariant: bool = False
     progress: bool = False  # report each step to acestep_jax.sampling.progress (a host callback)
 
 
@@ -61,21 +66,30 @@ def _zeros(a):
     return jnp.zeros_like(a)
 
 
-def _speaker(cond: Conditioning, target: bool = False):
+def _items(flag, a):
+    """Broadcast a per-item ``[B]`` array against ``a [B, ...]``."""
+    return flag.reshape(flag.shape + (1,) * (a.ndim - 1))
+
+
+def _speaker(model, cond: Conditioning, target: bool = False):
     spk = cond.target_speaker if target else cond.speaker
     if spk is None:
-        spk = jnp.zeros((cond.batch_size, 512), jnp.float32)
+        spk = jnp.zeros((cond.batch_size, model.cfg.speaker_embedding_dim), jnp.float32)
     return spk
 
 
 def _decode(model, x, frame_mask, ctx, ctx_mask, t, query_scales=None):
+    """One decode of ``x [n, 8, 16, T]``; ``frame_mask [B, T]`` (n a multiple of B) masks padding."""
     n, length = x.shape[0], x.shape[-1]
-    mask = jnp.ones((n, length), jnp.float32) if frame_mask is None else jnp.broadcast_to(frame_mask, (n, length))
+    if frame_mask is None:
+        mask = jnp.ones((n, length), jnp.float32)
+    else:
+        mask = jnp.tile(frame_mask, (n // frame_mask.shape[0], 1))
     out = model.decode(
         x, mask, ctx, ctx_mask, jnp.full((n,), t, jnp.float32), query_scales=query_scales,
         isolate_padding=frame_mask is not None,
     ).astype(jnp.float32)
-    return out if frame_mask is None else out * frame_mask
+    return out if frame_mask is None else out * mask[:, None, None, :]
 
 
 def _pad_context(states, mask, length):
@@ -89,39 +103,50 @@ def _pad_context(states, mask, length):
 
 
 # ---------------------------------------------------------------------------- text2music
-def _encode_t2m(model, lc: LoopConfig, cond: Conditioning):
-    spk = _speaker(cond)
+def _encode_t2m(model, lc: LoopConfig, cond: Conditioning, inputs: LoopInputs):
+    """Encoder states of the conditional, unconditional and (double guidance) text-only branches.
+
+    The ERG switches are per item: each item's unconditional (and text-only) states come
+    from the ERG encoding (lyric-encoder queries scaled; the ERG-tag prompt when
+    ``erg_tag``) or the plain one (zeroed conditions), selected per item.
+    """
+    items = inputs.items
+    spk = _speaker(model, cond)
     text, tmask, lyr, lmask = cond.text, cond.text_mask, cond.lyric_ids, cond.lyric_mask
     enc, enc_mask = model.encode(text, tmask, spk, lyr, lmask)
     if lc.guidance == "none":
         return enc, enc_mask, None, None
-    lq = _erg_scales(model.cfg.lyric_encoder.num_blocks, ERG_LYRIC_LAYERS) if lc.erg_lyric else None
-    if lc.erg_lyric:
-        null_text = cond.text_null if lc.null_text else _zeros(text)
-        null, _ = model.encode(null_text, tmask, _zeros(spk), lyr, lmask, lyric_query_scales=lq)
-    else:
-        null, _ = model.encode(_zeros(text), tmask, _zeros(spk), _zeros(lyr), lmask)
+    lq = _erg_scales(model.cfg.lyric_encoder.num_blocks, ERG_LYRIC_LAYERS)
+
+    def per_item(erg, plain):
+        return jnp.where(_items(items.erg_lyric, erg), erg, plain)
+
+    null_text = _zeros(text)
+    if cond.text_null is not None:
+        null_text = jnp.where(_items(items.erg_tag, text), cond.text_null, null_text)
+    null = per_item(
+        model.encode(null_text, tmask, _zeros(spk), lyr, lmask, lyric_query_scales=lq)[0],
+        model.encode(_zeros(text), tmask, _zeros(spk), _zeros(lyr), lmask)[0],
+    )
     text_only = None
     if lc.guidance == "double":
-        if lc.erg_lyric:
-            text_only, _ = model.encode(text, tmask, _zeros(spk), lyr, lmask, lyric_query_scales=lq)
-        else:
-            text_only, _ = model.encode(text, tmask, _zeros(spk), _zeros(lyr), lmask)
+        text_only = per_item(
+            model.encode(text, tmask, _zeros(spk), lyr, lmask, lyric_query_scales=lq)[0],
+            model.encode(text, tmask, _zeros(spk), _zeros(lyr), lmask)[0],
+        )
     return enc, enc_mask, null, text_only
 
 
-def text2music_loop(model, lc: LoopConfig, cond: Conditioning, inputs: dict, noise: Noise):
-    """Run the text2music-family loop; see :func:`acestep_jax.sampling.tasks.prepare`
-    for ``inputs`` (``x``, ``timesteps``, ``sigmas``, ``active``, ``scales``, ``omega``,
-    ``scale_text``, ``scale_lyric``, ``start``; repaint: ``x0``, ``z0``, ``repaint_mask``;
-    bucketed: ``frame_mask``)."""
-    enc, enc_mask, null, text_only = _encode_t2m(model, lc, cond)
-    timesteps, sigmas = inputs["timesteps"], inputs["sigmas"]
+def text2music_loop(model, lc: LoopConfig, cond: Conditioning, inputs: LoopInputs, noise: Noise):
+    """Run the text2music-family loop (text2music, retake, repaint, extend, audio2audio)
+    on the inputs :func:`acestep_jax.sampling.tasks.prepare` builds."""
+    enc, enc_mask, null, text_only = _encode_t2m(model, lc, cond, inputs)
+    items, sched, lat = inputs.items, inputs.schedule, inputs.latents
+    timesteps, sigmas = sched.timesteps, sched.sigmas
     n = timesteps.shape[0]
-    fm = inputs.get("frame_mask")
-    x = inputs["x"].astype(jnp.float32)
+    fm = items.frame_mask
+    x = lat.x.astype(jnp.float32)
     b, shape = x.shape[0], x.shape[1:]
-    omega = inputs["omega"]
 
     def plain(x, i, buf):
         return _decode(model, x, fm, enc, enc_mask, timesteps[i]), buf
@@ -133,56 +158,56 @@ def text2music_loop(model, lc: LoopConfig, cond: Conditioning, inputs: dict, noi
     if lc.guidance != "none":
         g_ctx = jnp.concatenate([enc, text_only, null] if double else [enc, null])
         g_mask = jnp.concatenate([enc_mask] * k)
-        if lc.erg_diffusion:
-            layers = model.cfg.num_layers
-            erg = _erg_scales(layers, ERG_DIFFUSION_LAYERS)
-            per_item = jnp.concatenate([jnp.ones((layers, (k - 1) * b)), jnp.repeat(erg[:, None], b, axis=1)], axis=1)
-            g_qs = per_item[:, :, None, None]  # [layers, k*B, 1, 1]: ERG on the uncond items only
+        layers = model.cfg.num_layers
+        erg = _erg_scales(layers, ERG_DIFFUSION_LAYERS)  # [layers]
+        uncond = jnp.where(items.erg_diffusion[None, :], erg[:, None], 1.0)  # [layers, B]
+        g_qs = jnp.concatenate([jnp.ones((layers, (k - 1) * b)), uncond], axis=1)[:, :, None, None]
 
     def guided(x, i, buf):
         out = _decode(model, jnp.concatenate([x] * k), fm, g_ctx, g_mask, timesteps[i], g_qs)
         parts = jnp.split(out, k)
-        scale = inputs["scales"][i]
+        scale = _items(items.scale[:, i], x)
         if double:
-            return G.double_condition(parts[0], parts[2], parts[1], inputs["scale_text"], inputs["scale_lyric"]), buf
-        if lc.guidance == "apg":
-            return G.apg(parts[0], parts[1], scale, buf)
-        if lc.guidance == "cfg":
-            return G.cfg(parts[0], parts[1], scale), buf
-        return G.cfg_zero_star(parts[0], parts[1], scale, i, lc.zero_steps, lc.use_zero_init), buf
+            s_text, s_lyric = _items(items.scale_text, x), _items(items.scale_lyric, x)
+            v, new_buf = G.double_condition(parts[0], parts[2], parts[1], s_text, s_lyric), buf
+        elif lc.guidance == "apg":
+            v, new_buf = G.apg(parts[0], parts[1], scale, buf)
+        elif lc.guidance == "cfg":
+            v, new_buf = G.cfg(parts[0], parts[1], scale), buf
+        else:
+            v, new_buf = G.cfg_zero_star(parts[0], parts[1], scale, i, lc.zero_steps, lc.use_zero_init), buf
+        # items outside their guidance interval take the conditional prediction
+        active = _items(items.active[:, i], x)
+        v = jnp.where(active, v, parts[0])
+        return v, (None if buf is None else jnp.where(active, new_buf, buf))
 
     def velocity(x, i, buf):
         if lc.guidance == "none":
             return plain(x, i, buf)
-        return jax.lax.cond(inputs["active"][i], guided, plain, x, i, buf)
+        return jax.lax.cond(jnp.any(items.active[:, i]), guided, plain, x, i, buf)
 
     def body(i, carry):
         x, buf, heun = carry
         v, buf = velocity(x, i, buf)
         if lc.repaint:
-            t_i = timesteps[i] / 1000
-            t_next = jnp.where(i + 1 < n, timesteps[jnp.minimum(i + 1, n - 1)] / 1000, 0.0)
-            prev = x + (t_next - t_i) * v
-            zt_src = (1 - t_next) * inputs["x0"] + t_next * inputs["z0"]
-            x = jnp.where(inputs["repaint_mask"] == 1.0, prev, zt_src)
+            x = repaint_step(x, v, timesteps[i] / 1000, next_t(timesteps, i), lat.x0, lat.z0, lat.repaint_mask)
         elif lc.scheduler == "euler":
-            x = euler_step(x, v, sigmas[i], sigmas[i + 1], omega, fm)
+            x = euler_step(x, v, sigmas[i], sigmas[i + 1], items.omega, fm, lc.batch_invariant)
         elif lc.scheduler == "heun":
-            x, heun = heun_substep(i, x, v, sigmas, omega, heun, fm)
+            x, heun = heun_substep(i, x, v, sigmas, items.omega, heun, fm, lc.batch_invariant)
         else:
             x = pingpong_step(x, v, sigmas[i], sigmas[i + 1], draw(noise, "steps", i, shape))
         if fm is not None:
-            x = x * fm
+            x = x * fm[:, None, None, :]
         if lc.progress:
             report(i + 1 - start, n - start)
         return x, buf, heun
 
-    start = inputs["start"]
+    start = sched.start
     if lc.repaint:
         # the reference re-noises the source to the start level: zt_edit + zt_src - x0
         t0 = timesteps[start] / 1000
-        x0 = inputs["x0"]
-        x = (x0 + ((1 - t0) * x0 + t0 * inputs["z0"])) - x0
+        x = (lat.x0 + ((1 - t0) * lat.x0 + t0 * lat.z0)) - lat.x0
     buf = G.apg_momentum_init(x) if lc.guidance == "apg" else None
     heun = HeunState.zeros(x) if lc.scheduler == "heun" and not lc.repaint else None
     x, _, _ = jax.lax.fori_loop(start, n, body, (x, buf, heun))
@@ -190,17 +215,19 @@ def text2music_loop(model, lc: LoopConfig, cond: Conditioning, inputs: dict, noi
 
 
 # ---------------------------------------------------------------------------- FlowEdit
-def edit_loop(model, lc: LoopConfig, cond: Conditioning, inputs: dict, noise: Noise):
+def edit_loop(model, lc: LoopConfig, cond: Conditioning, inputs: LoopInputs, noise: Noise):
     """FlowEdit (the reference's ``flowedit_diffusion_process``) on the Euler table.
 
-    ``inputs``: ``x_src``, ``timesteps``, ``sigmas``, ``scale``, and the step indices
-    ``n_min``/``n_max`` and ``n_avg`` (int32, traced) with ``n_avg_f`` (float32). Guidance is APG (the reference's default) when enabled; the source branch keeps a
-    momentum buffer during editing, the target branch one of its own afterwards. With
-    pingpong the reference never updates the edited latents during the editing phase
-    (only draws noise), so that phase is skipped here: the output is identical.
+    ``inputs.latents.x`` holds the source latents; the schedule's ``start``/``stop`` are
+    the editing steps (``n_min``/``n_max``) and ``n_avg`` the forward noises averaged per
+    step. Guidance is APG (the reference's default) when enabled, at each item's
+    ``items.scale``; the source branch keeps a momentum buffer during editing, the
+    target branch one of its own afterwards. With pingpong the reference never updates
+    the edited latents during the editing phase (only draws noise), so that phase is
+    skipped here: the output is identical.
     """
     cfg_on = lc.guidance != "none"
-    spk, tspk = _speaker(cond), _speaker(cond, target=True)
+    spk, tspk = _speaker(model, cond), _speaker(model, cond, target=True)
     src_c, src_m = model.encode(cond.text, cond.text_mask, spk, cond.lyric_ids, cond.lyric_mask)
     tar_c, tar_m = model.encode(
         cond.target_text, cond.target_text_mask, tspk, cond.target_lyric_ids, cond.target_lyric_mask
@@ -218,17 +245,17 @@ def edit_loop(model, lc: LoopConfig, cond: Conditioning, inputs: dict, noise: No
     src = [_pad_context(s, m.astype(jnp.float32), length) for s, m in src]
     tar = [_pad_context(s, m.astype(jnp.float32), length) for s, m in tar]
 
-    timesteps, sigmas = inputs["timesteps"], inputs["sigmas"]
+    sched = inputs.schedule
+    timesteps, sigmas = sched.timesteps, sched.sigmas
     n = timesteps.shape[0]
-    x_src = inputs["x_src"].astype(jnp.float32)
+    x_src = inputs.latents.x.astype(jnp.float32)
     shape = x_src.shape[1:]
-    scale = inputs["scale"]
-    n_min, n_max, n_avg = inputs["n_min"], inputs["n_max"], inputs["n_avg"]
+    scale = _items(inputs.items.scale[:, 0], x_src)
+    n_min, n_max, n_avg = sched.start, sched.stop, sched.n_avg
 
     def times(i):
         t = timesteps[i]
-        t_next = jnp.where(i + 1 < n, timesteps[jnp.minimum(i + 1, n - 1)] / 1000, 0.0)
-        return t, t / 1000, t_next
+        return t, t / 1000, next_t(timesteps, i)
 
     def joined(conds):
         return jnp.concatenate([c for c, _ in conds]), jnp.concatenate([m for _, m in conds])
@@ -255,7 +282,7 @@ def edit_loop(model, lc: LoopConfig, cond: Conditioning, inputs: dict, noise: No
                 v_tar = G.apg(tc, tu, scale)
             else:
                 v_src, v_tar = predict([zt_src, zt_tar], ctx_all, t)
-            return acc + (1 / inputs["n_avg_f"]) * (v_tar - v_src), buf
+            return acc + (1 / n_avg.astype(jnp.float32)) * (v_tar - v_src), buf
 
         acc, buf = jax.lax.fori_loop(0, n_avg, one, (jnp.zeros_like(x_src), buf))
         if lc.progress:
@@ -302,7 +329,7 @@ def _compiled(graphdef, lc: LoopConfig):
     return jax.jit(run)
 
 
-def run_loop(model, lc: LoopConfig, cond: Conditioning, inputs: dict, noise: Noise) -> jax.Array:
+def run_loop(model, lc: LoopConfig, cond: Conditioning, inputs: LoopInputs, noise: Noise) -> jax.Array:
     """Run the jitted loop for ``lc`` (compiled once per structure and shapes)."""
     graphdef, state = nnx.split(model)
     return _compiled(graphdef, lc)(state, cond, inputs, noise)

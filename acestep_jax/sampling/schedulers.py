@@ -91,21 +91,32 @@ def omega_rescale(omega) -> jax.Array:
     return 0.9 + 0.2 / (1 + jnp.exp(-0.1 * omega))
 
 
-def mean_shift(dx: jax.Array, omega: jax.Array, frame_mask=None) -> jax.Array:
-    """Scale ``dx`` about its mean over the whole tensor (batch included) by ``omega``.
+def _per_item(a, ndim: int):
+    """A scalar stays a scalar; a per-item ``[B]`` array broadcasts against ``[B, ...]``."""
+    a = jnp.asarray(a)
+    return a if a.ndim == 0 else a.reshape(a.shape + (1,) * (ndim - 1))
 
-    ``frame_mask [T]`` restricts the mean to valid frames (bucketed runs).
+
+def mean_shift(dx: jax.Array, omega, frame_mask=None, per_item: bool = False) -> jax.Array:
+    """Scale ``dx [B, C, H, T]`` about its mean by ``omega`` (a scalar or ``[B]``).
+
+    The mean is over the whole tensor, batch included, as in the reference, or over
+    each item with ``per_item`` (batch-invariant sampling). ``frame_mask`` (``[T]`` or
+    ``[B, T]``) restricts it to valid frames (padded runs).
     """
+    axes = tuple(range(1, dx.ndim)) if per_item else None
     if frame_mask is None:
-        m = jnp.mean(dx)
+        m = jnp.mean(dx, axis=axes, keepdims=True)
     else:
-        m = jnp.sum(dx * frame_mask) / (jnp.sum(frame_mask) * (dx.size // dx.shape[-1]))
-    return (dx - m) * omega + m
+        fm = jnp.broadcast_to(frame_mask, (dx.shape[0], dx.shape[-1]))[:, None, None, :]
+        per_frame = dx.shape[1] * dx.shape[2]
+        m = jnp.sum(dx * fm, axis=axes, keepdims=True) / (jnp.sum(fm, axis=axes, keepdims=True) * per_frame)
+    return (dx - m) * _per_item(omega, dx.ndim) + m
 
 
-def euler_step(x, v, sigma, sigma_next, omega, frame_mask=None):
+def euler_step(x, v, sigma, sigma_next, omega, frame_mask=None, per_item: bool = False):
     """``x + mean_shift((sigma_next - sigma) v)``; ``omega`` already rescaled."""
-    return x.astype(jnp.float32) + mean_shift((sigma_next - sigma) * v, omega, frame_mask)
+    return x.astype(jnp.float32) + mean_shift((sigma_next - sigma) * v, omega, frame_mask, per_item)
 
 
 def pingpong_step(x, v, sigma, sigma_next, noise):
@@ -126,7 +137,7 @@ class HeunState(NamedTuple):
         return cls(jnp.zeros_like(x, jnp.float32), jnp.zeros((), jnp.float32), jnp.zeros_like(x, jnp.float32))
 
 
-def heun_substep(k, x, v, sigmas, omega, state: HeunState, frame_mask=None):
+def heun_substep(k, x, v, sigmas, omega, state: HeunState, frame_mask=None, per_item: bool = False):
     """One model evaluation's worth of Heun: entry ``k`` of the doubled table.
 
     Even ``k`` is a first-order (Euler) update that stores its derivative; odd ``k``
@@ -144,8 +155,22 @@ def heun_substep(k, x, v, sigmas, omega, state: HeunState, frame_mask=None):
     derivative = jnp.where(first, d1, d2)
     dt = jnp.where(first, sig_next - sig, state.dt)
     base = jnp.where(first, x, state.sample)
-    out = base + mean_shift(derivative * dt, omega, frame_mask)
+    out = base + mean_shift(derivative * dt, omega, frame_mask, per_item)
     new_state = HeunState(
         jnp.where(first, d1, state.derivative), dt, jnp.where(first, x, state.sample)
     )
     return out, new_state
+
+
+def next_t(timesteps: jax.Array, i) -> jax.Array:
+    """The flow time (0..1) after step ``i`` of ``timesteps`` (0 after the last step)."""
+    n = timesteps.shape[0]
+    return jnp.where(i + 1 < n, timesteps[jnp.minimum(i + 1, n - 1)] / NUM_TRAIN_TIMESTEPS, 0.0)
+
+
+def repaint_step(x, v, t, t_next, x0, z0, mask):
+    """The reference's repaint/extend update: an Euler step (flow times ``t`` → ``t_next``)
+    on the regenerated frames (``mask == 1``), the source ``x0`` re-noised towards ``z0``
+    at ``t_next`` elsewhere."""
+    prev = x + (t_next - t) * v
+    return jnp.where(mask == 1.0, prev, (1 - t_next) * x0 + t_next * z0)

@@ -1,14 +1,16 @@
 """Task set-up (text2music, retake, repaint, extend, audio2audio, edit) and :func:`generate`.
 
-:func:`prepare` turns :class:`SamplingParams` + :class:`Conditioning` + :class:`Noise`
-into the static :class:`LoopConfig` and the traced inputs of the jitted loop, doing
-the reference's host-side bookkeeping (tables, guidance interval, retake mixing,
-repaint masks, extend padding, audio2audio noising) with device arrays and no host
-syncs.
+:func:`prepare` turns per-item :class:`SamplingParams`, a :class:`Conditioning` and a
+:class:`Noise` into the static :class:`LoopConfig` and the typed
+:class:`~acestep_jax.sampling.inputs.LoopInputs` of the jitted loop, doing the
+reference's host-side bookkeeping (tables, guidance interval, retake mixing, repaint
+masks, extend padding, audio2audio noising) with device arrays and no host syncs.
+One function per task family builds the inputs; padding and the frame mask are shared.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from collections.abc import Sequence
@@ -16,13 +18,21 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from acestep_jax.sampling.guidance import guidance_schedule
-from acestep_jax.sampling.params import Conditioning, Noise, SamplingParams, draw, seconds_to_frames
+from acestep_jax.sampling.inputs import ItemInputs, Latents, LoopInputs, ScheduleInputs, shard_batch
+from acestep_jax.sampling.params import (
+    ITEM_FIELDS,
+    Conditioning,
+    Noise,
+    SamplingParams,
+    draw,
+    retake_keys,
+    seconds_to_frames,
+)
 from acestep_jax.sampling.sampler import LoopConfig, run_loop
-from acestep_jax.sampling.schedulers import omega_rescale, schedule, sigma_bounds
+from acestep_jax.sampling.schedulers import Schedule, omega_rescale, schedule, sigma_bounds
+from acestep_jax.sharding import shard_model
 
 BUCKET_MULTIPLE = 128  # latent frames (~11.9 s): durations within one bucket share a compile
 
@@ -34,221 +44,224 @@ def bucket_frames(frames: int, multiple: int = BUCKET_MULTIPLE) -> int:
     return -(-frames // multiple) * multiple
 
 
-def _num_frames(params: SamplingParams, cond: Conditioning) -> int:
+def item_params(params: SamplingParams | Sequence[SamplingParams], batch: int) -> list[SamplingParams]:
+    """One :class:`SamplingParams` per item: ``params`` for every item, or a list of ``batch``
+    whose items agree on :meth:`SamplingParams.structure` (they may differ in :data:`ITEM_FIELDS`)."""
+    if isinstance(params, SamplingParams):
+        return [params] * batch
+    items = list(params)
+    if len(items) != batch:
+        raise ValueError(f"got {len(items)} SamplingParams for a batch of {batch}")
+    first = items[0].structure()
+    for i, p in enumerate(items[1:], 1):
+        for (name, a), (_, b) in zip(first, p.structure(), strict=True):
+            if a != b:
+                raise ValueError(
+                    f"batch item {i} has {name}={b!r} but item 0 has {a!r}; the items of one batch may "
+                    f"differ only in {', '.join(ITEM_FIELDS)}"
+                )
+    return items
+
+
+def item_frames(params: SamplingParams, cond: Conditioning) -> int:
+    """Latent frames of one item before extension: the source's, else its ``duration``'s."""
     if cond.src_latents is not None and params.task != "text2music":
         return int(cond.src_latents.shape[-1])
     return seconds_to_frames(params.duration)
 
 
-def _pad_frames(a, total):
-    pad = total - a.shape[-1]
-    return a if pad == 0 else jnp.pad(a, [(0, 0)] * (a.ndim - 1) + [(0, pad)])
+# ---------------------------------------------------------------------------- shared pieces
+def _loop_config(p: SamplingParams, **kw) -> LoopConfig:
+    return LoopConfig(scheduler=p.scheduler_type, guidance=p.guidance_mode, zero_steps=p.zero_steps,
+                      use_zero_init=p.use_zero_init, batch_invariant=p.batch_invariant, **kw)
 
 
-def _retake_mix(params, x, r):
-    v = jnp.float32(params.retake_variance * math.pi / 2)
+def _item_inputs(items: list[SamplingParams], active: np.ndarray, scale: np.ndarray) -> ItemInputs:
+    def per_item(name, dtype=np.float32):
+        return jnp.asarray(np.asarray([getattr(p, name) or 0 for p in items], dtype))
+
+    return ItemInputs(
+        active=jnp.asarray(active), scale=jnp.asarray(scale, jnp.float32),
+        scale_text=per_item("guidance_scale_text"), scale_lyric=per_item("guidance_scale_lyric"),
+        omega=omega_rescale(per_item("omega_scale")),
+        erg_tag=per_item("use_erg_tag", bool), erg_lyric=per_item("use_erg_lyric", bool),
+        erg_diffusion=per_item("use_erg_diffusion", bool),
+    )
+
+
+def _guided_items(items: list[SamplingParams], table: Schedule, requested: int) -> ItemInputs:
+    """Each item's guidance interval and scale over the ``table``'s steps.
+
+    ``requested``: the step count the reference computes the interval from (smaller
+    than the table for heun, which evaluates the model ``2n - 1`` times).
+    """
+    sched = [
+        guidance_schedule(requested, p.guidance_scale, p.guidance_interval, p.guidance_interval_decay,
+                          p.min_guidance_scale, length=table.num_steps)
+        for p in items
+    ]
+    return _item_inputs(items, np.stack([g.active for g in sched]), np.stack([g.scale for g in sched]))
+
+
+def _schedule(table: Schedule, start: int = 0, **kw) -> ScheduleInputs:
+    return ScheduleInputs(jnp.asarray(table.timesteps), jnp.asarray(table.sigmas), jnp.int32(start), **kw)
+
+
+def _retake_mix(items: list[SamplingParams], x, r):
+    """``cos(v) x + sin(v) r`` with each item's ``v = retake_variance * pi / 2``."""
+    v = jnp.asarray(np.asarray([p.retake_variance * math.pi / 2 for p in items], np.float32))[:, None, None, None]
     return jnp.cos(v) * x + jnp.sin(v) * r
 
 
-def prepare(params: SamplingParams, cond: Conditioning, noise: Noise):
-    """Returns ``(loop_config, inputs, output_frames)``; see :mod:`acestep_jax.sampling.sampler`."""
-    frames = _num_frames(params, cond)
-    b = cond.batch_size
-    shape = (8, 16, frames)
-    if params.task == "edit":
-        table = schedule("euler", params.infer_steps)
-        lc = LoopConfig(task="edit", scheduler=params.scheduler_type, guidance="apg" if params.do_cfg else "none")
-        inputs = {
-            "x_src": jnp.asarray(cond.src_latents, jnp.float32),
-            "timesteps": jnp.asarray(table.timesteps),
-            "sigmas": jnp.asarray(table.sigmas),
-            "scale": jnp.float32(params.guidance_scale),
-            "n_min": jnp.int32(int(params.infer_steps * params.n_min)),
-            "n_max": jnp.int32(int(params.infer_steps * params.n_max)),
-            "n_avg": jnp.int32(params.n_avg),
-            "n_avg_f": jnp.float32(params.n_avg),
-        }
-        return lc, inputs, frames
+def _table(p: SamplingParams) -> tuple[Schedule, int]:
+    """The table and the guidance interval's step count (the table length for custom steps)."""
+    table = schedule(p.scheduler_type, p.infer_steps, oss_steps=p.oss_steps)
+    return table, table.num_steps if p.oss_steps else p.infer_steps
 
-    steps = max(params.oss_steps) if params.oss_steps else params.infer_steps
-    table = schedule(params.scheduler_type, params.infer_steps, oss_steps=params.oss_steps)
-    requested = params.infer_steps
+
+# ---------------------------------------------------------------------------- task families
+def _prepare_text2music(items, cond: Conditioning, noise: Noise):
+    """text2music and retake: fresh noise (retake: mixed with the retake noise) per item."""
+    p = items[0]
+    frames = [item_frames(q, cond) for q in items]
+    shape = (8, 16, max(frames))
     x = draw(noise, "initial", 0, shape)
-    repaint, start, extra = False, 0, {}
-    out_frames = frames
-    if params.task in ("retake", "repaint", "extend"):
-        n_min = int(steps * (1 - params.retake_variance))
-        r = draw(noise, "retake", 0, shape)
-        if params.task == "retake":
-            s_frame, e_frame = 0, frames
-        else:
-            s_frame, e_frame = seconds_to_frames(params.repaint_start), seconds_to_frames(params.repaint_end)
-        is_extend = s_frame < 0 or e_frame > frames
-        if not is_extend and e_frame - s_frame == frames:
-            x = _retake_mix(params, x, r)
-        elif not is_extend:
-            mask = (jnp.arange(frames) >= s_frame) & (jnp.arange(frames) < e_frame)
-            mask = jnp.broadcast_to(mask.astype(jnp.float32), (b,) + shape)
-            z0 = jnp.where(mask == 1.0, _retake_mix(params, x, r), x)
-            repaint, start = True, n_min
-            extra = {"x0": jnp.asarray(cond.src_latents, jnp.float32), "z0": z0, "repaint_mask": mask}
-        else:
-            gt = jnp.asarray(cond.src_latents, jnp.float32)
-            left = max(-s_frame, 0)
-            gt = jnp.pad(gt, ((0, 0), (0, 0), (0, 0), (left, 0)))
-            right = e_frame - gt.shape[-1] if e_frame > frames else 0
-            gt = jnp.pad(gt, ((0, 0), (0, 0), (0, 0), (0, right)))
-            out_frames = gt.shape[-1]
-            t = jnp.arange(out_frames)
-            mask = ((t < left) | (t >= out_frames - right)).astype(jnp.float32)
-            mask = jnp.broadcast_to(mask, (b, 8, 16, out_frames))
-            z0 = jnp.concatenate([r[..., :left], x, r[..., frames - right:]], axis=-1)
-            repaint, start = True, n_min
-            extra = {"x0": gt, "z0": z0, "repaint_mask": mask}
-            x = z0
-    if params.task == "audio2audio":
-        sigma_max = 1 - params.ref_audio_strength
-        requested = int(sigma_max * params.infer_steps)
-        table = schedule(params.scheduler_type, requested, sigma_max)
-        s = sigma_bounds(sigma_max)[0]
-        x = jnp.asarray(cond.src_latents, jnp.float32) * (1 - s) + x * s
-
-    # the reference's step count for the guidance interval: the table length for custom
-    # (oss) steps, else the requested count (smaller than the table for heun)
-    n = table.num_steps if params.oss_steps and params.task != "audio2audio" else requested
-    gs = guidance_schedule(
-        n, params.guidance_scale, params.guidance_interval, params.guidance_interval_decay,
-        params.min_guidance_scale, length=table.num_steps,
-    )
-    if not params.do_cfg:
-        mode = "none"
-    elif params.double_condition:
-        mode = "double"
-    else:
-        mode = params.cfg_type
-    lc = LoopConfig(
-        scheduler=params.scheduler_type,
-        guidance=mode,
-        erg_lyric=params.use_erg_lyric,
-        erg_diffusion=params.use_erg_diffusion,
-        null_text=params.use_erg_tag and cond.text_null is not None,
-        repaint=repaint,
-        masked=params.bucket,
-        zero_steps=params.zero_steps,
-        use_zero_init=params.use_zero_init,
-    )
-    inputs = dict(
-        x=x,
-        timesteps=jnp.asarray(table.timesteps),
-        sigmas=jnp.asarray(table.sigmas),
-        active=jnp.asarray(gs.active),
-        scales=jnp.asarray(gs.scale),
-        omega=omega_rescale(params.omega_scale),
-        scale_text=jnp.float32(params.guidance_scale_text or 0.0),
-        scale_lyric=jnp.float32(params.guidance_scale_lyric or 0.0),
-        start=jnp.int32(start),
-        **extra,
-    )
-    if params.bucket:
-        total = bucket_frames(out_frames)
-        for k in ("x", "x0", "z0", "repaint_mask"):
-            if k in inputs:
-                inputs[k] = _pad_frames(inputs[k], total)
-        inputs["frame_mask"] = (jnp.arange(total) < out_frames).astype(jnp.float32)
-    return lc, inputs, out_frames
+    if p.task == "retake":
+        x = _retake_mix(items, x, draw(noise, "retake", 0, shape))
+    table, requested = _table(p)
+    return _loop_config(p), LoopInputs(Latents(x), _guided_items(items, table, requested), _schedule(table)), frames
 
 
-def check_noise(noise: Noise, batch: int, frames: int) -> None:
-    """Raise ``ValueError`` when an injected noise array has the wrong shape."""
-    item = (batch, 8, 16, frames)
-    for name in ("initial", "retake"):
-        a = getattr(noise, name)
-        if a is not None and tuple(a.shape) != item:
-            raise ValueError(f"Noise.{name} must have shape {item}, got {tuple(a.shape)}")
-    for name in ("steps", "edit_forward", "edit_steps"):
-        a = getattr(noise, name)
-        if a is not None and tuple(a.shape[1:]) != item:
-            raise ValueError(f"Noise.{name} must have shape [n, *{item}], got {tuple(a.shape)}")
-    for name in ("keys", "retake_keys"):
-        a = getattr(noise, name)
-        if a is not None and a.shape != (batch,):
-            raise ValueError(f"Noise.{name} must hold {batch} keys, got shape {tuple(a.shape)}")
+def _prepare_repaint(items, cond: Conditioning, noise: Noise):
+    """repaint and extend: regenerate a window of the source from the step the retake
+    variance sets; extend pads the source with the window's frames first."""
+    p = items[0]
+    b, frames = len(items), int(cond.src_latents.shape[-1])
+    shape = (8, 16, frames)
+    x, r = draw(noise, "initial", 0, shape), draw(noise, "retake", 0, shape)
+    table, requested = _table(p)
+    steps = max(p.oss_steps) if p.oss_steps else p.infer_steps
+    start = int(steps * (1 - p.retake_variance))
+    src = jnp.asarray(cond.src_latents, jnp.float32)
+    s_frame, e_frame = seconds_to_frames(p.repaint_start), seconds_to_frames(p.repaint_end)
+    guided = _guided_items(items, table, requested)
+    if s_frame >= 0 and e_frame <= frames:
+        if e_frame - s_frame == frames:  # the whole source: the reference runs a plain retake
+            return _loop_config(p), LoopInputs(Latents(_retake_mix(items, x, r)), guided, _schedule(table)), [frames]
+        t = jnp.arange(frames)
+        mask = jnp.broadcast_to(((t >= s_frame) & (t < e_frame)).astype(jnp.float32), (b, *shape))
+        z0 = jnp.where(mask == 1.0, _retake_mix(items, x, r), x)
+        latents = Latents(z0, x0=src, z0=z0, repaint_mask=mask)
+        return _loop_config(p, repaint=True), LoopInputs(latents, guided, _schedule(table, start)), [frames]
+    left = max(-s_frame, 0)
+    right = e_frame - (frames + left) if e_frame > frames else 0
+    x0 = jnp.pad(src, ((0, 0), (0, 0), (0, 0), (left, right)))
+    out = x0.shape[-1]
+    t = jnp.arange(out)
+    mask = jnp.broadcast_to(((t < left) | (t >= out - right)).astype(jnp.float32), (b, 8, 16, out))
+    z0 = jnp.concatenate([r[..., :left], x, r[..., frames - right:]], axis=-1)
+    latents = Latents(z0, x0=x0, z0=z0, repaint_mask=mask)
+    return _loop_config(p, repaint=True), LoopInputs(latents, guided, _schedule(table, start)), [out]
 
 
+def _prepare_audio2audio(items, cond: Conditioning, noise: Noise):
+    """audio2audio: the reference latents noised to ``1 - ref_audio_strength`` and a truncated table."""
+    p = items[0]
+    frames = int(cond.src_latents.shape[-1])
+    sigma_max = 1 - p.ref_audio_strength
+    requested = int(sigma_max * p.infer_steps)
+    table = schedule(p.scheduler_type, requested, sigma_max)
+    s = sigma_bounds(sigma_max)[0]
+    x = jnp.asarray(cond.src_latents, jnp.float32) * (1 - s) + draw(noise, "initial", 0, (8, 16, frames)) * s
+    return _loop_config(p), LoopInputs(Latents(x), _guided_items(items, table, requested), _schedule(table)), [frames]
+
+
+def _prepare_edit(items, cond: Conditioning, noise: Noise):
+    """FlowEdit on the Euler table: editing steps ``[n_min, n_max)``, guidance at every step."""
+    p = items[0]
+    table = schedule("euler", p.infer_steps)
+    n, b = table.num_steps, len(items)
+    lc = LoopConfig(task="edit", scheduler=p.scheduler_type, guidance="apg" if p.do_cfg else "none")
+    scale = np.asarray([[q.guidance_scale] * n for q in items], np.float32)
+    sched = _schedule(table, int(p.infer_steps * p.n_min), stop=jnp.int32(int(p.infer_steps * p.n_max)),
+                      n_avg=jnp.int32(p.n_avg))
+    latents = Latents(jnp.asarray(cond.src_latents, jnp.float32))
+    return lc, LoopInputs(latents, _item_inputs(items, np.ones((b, n), bool), scale), sched), [latents.x.shape[-1]]
+
+
+_FAMILIES = {
+    "text2music": _prepare_text2music, "retake": _prepare_text2music, "repaint": _prepare_repaint,
+    "extend": _prepare_repaint, "audio2audio": _prepare_audio2audio, "edit": _prepare_edit,
+}
+
+
+def prepare(params: SamplingParams | Sequence[SamplingParams], cond: Conditioning, noise: Noise):
+    """Returns ``(loop_config, inputs, output_frames)``: the static structure, the typed
+    loop inputs (padded to the bucket, with a per-item frame mask, when ``bucket`` is set
+    or the items' lengths differ) and the longest item's length."""
+    items = item_params(params, cond.batch_size)
+    lc, inputs, frames = _FAMILIES[items[0].task](items, cond, noise)
+    longest = max(frames)
+    length = bucket_frames(longest) if items[0].bucket else longest
+    if length == longest and min(frames) == longest:
+        return lc, inputs, longest
+    mask = (np.arange(length)[None, :] < np.asarray(frames)[:, None]).astype(np.float32)
+    inputs = inputs.pad(length)
+    latents = dataclasses.replace(inputs.latents, x=inputs.latents.x * mask[:, None, None, :])
+    items_in = dataclasses.replace(inputs.items, frame_mask=jnp.asarray(mask))
+    return lc, LoopInputs(latents, items_in, inputs.schedule), longest
+
+
+# ---------------------------------------------------------------------------- generate
 def _as_noise(noise, batch: int) -> Noise:
     if noise is None:
         seeds = np.random.SeedSequence().generate_state(batch)
         return Noise.from_seeds([int(s) for s in seeds])
     if isinstance(noise, Noise):
         return noise
-    if isinstance(noise, (list, tuple, np.ndarray)) and not jnp.issubdtype(getattr(noise, "dtype", np.int64), jax.dtypes.prng_key):
+    if isinstance(noise, (list, tuple, np.ndarray)) and not jnp.issubdtype(
+        getattr(noise, "dtype", np.int64), jax.dtypes.prng_key
+    ):
         return Noise.from_seeds([int(s) for s in noise])
-    keys = noise
-    return Noise(keys=keys, retake_keys=jax.vmap(lambda k: jax.random.fold_in(k, 0x7E7A4E))(keys))
-
-
-def _pad_step_noise(noise: Noise, inputs: dict) -> Noise:
-    """Bucketed runs: pad injected per-step noises to the bucket length."""
-    if "frame_mask" not in inputs or noise.steps is None:
-        return noise
-    return dataclasses.replace(noise, steps=_pad_frames(jnp.asarray(noise.steps), inputs["frame_mask"].shape[0]))
-
-
-def _shard_batch(tree, mesh, axis: int = 0):
-    def put(a):
-        if a is None:
-            return None
-        spec = [None] * a.ndim
-        spec[axis] = "data"
-        return jax.device_put(a, NamedSharding(mesh, P(*spec)))
-
-    return jax.tree.map(put, tree)
+    return Noise(keys=noise, retake_keys=retake_keys(noise))
 
 
 def generate(
     model,
-    params: SamplingParams,
+    params: SamplingParams | Sequence[SamplingParams],
     cond: Conditioning,
     noise: Noise | Sequence[int] | jax.Array | None = None,
     mesh=None,
     progress: bool = False,
 ) -> jax.Array:
-    """Sample final latents ``[B, 8, 16, T]`` for ``cond`` with ``params``.
+    """Sample final latents ``[B, 8, 16, T]`` for ``cond``.
 
-    ``noise``: a :class:`Noise`, per-item seeds, a ``[B]`` PRNG key array, or ``None``
-    (fresh random seeds). ``mesh``: shard the batch over the mesh's ``data`` axis
-    (the batch must divide it); the model is placed with
-    :func:`acestep_jax.sharding.shard_model`. ``progress``: report each step to the
-    bar of :func:`acestep_jax.sampling.progress.step_bar` (compiles a separate program).
+    ``params``: one :class:`SamplingParams` for every item, or one per item (they may
+    differ in :data:`~acestep_jax.sampling.params.ITEM_FIELDS`; an item shorter than
+    the longest is zero past its own length). ``noise``: a :class:`Noise`, per-item
+    seeds, a ``[B]`` PRNG key array, or ``None`` (fresh random seeds). ``mesh``: shard
+    the batch over the mesh's ``data`` axis (the batch must divide it); the model is
+    placed with :func:`acestep_jax.sharding.shard_model`. ``progress``: report each
+    step to the bar of :func:`acestep_jax.sampling.progress.step_bar` (compiles a
+    separate program).
     """
-    src_frames = None if cond.src_latents is None else int(cond.src_latents.shape[-1])
-    params.validate(src_frames)
-    cond.validate(params)
     b = cond.batch_size
+    items = item_params(params, b)
+    src_frames = None if cond.src_latents is None else int(cond.src_latents.shape[-1])
+    for p in dict.fromkeys(items):
+        p.validate(src_frames)
+    cond.validate(items[0])
     noise = _as_noise(noise, b)
-    check_noise(noise, b, _num_frames(params, cond))
-    if mesh is None:
-        lc, inputs, frames = prepare(params, cond, noise)
-        lc = dataclasses.replace(lc, progress=progress)
-        noise = _pad_step_noise(noise, inputs)
-        return run_loop(model, lc, cond, inputs, noise)[..., :frames]
-
-    from acestep_jax.sharding import shard_model
-
-    data = mesh.shape["data"]
-    if b % data:
-        raise ValueError(f"batch size {b} is not divisible by the mesh's data axis ({data})")
-    shard_model(model, mesh)
-    cond = _shard_batch(cond, mesh)
-    noise = Noise(
-        **{k: _shard_batch(getattr(noise, k), mesh, 1 if k in ("steps", "edit_forward", "edit_steps") else 0)
-           for k in Noise.__dataclass_fields__}
-    )
-    with jax.set_mesh(mesh):
-        lc, inputs, frames = prepare(params, cond, noise)
-        lc = dataclasses.replace(lc, progress=progress)
-        for k in ("x", "x0", "z0", "repaint_mask", "x_src"):
-            if k in inputs:
-                inputs[k] = _shard_batch(inputs[k], mesh)
-        noise = _pad_step_noise(noise, inputs)
-        return run_loop(model, lc, cond, inputs, noise)[..., :frames]
+    noise.check(b, max(item_frames(p, cond) for p in items))
+    if mesh is not None:
+        if b % mesh.shape["data"]:
+            raise ValueError(f"batch size {b} is not divisible by the mesh's data axis ({mesh.shape['data']})")
+        shard_model(model, mesh)
+        cond, noise = shard_batch(cond, mesh), noise.shard(mesh)
+    with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
+        lc, inputs, frames = prepare(items, cond, noise)
+        if mesh is not None:
+            inputs = inputs.shard(mesh)
+        if inputs.frame_mask is not None:
+            noise = noise.pad_frames(inputs.frame_mask.shape[-1])
+        return run_loop(model, dataclasses.replace(lc, progress=progress), cond, inputs, noise)[..., :frames]

@@ -18,14 +18,12 @@ import os
 import sys
 
 from acestep_jax.files import write_json
-from acestep_jax.presets import CONFIG_DIR
-
-TINY_TRANSFORMER = str(CONFIG_DIR / "tiny" / "transformer.json")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="train.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", required=True, help="training config (.json, .yaml)")
+    p.add_argument("--config", required=True,
+                   help="training config (.json, .yaml) or a packaged one by name (train_tiny, train_lora)")
     p.add_argument("--set", nargs="+", default=[], metavar="SECTION.KEY=VALUE",
                    help="override config values (JSON-parsed), e.g. optim.learning_rate=1e-5 mesh.fsdp=8")
     p.add_argument("--output-dir", help="shortcut for run.output_dir")
@@ -34,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lora", help="shortcut for model.lora (PEFT adapter_config.json-style file)")
     p.add_argument("--steps", type=int, help="train this many steps in this invocation")
     p.add_argument("--tiny-random", action="store_true",
-                   help="tiny randomly initialised transformer (configs/tiny), on synthetic data unless --data is given")
+                   help="tiny randomly initialised transformer (preset 'tiny'), on synthetic data unless --data is given")
     p.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints in the output folder")
     p.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize() (multi-host)")
     p.add_argument("--log-level", default="INFO")
@@ -50,7 +48,7 @@ def resolve_config(args):
         if flag is not None:
             overrides.append(f"{key}={json.dumps(flag)}")
     if args.tiny_random:
-        tiny = ["model.transformer=" + json.dumps(TINY_TRANSFORMER), "model.checkpoint=null"]
+        tiny = ['model.transformer="tiny"', "model.checkpoint=null"]
         cfg = TrainConfig.load(args.config, overrides)
         if cfg.data.path is None and cfg.data.synthetic == 0:  # no data given: synthetic examples
             tiny.append("data.synthetic=32")

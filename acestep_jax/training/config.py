@@ -21,13 +21,13 @@ from typing import Any
 class ModelSection:
     """Which transformer to train.
 
-    ``transformer`` is a config dict or a path to a JSON config (the reference's
-    ``config.json``); ``checkpoint`` a reference checkpoint folder/file to start from
+    ``transformer`` is a preset name (``tiny``, ``full``), a config dict or a path to a
+    JSON config (the reference's ``config.json``); ``checkpoint`` a checkpoint to start from
     (random initialisation when ``None``). ``lora`` (dict or PEFT ``adapter_config.json``
     path) switches to adapter training: only adapters are trained and saved.
     """
 
-    transformer: Any = "configs/full/transformer.json"
+    transformer: Any = "full"
     checkpoint: str | None = None
     dtype: str = "bfloat16"
     param_dtype: str = "float32"
@@ -79,9 +79,14 @@ class OptimSection:
 
 @dataclass(frozen=True)
 class MeshSection:
+    """Mesh axis sizes (one may be -1: the remaining devices) and ``rules``: logical-axis
+    overrides of :data:`acestep_jax.sharding.DEFAULT_RULES`, e.g. ``{"embed": null,
+    "mlp": ["fsdp", "tensor"]}``, used for both parameters and activations."""
+
     data: int = -1
     fsdp: int = 1
     tensor: int = 1
+    rules: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -142,10 +147,16 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path: str | os.PathLike, overrides=()) -> TrainConfig:
-        """Read a ``.json`` or ``.yaml``/``.yml`` file."""
+        """Read a ``.json`` or ``.yaml``/``.yml`` file, or a packaged config by name (``train_tiny``)."""
+        from acestep_jax.presets import packaged_config, training_configs
+
         path = os.fspath(path)
+        if not os.path.isfile(path) and path in training_configs():
+            return cls.from_dict(json.loads(packaged_config(f"{path}.json").read_text()), overrides)
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"training config not found: {path}")
+            raise FileNotFoundError(
+                f"training config not found: {path} (packaged configs: {', '.join(training_configs())})"
+            )
         with open(path, encoding="utf-8") as f:
             if path.endswith((".yaml", ".yml")):
                 import yaml

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import grain
 import numpy as np
 
+from acestep_jax.models.transformer import TransformerConfig
 from acestep_jax.training.config import DataSection
 from acestep_jax.training.records import SSL_PREFIX
 
@@ -145,6 +146,7 @@ def synthetic_examples(
     frames: tuple[int, int] = (8, 24),
     text_tokens: tuple[int, int] = (3, 12),
     lyric_tokens: tuple[int, int] = (2, 20),
+    speaker_dim: int = TransformerConfig.speaker_embedding_dim,
     seed: int = 0,
 ) -> list[dict]:
     """Random examples with learnable structure (latents depend on the prompt), for smoke tests.
@@ -166,7 +168,7 @@ def synthetic_examples(
             "latents": latents,
             "text_states": text,
             "lyric_ids": rng.integers(1, lyric_vocab, int(rng.integers(lyric_tokens[0], lyric_tokens[1] + 1))).astype(np.int32),
-            "speaker": np.zeros((512,), np.float32),
+            "speaker": np.zeros((speaker_dim,), np.float32),
             "key": f"synthetic-{i}",
             "prompt": f"synthetic prompt {i}",
             "lyrics": "",

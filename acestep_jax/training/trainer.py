@@ -16,6 +16,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +27,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from acestep_jax.models.transformer import ACEStepTransformer, TransformerConfig
-from acestep_jax.sharding import make_mesh, shard_model, state_shardings
+from acestep_jax.sharding import axis_rules, make_mesh, rules_with, shard_model, state_shardings
 from acestep_jax.training.config import TrainConfig
 from acestep_jax.training.loss import flow_matching_loss
 from acestep_jax.training.optim import lr_schedule, make_optimizer
@@ -34,24 +35,30 @@ from acestep_jax.training.optim import lr_schedule, make_optimizer
 log = logging.getLogger("acestep_jax.training")
 
 BATCH_AXES = ("data", "fsdp")
-_STEP_CACHE: dict = {}
+_STEP_CACHE: dict = {}  # trainers of one setup share the compiled step
 
 
 # ----------------------------------------------------------------------------- model
 def transformer_config(cfg: TrainConfig) -> TransformerConfig:
-    """The transformer config named by ``cfg.model`` with the training dtypes and remat."""
+    """The transformer config named by ``cfg.model`` with the training dtypes and remat.
+
+    ``model.transformer``: a preset name (``tiny``, ``full``), a config dict, or a JSON
+    config file (or a folder holding ``config.json``).
+    """
+    from acestep_jax.presets import PRESETS, preset_dict
+
     m = cfg.model
     src = m.transformer
-    if isinstance(src, str):
+    if isinstance(src, str) and src in PRESETS:
+        src = preset_dict(src, "transformer")
+    elif isinstance(src, str):
         path = os.path.join(src, "config.json") if os.path.isdir(src) else src
-        if not os.path.isfile(path) and not os.path.isabs(path):  # repo-relative (configs/...)
-            path = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), path)
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"model.transformer config not found: {src}")
+            raise FileNotFoundError(f"model.transformer: {src} is neither a preset {PRESETS} nor a config file")
         with open(path) as f:
             src = json.load(f)
     if not isinstance(src, dict):
-        raise TypeError("model.transformer must be a config dict or a path to a JSON config")
+        raise TypeError("model.transformer must be a preset name, a config dict or a path to a JSON config")
     return TransformerConfig.from_dict(src, dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat)
 
 
@@ -83,7 +90,7 @@ def build_model(cfg: TrainConfig, mesh: jax.sharding.Mesh | None = None) -> ACES
     opts = {"dtype": m.dtype, "param_dtype": m.param_dtype, "remat": m.remat}
     ckpt = m.checkpoint
     if ckpt is None:
-        model = ACEStepTransformer(transformer_config(cfg), rngs=nnx.Rngs(cfg.run.seed))
+        model = _random_model(transformer_config(cfg), cfg.run.seed, mesh)
     else:
         from acestep_jax.convert.checkpoint import load_component
         from acestep_jax.convert.components import TRANSFORMER
@@ -105,6 +112,19 @@ def build_model(cfg: TrainConfig, mesh: jax.sharding.Mesh | None = None) -> ACES
 
         add_lora(model, lcfg, nnx.Rngs(params=cfg.run.seed + 1))
     return model
+
+
+def _random_model(tcfg: TransformerConfig, seed: int, mesh) -> ACEStepTransformer:
+    """A randomly initialised transformer, created directly in its shardings on ``mesh``."""
+
+    def create():
+        return ACEStepTransformer(tcfg, rngs=nnx.Rngs(seed))
+
+    if mesh is None:
+        return create()
+    graphdef, abstract = nnx.split(nnx.eval_shape(create))
+    state = jax.jit(lambda: nnx.state(create()), out_shardings=state_shardings(abstract, mesh))()
+    return nnx.merge(graphdef, state)
 
 
 def _transformer_folder(ckpt: str, param_dtype: str) -> str | None:
@@ -163,9 +183,76 @@ def make_train_step(graphdef, cfg: TrainConfig, tx: optax.GradientTransformation
     return step
 
 
+def _compiled_step(graphdef, cfg: TrainConfig, mesh, shardings: TrainShardings):
+    """The jitted train step for this model structure, config (but ``run``) and mesh."""
+    key = (graphdef, mesh, json.dumps({k: v for k, v in cfg.to_dict().items() if k != "run"}, sort_keys=True,
+                                      default=str))
+    if key not in _STEP_CACHE:
+        replicated = NamedSharding(mesh, P())
+        _STEP_CACHE[key] = jax.jit(
+            make_train_step(graphdef, cfg, make_optimizer(cfg.optim)),
+            in_shardings=(shardings.state, shardings.frozen, shardings.batch),
+            out_shardings=(shardings.state, replicated),
+            donate_argnums=(0,),
+        )
+    return _STEP_CACHE[key]
+
+
+def _check_batch(cfg: TrainConfig, mesh) -> None:
+    batch_ways = int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
+    if cfg.data.batch_size % batch_ways:
+        raise ValueError(
+            f"data.batch_size {cfg.data.batch_size} is not divisible by the mesh's data×fsdp = {batch_ways}"
+        )
+    if cfg.data.batch_size % jax.process_count():
+        raise ValueError(f"data.batch_size {cfg.data.batch_size} is not divisible by {jax.process_count()} hosts")
+
+
+# ----------------------------------------------------------------------------- train state
+@dataclass(frozen=True)
+class TrainShardings:
+    """Where the train state, the frozen model state and the batches live on the mesh."""
+
+    state: dict  # {"step", "params", "opt_state", "key"} → NamedSharding trees
+    frozen: nnx.State
+    batch: NamedSharding  # [grad_accum, B, ...] leaves, B over the batch axes
+
+
+def init_train_state(cfg: TrainConfig, model: ACEStepTransformer, mesh: jax.sharding.Mesh):
+    """Place ``model`` on ``mesh`` and build the initial train state ``{"step", "params",
+    "opt_state", "key"}`` in its shardings; returns ``(state, shardings)``.
+
+    The optimizer state is initialised abstractly first (``eval_shape``), its shardings
+    follow the parameters' logical axes, and the real one is created by ``jit`` with those
+    ``out_shardings``, so nothing is ever materialised unsharded. Call under
+    :func:`acestep_jax.sharding.axis_rules` to use other rules.
+    """
+    shard_model(model, mesh)
+    _, params, frozen = nnx.split(model, _train_filter(cfg.model.lora is not None), ...)
+    tx = make_optimizer(cfg.optim)
+    replicated = NamedSharding(mesh, P())
+    param_shardings = state_shardings(params, mesh)
+    opt_shardings = optax.tree_map_params(
+        tx, lambda _, s: s, jax.eval_shape(tx.init, params), param_shardings,
+        transform_non_params=lambda _: replicated, is_leaf=lambda x: isinstance(x, NamedSharding),
+    )
+    shardings = TrainShardings(
+        state={"step": replicated, "params": param_shardings, "opt_state": opt_shardings, "key": replicated},
+        frozen=state_shardings(frozen, mesh),
+        batch=NamedSharding(mesh, P(None, BATCH_AXES)),
+    )
+    state = {
+        "step": jax.device_put(jnp.zeros((), jnp.int32), replicated),
+        "params": params,
+        "opt_state": jax.jit(tx.init, out_shardings=opt_shardings)(params),
+        "key": jax.device_put(jax.random.PRNGKey(cfg.run.seed), replicated),
+    }
+    return state, shardings
+
+
 # ----------------------------------------------------------------------------- trainer
 class Trainer:
-    """Owns the mesh, model split, optimizer, data iterator, checkpoints and logging.
+    """The training loop: steps, data, checkpoints and logging around :func:`init_train_state`.
 
     ``source``: a random-access sequence of examples (default: the ``cfg.data.path`` records, or
     without a path ``cfg.data.synthetic`` random examples). ``eval_fn(trainer, step)``: optional hook run every
@@ -185,52 +272,14 @@ class Trainer:
     ):
         self.cfg = cfg
         self.mesh = mesh or make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
-        batch_ways = int(np.prod([self.mesh.shape[a] for a in BATCH_AXES]))
-        if cfg.data.batch_size % batch_ways:
-            raise ValueError(
-                f"data.batch_size {cfg.data.batch_size} is not divisible by the mesh's data×fsdp = {batch_ways}"
-            )
-        if cfg.data.batch_size % jax.process_count():
-            raise ValueError(f"data.batch_size {cfg.data.batch_size} is not divisible by {jax.process_count()} hosts")
-        self.model = model if model is not None else build_model(cfg, self.mesh)
+        self.rules = rules_with(cfg.mesh.rules)
+        _check_batch(cfg, self.mesh)
+        with axis_rules(self.rules):
+            self.model = model if model is not None else build_model(cfg, self.mesh)
+            self.state, self.shardings = init_train_state(cfg, self.model, self.mesh)
         self.lora = lora_config(cfg)
-        with jax.set_mesh(self.mesh):
-            shard_model(self.model, self.mesh)
-        self.graphdef, params, frozen = nnx.split(self.model, _train_filter(self.lora is not None), ...)
-        self.tx = make_optimizer(cfg.optim)
-
-        self.param_shardings = state_shardings(params, self.mesh)
-        self.replicated = NamedSharding(self.mesh, P())
-        frozen_shardings = state_shardings(frozen, self.mesh)
-        self.frozen = frozen
-        opt_shardings = optax.tree_map_params(
-            self.tx, lambda _, s: s, jax.eval_shape(self.tx.init, params), self.param_shardings,
-            transform_non_params=lambda _: self.replicated, is_leaf=lambda x: isinstance(x, NamedSharding),
-        )
-        self.state_shardings = {
-            "step": self.replicated,
-            "params": self.param_shardings,
-            "opt_state": opt_shardings,
-            "key": self.replicated,
-        }
-        params = jax.device_put(params, self.param_shardings)
-        self.state = {
-            "step": jax.device_put(jnp.zeros((), jnp.int32), self.replicated),
-            "params": params,
-            "opt_state": jax.jit(self.tx.init, out_shardings=opt_shardings)(params),
-            "key": jax.device_put(jax.random.PRNGKey(cfg.run.seed), self.replicated),
-        }
-        self.batch_sharding = NamedSharding(self.mesh, P(None, BATCH_AXES))
-        cache_key = (self.graphdef, self.mesh, json.dumps(
-            {k: v for k, v in cfg.to_dict().items() if k != "run"}, sort_keys=True, default=str))
-        if cache_key not in _STEP_CACHE:  # trainers of one setup share the compiled step
-            _STEP_CACHE[cache_key] = jax.jit(
-                make_train_step(self.graphdef, cfg, self.tx),
-                in_shardings=(self.state_shardings, frozen_shardings, self.batch_sharding),
-                out_shardings=(self.state_shardings, self.replicated),
-                donate_argnums=(0,),
-            )
-        self._step = _STEP_CACHE[cache_key]
+        self.graphdef, _, self.frozen = nnx.split(self.model, _train_filter(self.lora is not None), ...)
+        self._step = _compiled_step(self.graphdef, cfg, self.mesh, self.shardings)
 
         self.source = source if source is not None else self._default_source()
         if len(self.source) == 0:
@@ -253,6 +302,7 @@ class Trainer:
             c = self.model.cfg
             return synthetic_examples(
                 d.synthetic, text_dim=c.text_embedding_dim, lyric_vocab=c.lyric_encoder_vocab_size,
+                speaker_dim=c.speaker_embedding_dim,
                 ssl_dims=dict(zip(c.ssl_names, c.ssl_latent_dims)), seed=d.seed,
                 frames=(max(1, d.max_frames // 2), d.max_frames),
             )
@@ -279,7 +329,7 @@ class Trainer:
             x = np.asarray(x)
             x = x.reshape(accum, x.shape[0] // accum, *x.shape[1:])
             shape = (accum, x.shape[1] * jax.process_count(), *x.shape[2:])
-            return jax.make_array_from_process_local_data(self.batch_sharding, x, shape)
+            return jax.make_array_from_process_local_data(self.shardings.batch, x, shape)
 
         return jax.tree.map(put, local)
 
@@ -290,7 +340,7 @@ class Trainer:
 
     def train_step(self, batch: dict) -> dict:
         """One optimizer step on a host-local batch of ``batch_size * grad_accum / hosts`` examples."""
-        with jax.set_mesh(self.mesh):
+        with jax.set_mesh(self.mesh), axis_rules(self.rules):
             self.state, metrics = self._step(self.state, self.frozen, self._global_batch(batch))
         return metrics
 
@@ -427,7 +477,7 @@ class Trainer:
         if step is None:
             return False
         abstract = jax.tree.map(
-            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), self.state, self.state_shardings
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), self.state, self.shardings.state
         )
         snapshot = _IteratorSnapshot(None)
         restored = self.manager.restore(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+REMAT_MODES = ("none", "full", "dots", "outputs")  # see TransformerConfig.remat
+
 
 @dataclass(frozen=True)
 class LyricEncoderConfig:
@@ -26,8 +28,9 @@ class TransformerConfig:
     """Constructor arguments of ``ACEStepTransformer2DModel`` plus JAX-side options.
 
     ``dtype`` is the compute dtype and ``param_dtype`` the storage dtype. ``remat``
-    is ``"none"``, ``"full"`` (recompute each block) or ``"dots"`` (keep matmul
-    outputs without a batch dimension).
+    is ``"none"``, ``"full"`` (recompute each block), ``"dots"`` (keep matmul
+    outputs without a batch dimension) or ``"outputs"`` (keep each block's
+    self-attention, cross-attention and feed-forward outputs).
     """
 
     in_channels: int = 8
@@ -68,8 +71,8 @@ class TransformerConfig:
             raise ValueError("ssl_encoder_depths, ssl_names and ssl_latent_dims must have equal lengths")
         if any(not 0 <= d < self.num_layers for d in self.ssl_encoder_depths):
             raise ValueError(f"ssl_encoder_depths {self.ssl_encoder_depths} outside 0..{self.num_layers - 1}")
-        if self.remat not in ("none", "full", "dots"):
-            raise ValueError(f"remat must be 'none', 'full' or 'dots', got {self.remat!r}")
+        if self.remat not in REMAT_MODES:
+            raise ValueError(f"remat must be one of {REMAT_MODES}, got {self.remat!r}")
         if self.lyric_encoder.output_size % self.lyric_encoder.attention_heads:
             raise ValueError("lyric encoder output_size must be divisible by attention_heads")
 

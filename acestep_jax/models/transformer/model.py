@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from acestep_jax.models.transformer.attention import CrossAttention, LinearSelfAttention
 from acestep_jax.models.transformer.config import TransformerConfig
@@ -27,6 +28,12 @@ from acestep_jax.nn import Dense, Embed, make_param, resolve_dtype, rms_norm
 from acestep_jax.sharding import constrain
 
 _ACT = ("batch", "length", "act_embed")
+BLOCK_OUTPUTS = ("self_attention", "cross_attention", "feed_forward")  # checkpoint names in a block
+REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,  # recompute the whole block
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "outputs": jax.checkpoint_policies.save_only_these_names(*BLOCK_OUTPUTS),
+}
 
 
 class GLUMBConv(nnx.Module):
@@ -79,14 +86,20 @@ class TransformerBlock(nnx.Module):
         self.dtype = dtype
 
     def __call__(self, x, temb, mask, context, context_mask, rope, context_rope, q_scale, isolate=False):
+        """Each part runs in a ``jax.named_scope`` (profiles) and names its output with
+        ``checkpoint_name`` (:data:`BLOCK_OUTPUTS`, saved by ``remat="outputs"``)."""
         b = x.shape[0]
         mod = self.scale_shift_table[...][None].astype(self.dtype) + temb.reshape(b, 6, -1)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(mod, 6, axis=1)
-        h = rms_norm(x, 1e-6).astype(self.dtype) * (1 + scale_msa) + shift_msa
-        x = x + gate_msa * self.attn(h, mask, rope, q_scale)
-        x = x + self.cross_attn(x, mask, context, context_mask, rope, context_rope, q_scale)
-        h = rms_norm(x, 1e-6).astype(self.dtype) * (1 + scale_mlp) + shift_mlp
-        x = x + gate_mlp * self.ff(h, mask if isolate else None)
+        with jax.named_scope("self_attention"):
+            h = rms_norm(x, 1e-6).astype(self.dtype) * (1 + scale_msa) + shift_msa
+            x = x + gate_msa * checkpoint_name(self.attn(h, mask, rope, q_scale), "self_attention")
+        with jax.named_scope("cross_attention"):
+            attended = self.cross_attn(x, mask, context, context_mask, rope, context_rope, q_scale)
+            x = x + checkpoint_name(attended, "cross_attention")
+        with jax.named_scope("feed_forward"):
+            h = rms_norm(x, 1e-6).astype(self.dtype) * (1 + scale_mlp) + shift_mlp
+            x = x + gate_mlp * checkpoint_name(self.ff(h, mask if isolate else None), "feed_forward")
         return constrain(x, _ACT)
 
 
@@ -221,10 +234,8 @@ class ACEStepTransformer(nnx.Module):
             taps = tuple(jnp.where(index == dep, h, tap) for dep, tap in zip(depths, taps))
             return (h, taps), None
 
-        if cfg.remat == "full":
-            body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable)
-        elif cfg.remat == "dots":
-            body = jax.checkpoint(body, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
+        if cfg.remat != "none":
+            body = jax.checkpoint(body, policy=REMAT_POLICIES[cfg.remat])
         taps0 = tuple(jnp.zeros_like(x) for _ in depths)
         xs = (state, jnp.asarray(query_scales, jnp.float32), jnp.arange(cfg.num_layers))
         (x, taps), _ = jax.lax.scan(body, (x, taps0), xs)
