@@ -29,6 +29,7 @@ import numpy as np
 
 from acestep_jax.models.transformer.flops import decode_flops
 from acestep_jax.pipeline import ACEStepPipeline
+from acestep_jax.profiling import trace
 from acestep_jax.sampling import SamplingParams, seconds_to_frames
 
 # dense bf16 peak FLOP/s by device kind (vendor figures, no sparsity)
@@ -106,6 +107,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, nargs="+", help="batch sizes (default: 1 8 full, 1 scaled)")
     p.add_argument("--repeats", type=int, help="warm runs per configuration, median reported (default: 3 full, 1 scaled)")
     p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
+    p.add_argument("--profile", metavar="DIR", help="write a jax.profiler trace of one warm generation "
+                   "(the first configuration) to DIR")
     args = p.parse_args(argv)
     seconds = args.seconds or ([240.0] if args.full else [10.0])
     batches = args.batch or ([1, 8] if args.full else [1])
@@ -141,6 +144,11 @@ def main(argv=None) -> int:
                 if ref and args.full and b == 1 and steps in (27, 60):
                     base = ref[0] if steps == 27 else ref[1]
                     print(f"  vs reference on {device.device_kind}: {r['rtf'] / base:.2f}x its RTF ({base}x)")
+    if args.profile:
+        params = SamplingParams(duration=seconds[0], infer_steps=args.steps[0])
+        with trace(args.profile):
+            pipe.generate(["pop, upbeat, piano, female vocal"] * batches[0], [""] * batches[0], params,
+                          seeds=list(range(batches[0])))
     return 0
 
 

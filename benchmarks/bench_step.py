@@ -23,8 +23,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from acestep_jax.codec import seconds_to_frames
+from acestep_jax.models.transformer.config import REMAT_MODES
 from acestep_jax.models.transformer.flops import decode_flops
 from acestep_jax.presets import preset_config
+from acestep_jax.profiling import trace
 from benchmarks.bench_generate import CPU_TRANSFORMER, peak_flops, peak_memory_gb
 
 
@@ -35,11 +38,12 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=1, help="items (the step runs 2x this: cond + uncond)")
     p.add_argument("--context", type=int, default=1 + 64 + 512, help="condition tokens (speaker+prompt+lyrics)")
     p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
-    p.add_argument("--remat", default="none", choices=("none", "full", "dots"))
+    p.add_argument("--remat", default="none", choices=REMAT_MODES)
     p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--profile", metavar="DIR", help="write a jax.profiler trace of 3 warm steps to DIR")
     args = p.parse_args(argv)
     seconds = args.seconds or (240.0 if args.full else 30.0)
-    frames = int(seconds * 44100 / 512 / 8)
+    frames = seconds_to_frames(seconds)
     overrides = {} if args.full else dict(CPU_TRANSFORMER)
     cfg = preset_config("tiny" if not args.full else "full", "transformer", dtype=args.dtype,
                         param_dtype=args.dtype, remat=args.remat, **overrides)
@@ -70,6 +74,9 @@ def main(argv=None) -> int:
         times.append(time.perf_counter() - t0)
     times.sort()
     step_s = times[len(times) // 2]
+    with trace(args.profile):
+        for i in range(3 if args.profile else 0):
+            jax.block_until_ready(step(state, x, jnp.float32(900.0 - i)))
     flops = decode_flops(cfg, b, frames, args.context)
     device = jax.devices()[0]
     peak = peak_flops(device)

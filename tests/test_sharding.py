@@ -53,3 +53,29 @@ def test_sharded_forward_equals_single_device(golden):
         out = nnx.jit(forward)(model, *sharded_args)
     assert len(out.sharding.device_set) > 1
     np.testing.assert_allclose(np.asarray(out), np.asarray(single), rtol=1e-5, atol=1e-5)
+
+
+def test_rules_context_drives_parameters_and_activations(golden, caplog):
+    import logging
+
+    from acestep_jax.sharding import axis_rules, constrain, rules_with
+
+    mesh = make_mesh(data=2, fsdp=2, tensor=2)
+    rules = rules_with({"heads": None, "act_embed": "tensor"})
+    g = golden("transformer")
+    with axis_rules(rules):
+        assert logical_to_spec(("embed", "heads")) == P("fsdp", None)
+        model = shard_model(load_transformer(g.path("weights.safetensors"), TransformerConfig.from_dict(g.config)),
+                            mesh)
+        with jax.set_mesh(mesh):
+            x = jax.jit(lambda a: constrain(a * 2, ("batch", "length", "act_embed")))(np.ones((4, 6, 8)))
+    assert model.blocks.attn.to_q.kernel.sharding.spec[-1] is None  # heads replicated by the rules
+    assert x.sharding.spec == P(("data", "fsdp"), None, "tensor")
+    assert logical_to_spec(("embed", "heads")) == P("fsdp", "tensor")  # defaults outside the context
+    with pytest.raises(ValueError, match="unknown logical axis 'embd'"):
+        rules_with({"embd": None})
+    with pytest.raises(ValueError, match="mesh axes \\['model'\\]"):
+        rules_with({"embed": "model"})
+    with caplog.at_level(logging.INFO, logger="acestep_jax.sharding"):
+        logical_to_spec(("embed", "heads"), shape=(6, 3), mesh=mesh, what="parameter w")
+    assert "parameter w (6, 3): dimension 1 (heads, size 3) is not divisible by mesh axes tensor" in caplog.text

@@ -31,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="shortcut for model.checkpoint (converted or reference checkpoint)")
     p.add_argument("--lora", help="shortcut for model.lora (PEFT adapter_config.json-style file)")
     p.add_argument("--steps", type=int, help="train this many steps in this invocation")
+    p.add_argument("--profile", metavar="DIR", help="write a jax.profiler trace of a few steps to DIR "
+                   "(shortcut for run.profile_dir)")
     p.add_argument("--tiny-random", action="store_true",
                    help="tiny randomly initialised transformer (preset 'tiny'), on synthetic data unless --data is given")
     p.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints in the output folder")
@@ -44,7 +46,8 @@ def resolve_config(args):
 
     overrides = list(args.set)
     for flag, key in ((args.output_dir, "run.output_dir"), (args.data, "data.path"),
-                      (args.checkpoint, "model.checkpoint"), (args.lora, "model.lora"), (args.steps, "run.steps")):
+                      (args.checkpoint, "model.checkpoint"), (args.lora, "model.lora"), (args.steps, "run.steps"),
+                      (args.profile, "run.profile_dir")):
         if flag is not None:
             overrides.append(f"{key}={json.dumps(flag)}")
     if args.tiny_random:

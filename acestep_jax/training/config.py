@@ -95,6 +95,8 @@ class RunSection:
 
     ``steps`` bounds this invocation (``None``: run to ``optim.max_steps``).
     ``eval_fn`` is ``"module:function"`` called as ``fn(trainer, step)`` every ``eval_every`` steps.
+    ``profile_dir``: write a profiler trace of ``profile_steps`` steps, starting after the
+    first (compiling) step of this invocation.
     """
 
     output_dir: str = "runs/acestep"
@@ -107,6 +109,8 @@ class RunSection:
     eval_every: int = 0
     eval_fn: str | None = None
     progress: bool = True
+    profile_dir: str | None = None
+    profile_steps: int = 3
 
 
 @dataclass(frozen=True)

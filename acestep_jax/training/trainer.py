@@ -27,6 +27,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from acestep_jax.models.transformer import ACEStepTransformer, TransformerConfig
+from acestep_jax.profiling import StepTrace
 from acestep_jax.sharding import axis_rules, make_mesh, rules_with, shard_model, state_shardings
 from acestep_jax.training.config import TrainConfig
 from acestep_jax.training.loss import flow_matching_loss
@@ -359,8 +360,10 @@ class Trainer:
             bar = tqdm(total=target, initial=self.step, desc="train", dynamic_ncols=True)
         out = []
         t0 = time.perf_counter()
+        profile = StepTrace(run.profile_dir, self.step + 1, run.profile_steps)
         try:
             while self.step < target:
+                profile.step(self.step)
                 batch = next(self.data_iter)
                 metrics = self.train_step(batch)
                 step = self.step
@@ -380,6 +383,7 @@ class Trainer:
             if self.manager is not None and self.manager.latest_step() != self.step:
                 self.save()
         finally:
+            profile.close()
             if bar is not None:
                 bar.close()
             if self.manager is not None:

@@ -12,7 +12,7 @@ from acestep_jax.lora import lora_state_dict, read_lora
 from acestep_jax.sharding import make_mesh
 from acestep_jax.training.config import TrainConfig
 from acestep_jax.training.data import synthetic_examples
-from acestep_jax.training.trainer import Trainer, build_model
+from acestep_jax.training.trainer import Trainer, build_model, replace
 from tests.helpers import REPO
 
 
@@ -140,3 +140,24 @@ def test_build_model_from_reference_weights_with_lora(golden):
     ref = load_file(g.path("weights.safetensors"))["transformer_blocks.0.attn.to_q.weight"]
     np.testing.assert_array_equal(np.asarray(model.blocks.attn.to_q.kernel[...][0]), ref.T)
     assert model.blocks.attn.to_q.lora_a[...].shape[-1] == 2 and not np.asarray(model.blocks.attn.to_q.lora_b[...]).any()
+
+
+def test_rules_remat_outputs_and_profile(source, tmp_path):
+    """``mesh.rules`` shard parameters (and the step's activations) differently; ``remat="outputs"``
+    trains like no remat; ``run.profile_dir`` writes a trace of the steps after the first."""
+    from acestep_jax.training.trainer import init_train_state
+
+    cfg = make_cfg(tmp_path, data={"batch_size": 8}, mesh={"rules": {"heads": None, "mlp": None}},
+                   loss={"text_drop": 0.0, "speaker_drop": 0.0, "lyric_drop": 0.0})
+    remat = replace(cfg, model={"remat": "outputs"}, run={"profile_dir": str(tmp_path / "trace"),
+                                                         "profile_steps": 1})
+    plain = Trainer(cfg, source=source, mesh=single_mesh(), checkpoints=False)
+    ruled = Trainer(remat, source=source, mesh=make_mesh(2, 2, 2), checkpoints=False)
+    kernel = ruled.state["params"]["blocks"]["ff"]["in_value"]["kernel"]
+    assert tuple(kernel.sharding.spec) == (None, "fsdp", None)  # mlp replicated by the rules
+    a, b = [m["loss"] for m in plain.fit(2)], [m["loss"] for m in ruled.fit(2)]
+    np.testing.assert_allclose(a, b, rtol=1e-5)
+    assert list((tmp_path / "trace").rglob("*.xplane.pb")), "no profiler trace written"
+    state, shardings = init_train_state(cfg, build_model(cfg), make_mesh(2, 2, 2))
+    assert set(state) == {"step", "params", "opt_state", "key"} and shardings.batch.spec == jax.sharding.PartitionSpec(
+        None, ("data", "fsdp"))
