@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,10 +15,19 @@ def cache_root() -> Path:
     return Path(os.environ.get("ACESTEP_JAX_CACHE") or Path.home() / ".cache" / "acestep_jax").expanduser()
 
 
+_UMASK_LOCK = threading.Lock()
+
+
 def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    """The process umask, read without changing it where Linux reports it (safe beside writer threads)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        with _UMASK_LOCK:  # elsewhere: set and restore, one thread at a time
+            mask = os.umask(0)
+            os.umask(mask)
+        return mask
 
 
 def write_atomic(path: str | os.PathLike, write: Callable[[str], None], suffix: str = "") -> None:

@@ -34,6 +34,7 @@ from acestep_jax.sampling import Conditioning, Noise, SamplingParams, generate
 from acestep_jax.sampling.params import SOURCE_TASKS
 from acestep_jax.sampling.progress import step_bar
 from acestep_jax.text import PromptTokenizer, UMT5Encoder, umt5_erg_scales
+from acestep_jax.text.lyrics.tokenizer import check_length as check_lyric_length
 
 log = logging.getLogger(__name__)
 
@@ -142,14 +143,17 @@ class ACEStepPipeline:
         null = _encode_text(self.text_encoder, ids, mask, erg=True) if erg_null else None
         return states, mask, null
 
-    def tokenize_lyrics(self, lyrics: Sequence[str]):
-        """Lyric ids and mask ``[B, L]`` (``L`` bucketed); empty lyrics give the reference's ``[0]``, mask 0."""
-        rows = []
-        for text in lyrics:
-            if text:
-                rows.append(self.lyric_tokenizer.encode(text))
-            else:
-                rows.append([])
+    def tokenize_lyrics(self, lyrics: Sequence[str], what: str = "lyrics"):
+        """Lyric ids and mask ``[B, L]`` (``L`` bucketed); empty lyrics give the reference's ``[0]``, mask 0.
+
+        Lyrics longer than :data:`~acestep_jax.text.lyrics.MAX_TOKENS` raise ValueError.
+        """
+        rows, seen = [], {}
+        for i, text in enumerate(lyrics):
+            if text not in seen:  # a batch often repeats one text
+                seen[text] = self.lyric_tokenizer.encode(text) if text else []
+                check_lyric_length(len(seen[text]), f"{what}[{i}]", len(text))
+            rows.append(seen[text])
         length = _bucket(max([len(r) for r in rows] + [1]), LYRIC_BUCKET)
         ids = np.zeros((len(rows), length), np.int32)
         mask = np.zeros((len(rows), length), np.int32)
@@ -222,20 +226,22 @@ class ACEStepPipeline:
             retake_seeds = [int(s) for s in np.random.default_rng().integers(0, 2**31 - 1, b)]
         retake_seeds = _broadcast("retake_seeds", [int(s) for s in retake_seeds], b)
 
+        lyric_ids, lyric_mask = self.tokenize_lyrics(lyrics)  # checks the lengths before any model runs
+        if params.task == "edit":
+            if target_prompts is None or target_lyrics is None:
+                raise ValueError("task 'edit' needs target prompts and target lyrics")
+            t_ids, t_lmask = self.tokenize_lyrics(_broadcast("target_lyrics", list(target_lyrics), b),
+                                                  "target_lyrics")
         use_null = params.use_erg_tag and params.do_cfg
         text, text_mask, text_null = self.encode_prompts(prompts, erg_null=use_null)
-        lyric_ids, lyric_mask = self.tokenize_lyrics(lyrics)
         cond = Conditioning(text=text, text_mask=text_mask, lyric_ids=lyric_ids, lyric_mask=lyric_mask,
                             speaker=jnp.zeros((b, self.transformer.cfg.speaker_embedding_dim), jnp.float32), text_null=text_null)
         if src_audio is not None:
             src = self.encode_audio(src_audio, src_sample_rate)
             cond = dataclasses.replace(cond, src_latents=jnp.repeat(src, b, axis=0))
         if params.task == "edit":
-            if target_prompts is None or target_lyrics is None:
-                raise ValueError("task 'edit' needs target prompts and target lyrics")
             t_text, t_mask, _ = self.encode_prompts(_broadcast("target_prompts", list(target_prompts), b),
                                                     erg_null=False)
-            t_ids, t_lmask = self.tokenize_lyrics(_broadcast("target_lyrics", list(target_lyrics), b))
             cond = dataclasses.replace(cond, target_text=t_text, target_text_mask=t_mask, target_lyric_ids=t_ids,
                                        target_lyric_mask=t_lmask, target_speaker=cond.speaker)
         if noise is None:

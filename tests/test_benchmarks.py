@@ -1,6 +1,6 @@
 """The benchmark scripts run (speed itself is measured by running them, never asserted in tests)."""
 
-from benchmarks import bench_generate, bench_step
+from benchmarks import bench_generate, bench_lyrics_memory, bench_output, bench_step
 
 
 def test_benchmarks_print_their_tables(capsys):
@@ -9,3 +9,11 @@ def test_benchmarks_print_their_tables(capsys):
     out = capsys.readouterr().out
     assert "| seconds | steps | batch |" in out and "| 2 | 3 | 1 |" in out
     assert "compiled variants after 3 timesteps: 1" in out and "send 0, recv 0, outfeed 0" in out
+
+
+def test_output_and_lyric_memory_benchmarks_run(capsys):
+    assert bench_output.main(["--seconds", "1", "--repeats", "1", "--format", "wav"]) == 0
+    assert bench_lyrics_memory.main(["--chars", "--tokens", "100", "--query-block", "32"]) == 0
+    out = capsys.readouterr().out
+    assert "| host numpy (copy 44.1 kHz out, resample) |" in out and "OutputWriter.submit returns" in out
+    assert "| 100 | 32 |" in out

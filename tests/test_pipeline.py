@@ -1,5 +1,6 @@
 """The end-to-end pipeline from a converted checkpoint equals the direct path through each module."""
 
+import dataclasses
 import json
 
 import jax.numpy as jnp
@@ -13,7 +14,7 @@ from acestep_jax.convert.transformer import load_transformer
 from acestep_jax.convert.umt5 import load_umt5
 from acestep_jax.convert.vocoder import load_vocoder
 from acestep_jax.models.transformer import TransformerConfig
-from acestep_jax.pipeline import ACEStepPipeline
+from acestep_jax.pipeline import ACEStepPipeline, LazyLyricTokenizer
 from acestep_jax.sampling import Conditioning, Noise, SamplingParams, generate
 from acestep_jax.text import PromptTokenizer, UMT5Config, umt5_erg_scales
 from tests.fake_checkpoint import build_reference_folder
@@ -123,3 +124,15 @@ def test_fine_tuned_transformer_replaces_the_checkpoints(pipe, tmp_path):
     np.testing.assert_array_equal(np.asarray(other.transformer.final_layer.linear.kernel[...]),
                                   np.asarray(kernel[...]))
     assert np.isfinite(other.generate(["pop"], [""], PARAMS, seeds=[1]).audio).all()
+
+
+def test_overlong_lyrics_are_refused_before_any_model_runs(lyrics_vocab_path):
+    # no models at all: the length check has to come first
+    pipe = ACEStepPipeline(None, None, None, None, LazyLyricTokenizer(lyrics_vocab_path))
+    long = "\n".join(["[verse]"] * 1500)  # 1 + 3 * 1500 tokens
+    with pytest.raises(ValueError, match=r"lyrics\[0\] are 4501 tokens long \(11999 characters\); the limit is 4096"):
+        pipe.generate(["pop"], [long], PARAMS)
+    params = dataclasses.replace(PARAMS, task="edit")
+    with pytest.raises(ValueError, match=r"target_lyrics\[1\] are 4501 tokens"):
+        pipe.generate(["pop"], ["la"], params, batch_size=2, target_prompts=["rock"], target_lyrics=["la", long],
+                      src_audio=np.zeros((2, 100), np.float32), src_sample_rate=44100)

@@ -52,6 +52,30 @@ def load_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     return np.ascontiguousarray(audio, np.float32), int(sr)
 
 
+def resolve_format(path: str | os.PathLike, format: str | None = None) -> str:
+    """The audio format to write ``path`` in: ``format`` or the file extension, checked to be writable."""
+    import soundfile as sf
+
+    path = os.fspath(path)
+    fmt = (format or os.path.splitext(path)[1].lstrip(".")).lower()
+    if fmt not in _FORMATS:
+        raise ValueError(f"unsupported audio format {fmt!r} for {path}; use one of {sorted(_FORMATS)}")
+    major, subtype = _FORMATS[fmt]
+    if major not in sf.available_formats() or not sf.check_format(major, subtype):
+        raise ValueError(f"this libsndfile ({sf.__libsndfile_version__}) cannot write {fmt}; use wav or flac")
+    return fmt
+
+
+def as_channels(audio) -> np.ndarray:
+    """``audio [channels, N]`` (or ``[N]``) as float32 ``[channels, N]``; ValueError for other shapes."""
+    audio = np.asarray(audio, np.float32)
+    if audio.ndim == 1:
+        audio = audio[None]
+    if audio.ndim != 2 or audio.shape[1] == 0:
+        raise ValueError(f"audio must be [channels, samples] with samples > 0, got {audio.shape}")
+    return audio
+
+
 def save_audio(path: str | os.PathLike, audio, sample_rate: int, format: str | None = None) -> str:
     """Write ``audio [channels, N]`` (or ``[N]``) to ``path`` atomically; returns the path.
 
@@ -62,17 +86,9 @@ def save_audio(path: str | os.PathLike, audio, sample_rate: int, format: str | N
     import soundfile as sf
 
     path = os.fspath(path)
-    fmt = (format or os.path.splitext(path)[1].lstrip(".")).lower()
-    if fmt not in _FORMATS:
-        raise ValueError(f"unsupported audio format {fmt!r} for {path}; use one of {sorted(_FORMATS)}")
+    fmt = resolve_format(path, format)
     major, subtype = _FORMATS[fmt]
-    if major not in sf.available_formats() or not sf.check_format(major, subtype):
-        raise ValueError(f"this libsndfile ({sf.__libsndfile_version__}) cannot write {fmt}; use wav or flac")
-    audio = np.asarray(audio, np.float32)
-    if audio.ndim == 1:
-        audio = audio[None]
-    if audio.ndim != 2 or audio.shape[1] == 0:
-        raise ValueError(f"audio must be [channels, samples] with samples > 0, got {audio.shape}")
+    audio = as_channels(audio)
     if fmt != "wav":
         audio = np.clip(audio, -1.0, 1.0)
     write_atomic(path, lambda tmp: sf.write(tmp, audio.T, int(sample_rate), format=major, subtype=subtype),

@@ -4,7 +4,7 @@ Encoding resamples to 44.1 kHz, pads to a multiple of 4096 samples, takes the
 log-mel of each channel, maps it from ``[-11, 3]`` to ``[-1, 1]``, runs the DC-AE
 encoder and scales the latent as ``(z - shift) * scale``. Decoding inverts the
 scaling, runs the DC-AE decoder, maps the mels back and vocodes each stereo
-channel, optionally resampling the 44.1 kHz result.
+channel, optionally resampling the 44.1 kHz result (on the device, see :mod:`.resample`).
 
 Long audio: ``decode(..., window=frames)`` decodes in fixed-size overlapping
 windows, so memory stays bounded and one compilation serves any length, and it
@@ -120,8 +120,11 @@ def _windows(total: int, core: int, context: int):
     return out, size
 
 
-@nnx.jit
-def _encode_mel(codec: MusicCodec, audio):
+@functools.partial(nnx.jit, static_argnames=("sample_rate",))
+def _encode_mel(codec: MusicCodec, audio, sample_rate: int):
+    audio = resample(audio, sample_rate, SAMPLE_RATE)
+    block = codec.downsample * HOP
+    audio = jnp.pad(audio, ((0, 0), (0, 0), (0, -audio.shape[-1] % block)))
     v = codec.vocoder.config
     mel = log_mel_spectrogram(
         audio,
@@ -147,12 +150,12 @@ def _denorm(codec, mel):
     return (mel.astype(jnp.float32) * 0.5 + 0.5) * (codec.max_mel - codec.min_mel) + codec.min_mel
 
 
-@nnx.jit
-def _decode_plain(codec: MusicCodec, latents):
+@functools.partial(nnx.jit, static_argnames=("sample_rate",))
+def _decode_plain(codec: MusicCodec, latents, sample_rate: int):
     mel = _denorm(codec, codec.dcae.decoder(_unscale(codec, latents)))  # [B, H, W, 2]
     b, h, w, c = mel.shape
     mel = mel.transpose(0, 3, 2, 1).reshape(b * c, w, h)  # one vocoder item per stereo channel
-    return codec.vocoder.decode_channels_last(mel).reshape(b, c, -1)
+    return resample(codec.vocoder.decode_channels_last(mel).reshape(b, c, -1), SAMPLE_RATE, sample_rate)
 
 
 @nnx.jit
@@ -225,12 +228,8 @@ class MusicCodec(nnx.Module):
         lengths = (
             np.full(audio.shape[0], audio.shape[-1]) if audio_lengths is None else np.asarray(audio_lengths)
         )
-        audio = resample(audio, sample_rate, SAMPLE_RATE)
-        block = self.downsample * HOP
-        audio = np.pad(audio, ((0, 0), (0, 0), (0, -audio.shape[-1] % block)))
-        return _encode_mel(self, jnp.asarray(audio)), latent_lengths_for(
-            lengths, sample_rate, self.downsample
-        )
+        latents = _encode_mel(self, jnp.asarray(audio), sample_rate)
+        return latents, latent_lengths_for(lengths, sample_rate, self.downsample)
 
     def decode(
         self,
@@ -245,6 +244,8 @@ class MusicCodec(nnx.Module):
         ``window`` (latent frames) decodes in overlapping windows of that many frames
         (plus context); ``vocoder_window`` (mel frames, default ``8 * window``) sets
         the vocoder's windows. Both give the plain decode's result (see the module doc).
+        Everything, resampling included, runs on the device (the plain decode as one
+        program); only the finished audio is copied to the host.
         """
         latents = jnp.asarray(latents)
         if latents.ndim != 4 or latents.shape[1] != self.dcae.config.latent_channels:
@@ -252,10 +253,11 @@ class MusicCodec(nnx.Module):
                 f"latents must be [B, {self.dcae.config.latent_channels}, H, T], got {latents.shape}"
             )
         if window is None:
-            audio = _decode_plain(self, latents)
+            audio = _decode_plain(self, latents, sample_rate)
         else:
             audio = self._decode_windowed(latents, int(window), vocoder_window)
-        return resample(np.asarray(audio, np.float32), SAMPLE_RATE, sample_rate)
+            audio = resample(audio, SAMPLE_RATE, sample_rate)
+        return np.asarray(audio, np.float32)
 
     def _decode_windowed(self, latents, window: int, vocoder_window: int | None):
         if window <= 0:
@@ -290,10 +292,9 @@ class MusicCodec(nnx.Module):
         vw = 8 * window if vocoder_window is None else int(vocoder_window)
         spans, size = _windows(w, vw, vocoder_context_frames(self.vocoder.config))
         if size >= w:
-            audio = np.asarray(_vocode(self, mel))
+            audio = _vocode(self, mel)
         else:
-            audio = np.concatenate(
-                [np.asarray(_vocode(self, mel[:, s : s + size]))[:, a * HOP : e * HOP] for s, a, e in spans],
-                axis=1,
+            audio = jnp.concatenate(
+                [_vocode(self, mel[:, s : s + size])[:, a * HOP : e * HOP] for s, a, e in spans], axis=1
             )
         return audio.reshape(b, c, -1)

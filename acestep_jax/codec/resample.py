@@ -1,11 +1,13 @@
-"""Band-limited polyphase resampling with a Hann-windowed sinc (torchaudio's default method).
+"""Band-limited polyphase resampling with a Hann-windowed sinc (torchaudio's default method), in JAX.
 
 The filter matches ``torchaudio.functional.resample`` with ``lowpass_filter_width=6``,
 ``rolloff=0.99`` and ``sinc_interp_hann``: the rates are reduced by their gcd to
 ``orig → new``; output phase ``j`` of each block of ``new`` samples is a dot product
 of a ``2 * width + orig`` sample stretch of the zero-padded input with its own
 windowed-sinc filter, and the output is cut to ``ceil(new * length / orig)``
-samples. The filter is computed in float64 and applied in float32.
+samples. The filter bank is computed once on the host in float64 and applied in
+float32 on the device (full float32 precision, no TF32), so :func:`resample` runs
+inside jitted programs such as the codec's decode.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from __future__ import annotations
 import functools
 import math
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -42,21 +46,28 @@ def resampled_length(num_samples: int, orig_sr: int, new_sr: int) -> int:
     return math.ceil(new_sr // g * num_samples / (orig_sr // g))
 
 
+@functools.partial(jax.jit, static_argnames=("orig_sr", "new_sr", "lowpass_filter_width", "rolloff"))
 def resample(
     audio, orig_sr: int, new_sr: int, *, lowpass_filter_width: int = 6, rolloff: float = 0.99
-) -> np.ndarray:
-    """Resample ``audio [..., samples]`` (numpy float32) from ``orig_sr`` to ``new_sr`` Hz."""
+) -> jax.Array:
+    """Resample ``audio [..., samples]`` from ``orig_sr`` to ``new_sr`` Hz (float32; rates are static)."""
     if int(orig_sr) != orig_sr or int(new_sr) != new_sr or orig_sr <= 0 or new_sr <= 0:
         raise ValueError(f"sample rates must be positive integers, got {orig_sr} → {new_sr}")
-    audio = np.asarray(audio, np.float32)
+    audio = jnp.asarray(audio, jnp.float32)
     if orig_sr == new_sr:
         return audio
     g = math.gcd(int(orig_sr), int(new_sr))
     orig, new = int(orig_sr) // g, int(new_sr) // g
     kernel, width = sinc_resample_kernel(orig, new, lowpass_filter_width, rolloff)
     lead, length = audio.shape[:-1], audio.shape[-1]
-    x = np.pad(audio.reshape(-1, length), ((0, 0), (width, width + orig)))
-    frames = np.lib.stride_tricks.sliding_window_view(x, kernel.shape[1], axis=-1)[:, ::orig]
-    out = np.einsum("bfk,pk->bfp", frames, kernel).reshape(x.shape[0], -1)
-    out = out[:, : resampled_length(length, orig_sr, new_sr)]
-    return np.ascontiguousarray(out).reshape(*lead, -1)
+    taps = kernel.shape[1]  # 2 * width + orig
+    frames = length // orig + 1  # filter positions, one every orig samples
+    spans = -(-taps // orig)  # blocks of orig samples one filter position covers
+    # zero-pad to whole blocks: width in front, the rest (at least width + orig) behind
+    x = audio.reshape(-1, length)
+    x = jnp.pad(x, ((0, 0), (width, (frames + spans - 1) * orig - width - length)))
+    blocks = x.reshape(x.shape[0], frames + spans - 1, orig)
+    windows = jnp.concatenate([blocks[:, i : i + frames] for i in range(spans)], axis=-1)[..., :taps]
+    out = jnp.einsum("bfk,pk->bfp", windows, jnp.asarray(kernel), precision=jax.lax.Precision.HIGHEST)
+    out = out.reshape(x.shape[0], frames * new)[:, : resampled_length(length, orig_sr, new_sr)]
+    return out.reshape(*lead, -1)

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from acestep_jax.text.lyrics.tokenizer import MAX_TOKENS as MAX_LYRIC_TOKENS
 from acestep_jax.training.records import SSL_PREFIX, write_records
 
 log = logging.getLogger("acestep_jax.training.preprocess")
@@ -37,7 +38,6 @@ log = logging.getLogger("acestep_jax.training.preprocess")
 AUDIO_EXTENSIONS = (".mp3", ".wav", ".flac", ".ogg")
 MAX_SECONDS = 240.0
 MIN_SECONDS = 3.0
-MAX_LYRIC_TOKENS = 4096
 MAX_PROMPT_CHARS = 256
 SILENCE_RATIO = 0.95
 SPEAKER_DIM = 512

@@ -70,8 +70,8 @@ def test_windowed_decode_equals_plain_decode(codec):
     latents = (latents + 0.1 * rng.standard_normal(latents.shape)).astype(np.float32)  # [1, 8, 16, 39]
     assert dcae_context_frames(model.dcae.config) == 12  # windows of 6 + 2 * 12 < 39 latent frames
     assert vocoder_context_frames(model.vocoder.config) == 55  # windows of 64 + 2 * 55 < 312 mel frames
-    plain = model.decode(latents)
-    windowed = model.decode(latents, window=6, vocoder_window=64)
+    plain = model.decode(latents, 48000)  # resampled on the device after the windows are joined
+    windowed = model.decode(latents, 48000, window=6, vocoder_window=64)
     assert windowed.shape == plain.shape
     assert_close(windowed, plain, rtol=1e-5, atol=1e-5, what="windowed decode")
 

@@ -2,6 +2,8 @@
 
 The released model uses 6 blocks of width 1024 with 16 heads and 4096 FF units;
 the sizes are configuration. Blocks are stacked and run with ``lax.scan``.
+Self-attention runs over blocks of queries (:data:`QUERY_BLOCK`), so its memory
+grows linearly with the lyric length instead of quadratically.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from flax import nnx
 
 from acestep_jax.models.transformer.config import LyricEncoderConfig
 from acestep_jax.nn import Dense, LayerNorm, make_param
+
+QUERY_BLOCK = 512  # lyric-encoder queries per attention block (memory ∝ block × length)
 
 
 def relative_positions(length: int, dim: int) -> np.ndarray:
@@ -32,7 +36,7 @@ class RelPositionAttention(nnx.Module):
 
     def __init__(self, dim: int, heads: int, *, dtype, param_dtype, rngs):
         self.heads, self.d_k = heads, dim // heads
-        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        kw = {"dtype": dtype, "param_dtype": param_dtype, "rngs": rngs}
         self.linear_q = Dense(dim, dim, axes=("embed", "heads"), **kw)
         self.linear_k = Dense(dim, dim, axes=("embed", "heads"), **kw)
         self.linear_v = Dense(dim, dim, axes=("embed", "heads"), **kw)
@@ -44,28 +48,57 @@ class RelPositionAttention(nnx.Module):
         self.pos_bias_v = make_param(rngs, init, (heads, self.d_k), param_dtype, ("heads", None))
         self.dtype = dtype
 
-    def __call__(self, x, key_mask, pos_emb, q_scale=None):
+    def __call__(self, x, key_mask, pos_emb, q_scale=None, query_block: int = QUERY_BLOCK):
+        """``x [B, T, D]``, ``key_mask [B, T]``, ``pos_emb [2T-1, D]`` → ``[B, T, D]``.
+
+        Queries are processed ``query_block`` at a time (``lax.map``), so the score
+        tensors are ``[B, H, query_block, T]`` and memory grows linearly with ``T``
+        (in training too: gradients recompute each block); every row still sees all
+        keys, so the result is the full attention's.
+        """
         b, t, _ = x.shape
         heads = lambda y: y.reshape(*y.shape[:-1], self.heads, self.d_k)
         q = self.linear_q(x)
         if q_scale is not None:
             q = q * q_scale.astype(q.dtype)
         q, k, v = heads(q), heads(self.linear_k(x)), heads(self.linear_v(x))
-        p = heads(self.linear_pos(pos_emb))  # [2t-1, h, d]
-        u = self.pos_bias_u[...].astype(self.dtype)
-        w = self.pos_bias_v[...].astype(self.dtype)
-        f32 = dict(preferred_element_type=jnp.float32)
-        content = jnp.einsum("bihd,bjhd->bhij", q + u, k, **f32)
-        position = jnp.einsum("bihd,khd->bhik", q + w, p, **f32)  # [b, h, t, 2t-1]
-        # offset i - j sits at column (t - 1) - i + j
-        idx = (t - 1) - jnp.arange(t)[:, None] + jnp.arange(t)[None, :]
-        position = jnp.take_along_axis(position, jnp.broadcast_to(idx, (b, self.heads, t, t)), axis=-1)
-        scores = (content + position) / math.sqrt(self.d_k)
-        allowed = key_mask[:, None, None, :]
-        scores = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
-        attn = jnp.where(allowed, jax.nn.softmax(scores, axis=-1), 0.0).astype(self.dtype)
-        out = jnp.einsum("bhij,bjhd->bihd", attn, v).reshape(b, t, -1)
+        p = heads(self.linear_pos(pos_emb))  # [2t-1, h, d]; row (t - 1) - (i - j) holds offset i - j
+        c = max(1, min(query_block, t))
+        n_blocks = -(-t // c)
+        pad = n_blocks * c - t  # padded query rows (dropped at the end) read zero position rows
+        q_u = jnp.pad(q + self.pos_bias_u[...].astype(self.dtype), ((0, 0), (0, pad), (0, 0), (0, 0)))
+        q_v = jnp.pad(q + self.pos_bias_v[...].astype(self.dtype), ((0, 0), (0, pad), (0, 0), (0, 0)))
+        p = jnp.pad(p, ((pad, 0), (0, 0), (0, 0)))
+        allowed = key_mask.astype(bool)[:, None, None, :]
+        f32 = {"preferred_element_type": jnp.float32}
+
+        def block(start):
+            qu = jax.lax.dynamic_slice_in_dim(q_u, start, c, axis=1)
+            qv = jax.lax.dynamic_slice_in_dim(q_v, start, c, axis=1)
+            # position rows this block needs: offsets start + c - 1 - 0 down to start - (t - 1)
+            window = jax.lax.dynamic_slice_in_dim(p, t - c - start + pad, t + c - 1, axis=0)
+            content = jnp.einsum("bihd,bjhd->bhij", qu, k, **f32)
+            position = _skew(jnp.einsum("bihd,khd->bhik", qv, window, **f32), t)
+            scores = (content + position) / math.sqrt(self.d_k)
+            scores = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
+            attn = jnp.where(allowed, jax.nn.softmax(scores, axis=-1), 0.0).astype(self.dtype)
+            return jnp.einsum("bhij,bjhd->bihd", attn, v)
+
+        # rematerialised: backward passes recompute each block's scores instead of keeping them
+        out = jax.lax.map(jax.checkpoint(block), jnp.arange(n_blocks) * c)  # [n, b, c, h, d]
+        out = jnp.moveaxis(out, 0, 1).reshape(b, n_blocks * c, -1)[:, :t]
         return self.linear_out(out)
+
+
+def _skew(scores, t: int):
+    """``[..., c, t + c - 1]`` → ``[..., c, t]`` with ``out[r, j] = scores[r, j + c - 1 - r]``.
+
+    The relative shift as a reshape (no gather): in the rows flattened with one
+    extra zero column, element ``(r, j + c - 1 - r)`` sits at ``r * (t + c - 1) + c - 1 + j``.
+    """
+    c, w = scores.shape[-2], scores.shape[-1]
+    flat = jnp.pad(scores, [(0, 0)] * (scores.ndim - 1) + [(0, 1)]).reshape(*scores.shape[:-2], c * (w + 1))
+    return flat[..., c - 1 : c - 1 + c * w].reshape(*scores.shape[:-2], c, w)[..., :t]
 
 
 class ConformerLayer(nnx.Module):
@@ -73,15 +106,15 @@ class ConformerLayer(nnx.Module):
 
     def __init__(self, cfg: LyricEncoderConfig, *, dtype, param_dtype, rngs):
         d = cfg.output_size
-        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        kw = {"dtype": dtype, "param_dtype": param_dtype, "rngs": rngs}
         self.self_attn = RelPositionAttention(d, cfg.attention_heads, **kw)
         self.w_1 = Dense(d, cfg.linear_units, axes=("embed", "mlp"), **kw)
         self.w_2 = Dense(cfg.linear_units, d, axes=("mlp", "embed"), **kw)
         self.norm_mha = LayerNorm(d, eps=1e-5, param_dtype=param_dtype, rngs=rngs)
         self.norm_ff = LayerNorm(d, eps=1e-5, param_dtype=param_dtype, rngs=rngs)
 
-    def __call__(self, x, key_mask, pos_emb, q_scale):
-        x = x + self.self_attn(self.norm_mha(x), key_mask, pos_emb, q_scale)
+    def __call__(self, x, key_mask, pos_emb, q_scale, query_block: int = QUERY_BLOCK):
+        x = x + self.self_attn(self.norm_mha(x), key_mask, pos_emb, q_scale, query_block)
         return x + self.w_2(nnx.silu(self.w_1(self.norm_ff(x))))
 
 
@@ -103,10 +136,11 @@ class LyricEncoder(nnx.Module):
         self.layers = make_layers(rngs)
         self.dtype = dtype
 
-    def __call__(self, x, mask, query_scales=None):
+    def __call__(self, x, mask, query_scales=None, query_block: int = QUERY_BLOCK):
         """``x [B, T, input_size]``, ``mask [B, T]`` → ``[B, T, output_size]``.
 
         ``query_scales [num_blocks]`` multiplies each block's query projection (ERG).
+        ``query_block`` queries attend at a time (memory linear in ``T``; same result).
         """
         t = x.shape[1]
         x = self.embed_norm(self.embed(x)) * math.sqrt(self.cfg.output_size)
@@ -118,7 +152,7 @@ class LyricEncoder(nnx.Module):
 
         def body(h, xs):
             layer_state, scale = xs
-            return nnx.merge(graphdef, layer_state)(h, key_mask, pos_emb, scale), None
+            return nnx.merge(graphdef, layer_state)(h, key_mask, pos_emb, scale, query_block), None
 
         x, _ = jax.lax.scan(body, x, (state, jnp.asarray(query_scales, jnp.float32)))
         return self.after_norm(x)

@@ -19,8 +19,12 @@ START_ID = 261
 LINE_END_ID = 2
 # Lyrics that tokenize to nothing are fed to the model as this single, masked-out id.
 EMPTY_IDS = (0,)
-# The reference's training data loader keeps at most this many lyric tokens (sampling keeps all).
-TRAINING_MAX_TOKENS = 4096
+# Longest lyrics accepted, in tokens: the reference trained on at most this many (its data
+# loader cuts longer ones), so training preprocessing cuts to it and sampling refuses more
+# (:func:`check_length`). English lyrics take about 0.6 tokens per character (4096 tokens ≈
+# 6,800 characters), Chinese about 1.5 (≈ 2,800 characters); a 4-minute song's lyrics are
+# typically well under half of that.
+MAX_TOKENS = 4096
 
 _STRUCTURE_RE = re.compile(r"\[.*?\]")
 
@@ -35,7 +39,7 @@ class LyricTokenizer:
     start with a ``[...]`` structure tag such as ``[verse]`` are tokenized as English.
     A line whose normalisation fails is dropped, as in the reference. Empty lyrics give
     ``[]`` (the pipeline then feeds ``[0]`` with mask ``[0]``, see :meth:`model_inputs`);
-    long lyrics are never truncated.
+    long lyrics are never truncated here (sampling refuses more than :data:`MAX_TOKENS`).
     """
 
     def __init__(self, vocab_path: str | os.PathLike):
@@ -84,3 +88,33 @@ class LyricTokenizer:
         if not ids:
             return np.asarray(EMPTY_IDS, np.int32), np.zeros(len(EMPTY_IDS), np.int32)
         return np.asarray(ids, np.int32), np.ones(len(ids), np.int32)
+
+
+def check_length(num_tokens: int, what: str = "lyrics", characters: int | None = None) -> None:
+    """Raise ValueError naming ``what`` when ``num_tokens`` exceeds :data:`MAX_TOKENS`."""
+    if num_tokens > MAX_TOKENS:
+        chars = "" if characters is None else f" ({characters} characters)"
+        raise ValueError(
+            f"{what} are {num_tokens} tokens long{chars}; the limit is {MAX_TOKENS} tokens, the longest "
+            "lyrics the model was trained on (about 6,800 characters of English, 2,800 of Chinese)"
+        )
+
+
+def check_lyrics(
+    lyrics: str,
+    vocab: str | os.PathLike | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    what: str = "lyrics",
+) -> int:
+    """Tokenize ``lyrics`` and :func:`check_length` them; returns the token count.
+
+    Only the vocabulary is loaded (found as :func:`.vocab.find_lyrics_vocab` does), so a
+    command line can refuse over-long lyrics before any model loads.
+    """
+    from .vocab import find_lyrics_vocab
+
+    if not lyrics:
+        return 0
+    n = len(LyricTokenizer(find_lyrics_vocab(vocab, checkpoint_dir=checkpoint_dir)).encode(lyrics))
+    check_length(n, what, len(lyrics))
+    return n

@@ -8,7 +8,7 @@ import pytest
 
 from acestep_jax.text.lyrics import LyricTokenizer, _deps, detect_language, language, normalize
 from acestep_jax.text.lyrics._deps import INSTALL_HINT, MissingLyricsExtra, require
-from acestep_jax.text.lyrics.tokenizer import TRAINING_MAX_TOKENS
+from acestep_jax.text.lyrics.tokenizer import MAX_TOKENS, check_length, check_lyrics
 from tests.helpers import golden_root
 
 # Further lines with the ids the reference pipeline gives them (Chinese dates, money, phone
@@ -153,13 +153,13 @@ def test_structure_tag_lines_are_english(tok):
 def test_long_lyrics_are_not_truncated(tok):
     lyrics = "\n".join(["[verse]"] * 1500)
     ids = tok.encode(lyrics)
-    assert len(ids) == 1 + 3 * 1500 > TRAINING_MAX_TOKENS
+    assert len(ids) == 1 + 3 * 1500 > MAX_TOKENS
     assert ids == [261] + [259, 6683, 2] * 1500
     full, mask = tok.model_inputs(lyrics)
     assert full.shape == mask.shape == (len(ids),) and mask.all()
-    cut, cut_mask = tok.model_inputs(lyrics, max_length=TRAINING_MAX_TOKENS)
-    assert cut.shape == cut_mask.shape == (TRAINING_MAX_TOKENS,)
-    np.testing.assert_array_equal(cut, ids[:TRAINING_MAX_TOKENS])
+    cut, cut_mask = tok.model_inputs(lyrics, max_length=MAX_TOKENS)
+    assert cut.shape == cut_mask.shape == (MAX_TOKENS,)
+    np.testing.assert_array_equal(cut, ids[:MAX_TOKENS])
     with pytest.raises(ValueError, match="max_length"):
         tok.model_inputs(lyrics, max_length=0)
 
@@ -196,3 +196,13 @@ def test_missing_extra_is_never_swallowed(monkeypatch, lyrics_vocab_path):
     monkeypatch.setattr(normalize, "require", missing)
     with pytest.raises(MissingLyricsExtra):
         normalize.normalize_line("route 66", "en")
+
+
+def test_length_limit(lyrics_vocab_path):
+    check_length(MAX_TOKENS)
+    with pytest.raises(ValueError, match=r"--lyrics are 4097 tokens long \(9000 characters\); the limit is 4096"):
+        check_length(MAX_TOKENS + 1, "--lyrics", 9000)
+    assert check_lyrics("") == 0
+    assert check_lyrics("[verse]\nla la", lyrics_vocab_path) > 0
+    with pytest.raises(ValueError, match="4501 tokens long"):
+        check_lyrics("\n".join(["[verse]"] * 1500), lyrics_vocab_path)
