@@ -29,9 +29,12 @@ import numpy as np
 from flax import nnx
 
 from acestep_jax.codec import MusicCodec, frames_to_seconds, load_audio
+from acestep_jax.codec.codec import FRAME_SAMPLES, SAMPLE_RATE
+from acestep_jax.codec.resample import resampled_length
 from acestep_jax.models.transformer import ACEStepTransformer
 from acestep_jax.sampling import Conditioning, Noise, SamplingParams, generate
 from acestep_jax.sampling.params import SOURCE_TASKS
+from acestep_jax.sampling.tasks import item_frames, item_params
 from acestep_jax.sampling.progress import step_bar
 from acestep_jax.text import PromptTokenizer, UMT5Encoder, umt5_erg_scales
 from acestep_jax.text.lyrics.tokenizer import check_length as check_lyric_length
@@ -52,13 +55,22 @@ def _bucket(n: int, multiple: int, cap: int | None = None) -> int:
 
 @dataclass
 class Generation:
-    """One batch of results: audio ``[B, 2, N]`` at ``sample_rate``, latents, parameters per item."""
+    """One batch of results: audio ``[B, 2, N]`` at ``sample_rate``, latents, parameters per item.
+
+    ``lengths``: each item's length in samples (items of a mixed-duration batch are zero
+    past their own length); :meth:`item_audio` trims to it.
+    """
 
     audio: np.ndarray
     sample_rate: int
     latents: np.ndarray
     params: list[dict] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    lengths: list[int] = field(default_factory=list)
+
+    def item_audio(self, i: int) -> np.ndarray:
+        """Item ``i``'s audio ``[2, n]``, trimmed to its own length."""
+        return self.audio[i][:, : self.lengths[i]] if self.lengths else self.audio[i]
 
 
 @nnx.jit(static_argnames=("erg",))
@@ -192,7 +204,7 @@ class ACEStepPipeline:
         self,
         prompts: Sequence[str],
         lyrics: Sequence[str],
-        params: SamplingParams,
+        params: SamplingParams | Sequence[SamplingParams],
         *,
         seeds: Sequence[int] | None = None,
         retake_seeds: Sequence[int] | None = None,
@@ -207,15 +219,20 @@ class ACEStepPipeline:
     ) -> Generation:
         """Generate one batch; ``prompts``/``lyrics`` hold one string per item (or one for all).
 
-        ``src_audio`` is the source of retake-from-audio/repaint/extend/edit and the
-        reference of audio2audio. ``target_*`` are the edit task's target prompt/lyrics.
-        ``batch_size`` defaults to the longest of ``prompts``, ``lyrics`` and ``seeds``.
-        ``progress`` shows a bar of sampling steps (a host callback per step).
+        ``params``: one :class:`SamplingParams` for all items or one per item (a mixed batch,
+        see :func:`acestep_jax.sampling.generate`). ``src_audio`` is the source of
+        retake-from-audio/repaint/extend/edit and the reference of audio2audio.
+        ``target_*`` are the edit task's target prompt/lyrics. ``batch_size`` defaults to
+        the longest of ``prompts``, ``lyrics``, ``seeds`` and ``params``. ``progress``
+        shows a bar of sampling steps (a host callback per step).
         """
         timings: dict[str, float] = {}
         start = time.perf_counter()
         prompts, lyrics = list(prompts), list(lyrics)
-        b = batch_size or max(len(prompts), len(lyrics), len(seeds or ()), 1)
+        n_params = 1 if isinstance(params, SamplingParams) else len(params)
+        b = batch_size or max(len(prompts), len(lyrics), len(seeds or ()), n_params, 1)
+        items = item_params(params, b)
+        params = items[0]  # the batch's shared structure
         prompts, lyrics = _broadcast("prompts", prompts, b), _broadcast("lyrics", lyrics, b)
         if params.task in SOURCE_TASKS and src_audio is None:
             raise ValueError(f"task {params.task!r} needs source audio (src_audio / --src-audio)")
@@ -232,7 +249,7 @@ class ACEStepPipeline:
                 raise ValueError("task 'edit' needs target prompts and target lyrics")
             t_ids, t_lmask = self.tokenize_lyrics(_broadcast("target_lyrics", list(target_lyrics), b),
                                                   "target_lyrics")
-        use_null = params.use_erg_tag and params.do_cfg
+        use_null = any(p.use_erg_tag and p.do_cfg for p in items)
         text, text_mask, text_null = self.encode_prompts(prompts, erg_null=use_null)
         cond = Conditioning(text=text, text_mask=text_mask, lyric_ids=lyric_ids, lyric_mask=lyric_mask,
                             speaker=jnp.zeros((b, self.transformer.cfg.speaker_embedding_dim), jnp.float32), text_null=text_null)
@@ -250,26 +267,30 @@ class ACEStepPipeline:
 
         start = time.perf_counter()
         with step_bar(disable=not progress):
-            latents = generate(self.transformer, params, cond, noise, mesh=self.mesh, progress=progress)
+            latents = generate(self.transformer, items, cond, noise, mesh=self.mesh, progress=progress)
             latents = jax.block_until_ready(latents)
         timings["diffusion"] = time.perf_counter() - start
 
         start = time.perf_counter()
         audio = self.decode(latents, sample_rate)
         timings["decode"] = time.perf_counter() - start
-        record = {**dataclasses.asdict(params), "sample_rate": sample_rate,
+        record = {"sample_rate": sample_rate,
                   "lora": None if self._lora is None else {"path": self._lora[0], "weight": self._lora[1]}}
-        # the omega mean-shift averages over the whole batch (as the reference), so an item is
+        # the reference's omega mean shift averages over the whole batch, so an item is
         # reproduced by rerunning its whole batch: every record keeps the batch's seeds
-        record.update(batch_size=b, batch_seeds=seeds, batch_retake_seeds=retake_seeds)
-        per_item = [{**record, "prompt": prompts[i], "lyrics": lyrics[i], "seed": seeds[i],
-                     "retake_seed": retake_seeds[i], "batch_index": i} for i in range(b)]
+        if not params.batch_invariant:
+            record.update(batch_size=b, batch_seeds=seeds, batch_retake_seeds=retake_seeds)
+        per_item = [{**dataclasses.asdict(items[i]), **record, "prompt": prompts[i], "lyrics": lyrics[i],
+                     "seed": seeds[i], "retake_seed": retake_seeds[i], "batch_index": i} for i in range(b)]
+        frames = [min(item_frames(p, cond), latents.shape[-1]) if p.task in ("text2music", "retake")
+                  else latents.shape[-1] for p in items]
         if params.task == "edit":
             for i, item in enumerate(per_item):
                 item.update(target_prompt=list(target_prompts)[i % len(target_prompts)],
                             target_lyrics=list(target_lyrics)[i % len(target_lyrics)])
+        lengths = [resampled_length(f * FRAME_SAMPLES, SAMPLE_RATE, sample_rate) for f in frames]
         return Generation(audio=audio, sample_rate=sample_rate, latents=np.asarray(latents), params=per_item,
-                          timings=timings)
+                          timings=timings, lengths=lengths)
 
     def decode(self, latents, sample_rate: int = OUTPUT_SAMPLE_RATE) -> np.ndarray:
         """Latents → audio ``[B, 2, N]``; long outputs decode in overlapping windows (bounded memory)."""

@@ -44,7 +44,8 @@ SCALE_FACTOR = 0.1786
 SHIFT_FACTOR = -1.9091
 MIN_MEL = -11.0
 MAX_MEL = 3.0
-LATENT_DOWNSAMPLE = 8  # DC-AE time compression: one latent frame is LATENT_DOWNSAMPLE * HOP samples
+LATENT_DOWNSAMPLE = 8  # DC-AE time compression
+FRAME_SAMPLES = LATENT_DOWNSAMPLE * HOP  # 44.1 kHz samples per latent frame
 
 
 def seconds_to_frames(seconds: float) -> int:
@@ -54,7 +55,7 @@ def seconds_to_frames(seconds: float) -> int:
 
 def frames_to_seconds(frames: int) -> float:
     """Seconds of 44.1 kHz audio that ``frames`` latent frames decode to."""
-    return frames * LATENT_DOWNSAMPLE * HOP / SAMPLE_RATE
+    return frames * FRAME_SAMPLES / SAMPLE_RATE
 
 
 def latent_frames(num_samples: int, sample_rate: int = SAMPLE_RATE, downsample: int = LATENT_DOWNSAMPLE) -> int:
