@@ -154,3 +154,15 @@ class SSLFeatureExtractor:
         outs = [np.asarray(self._run(self._state, jax.device_put(padded[i : i + b], self._in_sharding)))
                 for i in range(0, len(padded), b)]
         return np.concatenate(outs)[:n]
+
+
+def load_extractor(spec, name: str, *, dtype: str = "float32", chunk_batch: int = 8,
+                   progress: bool = True) -> SSLFeatureExtractor:
+    """The extractor of REPA target ``name`` (``mert``, ``m-hubert``) with the model of ``spec`` (Hub id,
+    model folder or converted folder; converted once and cached) in ``dtype`` (parameters and compute)."""
+    from acestep_jax.convert.ssl import SSL_COMPONENTS, load_ssl
+
+    if name not in RECIPES:
+        raise ValueError(f"unknown REPA target {name!r}; choose from {sorted(RECIPES)}")
+    model = load_ssl(spec, SSL_COMPONENTS[name], dtype=dtype, param_dtype=dtype, progress=progress)
+    return SSLFeatureExtractor(model, RECIPES[name], chunk_batch=chunk_batch)
