@@ -42,8 +42,10 @@ from acestep_jax.convert.core import (
     Rule,
     SafetensorsSource,
     TensorSource,
+    check_rules,
     conv_t,
     linear_t,
+    param_shapes,
     rule,
     stack_of,
     stacked_rule,
@@ -230,6 +232,8 @@ def convert_ssl(src: str | os.PathLike, dst: str | os.PathLike, component: Compo
         src_path = download(str(src))
     cfg = read_source_config(src_path, param_dtype=param_dtype)
     source = open_weights(src_path)
+    check_rules(hubert_rules(cfg), source, param_shapes(component.abstract(cfg)), ignore=component.ignore,
+                what=str(src_path))
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
     try:

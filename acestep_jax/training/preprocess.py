@@ -272,8 +272,8 @@ class Summary:
     examples: int = 0
     files: list[Path] = field(default_factory=list)
     already_done: int = 0
-    silent: list[str] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)  # song → reason
+    silent: list[str] = field(default_factory=list)  # audio file names
+    failed: dict[str, str] = field(default_factory=dict)  # audio file name → reason
 
     def __str__(self) -> str:
         head = f"wrote {len(self.written)} songs ({self.examples} examples) into {len(self.files)} record files"
@@ -315,24 +315,10 @@ def preprocess_folder(folder, output, pre: Preprocessor, *, shard_size: int = 25
 
     bar = tqdm(total=len(items), initial=summary.already_done, desc="preprocess", unit="song",
                disable=not log.isEnabledFor(logging.INFO))
+    npy_names = [n for n in SSL_NAMES if n not in pre.ssl]
     try:
         for start in range(0, len(todo), songs_per_batch):
-            songs = []
-            for item in todo[start : start + songs_per_batch]:
-                try:
-                    song = load_song(item, npy_names=[n for n in SSL_NAMES if n not in pre.ssl])
-                except SongError as e:
-                    log.warning("skipping %s: %s", item.audio.name, e)
-                    summary.failed[item.audio.name] = str(e)
-                    bar.update(1)
-                    continue
-                if song is None:
-                    log.warning("skipping %s: silent", item.audio.name)
-                    summary.silent.append(item.key)
-                    out.silent.append(item.key)
-                    bar.update(1)
-                    continue
-                songs.append(song)
+            songs = _decode(todo[start : start + songs_per_batch], npy_names, summary, out, bar)
             for ex in pre.examples(songs):
                 pending.extend([ex] * repeat)
                 summary.written.append(ex["key"])
@@ -348,6 +334,27 @@ def preprocess_folder(folder, output, pre: Preprocessor, *, shard_size: int = 25
     if not out.parts:
         raise ValueError(f"no records written: every song in {folder} was silent or unreadable")
     return summary
+
+
+def _decode(items: Sequence[Item], npy_names, summary: Summary, out: OutputFolder, bar) -> list[Song]:
+    """The readable, non-silent songs of ``items``; the others are reported, counted and skipped."""
+    songs = []
+    for item in items:
+        try:
+            song = load_song(item, npy_names)
+        except SongError as e:
+            log.warning("skipping %s: %s", item.audio.name, e)
+            summary.failed[item.audio.name] = str(e)
+            bar.update(1)
+            continue
+        if song is None:
+            log.warning("skipping %s: silent", item.audio.name)
+            summary.silent.append(item.audio.name)
+            out.silent.append(item.key)
+            bar.update(1)
+            continue
+        songs.append(song)
+    return songs
 
 
 # ----------------------------------------------------------------------------- command line

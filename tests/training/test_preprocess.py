@@ -66,7 +66,7 @@ def test_preprocess_folder_tiny(tmp_path, lyrics_vocab_path):
     assert [i.key for i in discover(songs)] == ["a", "b", "d"]
     pre = Preprocessor.tiny_random(lyrics_vocab=str(lyrics_vocab_path))
     summary = preprocess_folder(songs, tmp_path / "rec", pre, shard_size=1)
-    assert len(summary.files) == 2 and summary.written == ["a", "b"] and summary.silent == ["d"]
+    assert len(summary.files) == 2 and summary.written == ["a", "b"] and summary.silent == ["d.wav"]
     src = RecordSource(tmp_path / "rec")
     a, b = src[0], src[1]
     assert (a["key"], b["key"]) == ("a", "b")
@@ -229,6 +229,17 @@ def test_bad_command_lines_fail_cleanly(case, tmp_path, monkeypatch, capsys):
     assert len(lines) == 1 and lines[0].startswith("error: ") and culprit in lines[0], err
     assert "Traceback" not in err
     assert _files(tmp_path) == before
+
+
+def test_a_folder_of_only_bad_songs_writes_nothing(tmp_path, capsys):
+    songs = tmp_path / "songs"
+    songs.mkdir()
+    _undecodable(songs, "broken")
+    _song(songs, "quiet", 3.0, "ambient", silent=True)
+    assert main([str(songs), str(tmp_path / "rec"), "--tiny-random"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1].startswith("error: no records written") and str(songs) in lines[-1]
+    assert not (tmp_path / "rec").exists()
 
 
 def test_preprocess_from_converted_checkpoint(tmp_path, lyrics_vocab_path, caplog):
