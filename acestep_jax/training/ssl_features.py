@@ -109,8 +109,10 @@ class SSLFeatureExtractor:
         self._in_sharding = NamedSharding(mesh, P("chunks"))
         graphdef, state = nnx.split(model)
         self._state = jax.device_put(state, NamedSharding(mesh, P()))
+        self._traces = 0
 
         def run(state, chunks):
+            self._traces += 1  # runs once per compiled program (at trace time)
             return nnx.merge(graphdef, state)(chunks).last_hidden_state.astype(jnp.float32)
 
         self._run = jax.jit(run, out_shardings=self._in_sharding)
@@ -121,7 +123,7 @@ class SSLFeatureExtractor:
 
     def compiled_programs(self) -> int:
         """How many programs the chunk call has compiled (1 after any number of song lengths)."""
-        return self._run._cache_size()
+        return self._traces
 
     def __call__(self, wavs: np.ndarray, lengths: Sequence[int]) -> list[np.ndarray]:
         """Features ``[frames, width]`` (float32) of each song of ``wavs [B, 2, N]`` (48 kHz)."""
