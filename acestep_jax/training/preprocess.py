@@ -42,18 +42,19 @@ import numpy as np
 
 from acestep_jax.files import write_json
 from acestep_jax.training.records import SSL_PREFIX, write_records
+from acestep_jax.training.ssl_features import INPUT_RATE, RECIPES
 
 log = logging.getLogger("acestep_jax.training.preprocess")
 
 AUDIO_EXTENSIONS = (".mp3", ".wav", ".flac", ".ogg")
-SAMPLE_RATE = 48000  # the reference dataset's rate: the codec and the SSL extractors read this audio
+SAMPLE_RATE = INPUT_RATE  # the reference dataset's rate: the codec and the SSL extractors read this audio
 MAX_SECONDS = 240.0
 MIN_SECONDS = 3.0
 MAX_LYRIC_TOKENS = 4096
 MAX_PROMPT_CHARS = 256
 SILENCE_RATIO = 0.95
 SPEAKER_DIM = 512
-SSL_NAMES = ("mert", "m-hubert")
+SSL_NAMES = tuple(RECIPES)  # the REPA targets (the transformer's ssl_names)
 MANIFEST = "preprocess.json"
 MANIFEST_FORMAT = "acestep-jax-records"
 # the reference drops lyrics that are really a generated prompt ("write a ... song that genre is ...")
@@ -471,9 +472,12 @@ def main(argv: list[str] | None = None) -> int:
                else Preprocessor.from_checkpoint(args.checkpoint, args.lyrics_vocab, ssl=ssl))
         summary = preprocess_folder(args.input, args.output, pre, shard_size=args.shard_size, repeat=args.repeat,
                                     songs_per_batch=args.songs_per_batch, settings=out.settings, items=items)
-    except (CheckpointError, FileNotFoundError, ValueError) as e:
+    except (CheckpointError, OSError, ValueError) as e:  # bad checkpoints, downloads, no usable song
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"interrupted; the finished songs are in {args.output} (rerun to go on)", file=sys.stderr)
+        return 130
     print(summary)
     return 0
 
