@@ -5,8 +5,9 @@ the stereo channels are averaged, resampled 48 kHz → the model's rate with the
 torchaudio-exact resampler, and normalised to zero mean and unit (unbiased) variance
 over the song's valid samples (``length * rate // 48000``); the valid part is cut into
 chunks (5 s for MERT, 30 s for mHuBERT), the last one zero-padded; the model's last
-hidden state of each chunk keeps ``(chunk_valid + 319) // 320`` frames; a song's chunks
-are concatenated.
+hidden state of each chunk keeps ``(chunk_valid + 319) // 320`` frames (at most the
+frames a chunk has: 374 of a full MERT chunk, 1499 of a full mHuBERT one); a song's
+chunks are concatenated.
 
 The chunks of a whole batch of songs are packed into calls of one fixed shape
 ``[chunk_batch, chunk_samples]`` (zero chunks fill the last call), so a single compiled
