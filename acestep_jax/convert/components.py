@@ -2,6 +2,7 @@
 
 from acestep_jax.convert.checkpoint import Component
 from acestep_jax.convert.dcae import DCAE
+from acestep_jax.convert.ssl import SSL_COMPONENTS
 from acestep_jax.convert.transformer import transformer_rules
 from acestep_jax.convert.umt5 import UMT5
 from acestep_jax.convert.vocoder import VOCODER
@@ -18,3 +19,6 @@ TRANSFORMER = Component(
 TEXT_ENCODER_HF_FOLDER = UMT5.hf_folder
 
 COMPONENTS = {c.name: c for c in (TRANSFORMER, DCAE, VOCODER, UMT5)}
+"""The models of the ACE-Step checkpoint; ``SSL_COMPONENTS`` are the REPA feature extractors (separate models)."""
+
+__all__ = ["COMPONENTS", "SSL_COMPONENTS", "TEXT_ENCODER_HF_FOLDER", "TRANSFORMER"]
