@@ -1,15 +1,28 @@
 """Low-rank adapters (LoRA) for the transformer, in the PEFT / diffusers file format.
 
 Adapter files use the reference's module names:
-``transformer_blocks.3.attn.to_q.lora_A.weight`` ``[r, in]`` and ``...lora_B.weight``
-``[out, r]`` (an optional leading ``transformer.`` is accepted). The scale is
-``lora_alpha / r`` (``lora_alpha / sqrt(r)`` with rsLoRA), read from the file's
-``lora_adapter_metadata``, an ``adapter_config.json`` beside it, or given explicitly.
+``transformer_blocks.3.attn.to_q.lora_A.weight`` ``[r, in]``, ``...lora_B.weight``
+``[out, r]`` and optionally ``...to_q.alpha`` (an optional leading ``transformer.`` is
+accepted). How strongly a file acts is its ``scale_mode`` (see :class:`LoraSpec`):
+
+* ``"reference"`` (default): as the reference pipeline applies LoRAs. It loads the file
+  with diffusers' ``load_lora_adapter(file, with_alpha=True, prefix=None)``, which on
+  that path reads neither the ``lora_adapter_metadata`` nor ``.alpha`` tensors
+  (``with_alpha`` is not a diffusers option), so every module gets ``alpha = r``;
+  ``set_weights_and_activate_adapters`` then scales by the LoRA weight. The delta is
+  ``weight * B @ A``. Published ACE-Step LoRAs and their suggested weights assume this.
+* ``"config"``: PEFT's scaling as trained, ``weight * alpha / r`` (``alpha / sqrt(r)``
+  with rsLoRA); ``alpha`` is the module's ``.alpha`` tensor, else the file's metadata
+  or an ``adapter_config.json`` beside it, else ``r``.
+
+Adapters trained here are saved with the training scale folded into ``lora_B`` (metadata
+and ``.alpha`` say ``alpha = r``), so the reference pipeline, PEFT / diffusers and both
+modes here all give the trained effect at weight 1.
 
 Two uses:
 
-* inference: :func:`merge_lora` adds ``weight * scale * B @ A`` into the kernels
-  (:func:`unmerge_lora` subtracts it again, as PEFT does);
+* inference: :func:`merge_loras` adds ``scale * B @ A`` of one or more adapters into the
+  kernels; :func:`unmerge_lora` puts the original kernels back exactly;
 * training: :func:`add_lora` attaches trainable ``nnx.LoRAParam`` adapters to the
   targeted layers; :func:`lora_state_dict` / :func:`save_lora` export them.
 """
@@ -17,10 +30,11 @@ Two uses:
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import jax
@@ -33,8 +47,12 @@ from acestep_jax.convert.transformer import STACKED_LINEAR, transformer_rules
 from acestep_jax.files import write_atomic, write_json
 from acestep_jax.models.transformer import ACEStepTransformer
 
+log = logging.getLogger(__name__)
+
 ADAPTER_FILE = "pytorch_lora_weights.safetensors"
 METADATA_KEY = "lora_adapter_metadata"
+TRAINING_KEY = "acestep_jax_training"  # metadata of adapters saved here: the trained config and folded scale
+SCALE_MODES = ("reference", "config")
 
 
 @dataclass(frozen=True)
@@ -79,6 +97,8 @@ class LoraConfig:
             "lora_alpha": self.lora_alpha,
             "target_modules": targets if isinstance(targets, str) else list(targets),
             "use_rslora": self.use_rslora,
+            "rank_pattern": {},  # diffusers requires both when it reads the metadata
+            "alpha_pattern": {},
             "lora_dropout": 0.0,
             "bias": "none",
             "init_lora_weights": True,
@@ -125,11 +145,34 @@ def _module(model, path: str):
 
 
 # ----------------------------------------------------------------------------- files
-def read_lora(path: str | os.PathLike, config: LoraConfig | None = None):
-    """Read an adapter file (or a folder holding ``pytorch_lora_weights.safetensors``).
+@dataclass(frozen=True)
+class LoraFile:
+    """The contents of one adapter file.
 
-    Returns ``(config, {module_name: (A [r, in], B [out, r])})``.
+    ``pairs``: ``{module: (A [r, in], B [out, r])}``; ``alphas``: the ``<module>.alpha``
+    tensors; ``config``: from the file's metadata or an ``adapter_config.json`` beside it.
     """
+
+    path: str
+    rank: int
+    pairs: dict[str, tuple[np.ndarray, np.ndarray]]
+    alphas: dict[str, float]
+    config: LoraConfig | None
+
+    def scales(self, mode: str) -> dict[str, float]:
+        """Per-module scale before the LoRA weight under ``mode`` (see the module docstring)."""
+        if mode == "reference":
+            return dict.fromkeys(self.pairs, 1.0)
+        if mode != "config":
+            raise ValueError(f"LoRA scale mode must be one of {SCALE_MODES}, got {mode!r}")
+        alpha = self.config.lora_alpha if self.config is not None else float(self.rank)
+        rslora = self.config is not None and self.config.use_rslora
+        denominator = math.sqrt(self.rank) if rslora else self.rank
+        return {name: self.alphas.get(name, alpha) / denominator for name in self.pairs}
+
+
+def read_lora(path: str | os.PathLike) -> LoraFile:
+    """Read an adapter file (or a folder holding ``pytorch_lora_weights.safetensors``)."""
     from safetensors import safe_open
 
     path = os.fspath(path)
@@ -140,85 +183,175 @@ def read_lora(path: str | os.PathLike, config: LoraConfig | None = None):
     try:
         with safe_open(file, framework="numpy") as f:
             metadata = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not iterable
     except Exception as e:  # noqa: BLE001 - any parse failure means "not a LoRA file"
         raise CheckpointError(f"{file} is not a readable safetensors file: {e}") from None
-    if config is None:
-        if METADATA_KEY in metadata:
-            config = LoraConfig.from_dict(json.loads(metadata[METADATA_KEY]))
-        elif os.path.isfile(os.path.join(folder, "adapter_config.json")):
-            with open(os.path.join(folder, "adapter_config.json")) as fh:
-                config = LoraConfig.from_dict(json.load(fh))
+    config = None
+    if METADATA_KEY in metadata:
+        config = LoraConfig.from_dict(json.loads(metadata[METADATA_KEY]))
+    elif os.path.isfile(os.path.join(folder, "adapter_config.json")):
+        with open(os.path.join(folder, "adapter_config.json")) as fh:
+            config = LoraConfig.from_dict(json.load(fh))
     if all(k.startswith("transformer.") for k in tensors):
         tensors = {k[len("transformer."):]: v for k, v in tensors.items()}
     pairs: dict[str, dict[str, np.ndarray]] = {}
+    alphas: dict[str, float] = {}
     bad = []
     for key, value in tensors.items():
         m = re.fullmatch(r"(.+)\.lora_(A|B)(?:\.[\w-]+)?\.weight", key)
-        if m is None:
+        if m is not None:
+            pairs.setdefault(m.group(1), {})[m.group(2)] = value
+        elif key.endswith(".alpha") and value.size == 1:
+            alphas[key.removesuffix(".alpha")] = float(value.reshape(()))
+        else:
             bad.append(key)
-            continue
-        pairs.setdefault(m.group(1), {})[m.group(2)] = value
     if bad:
-        raise CheckpointError(f"{file}: not LoRA tensors (expected '<module>.lora_A/B.weight'): {sorted(bad)[:10]}")
+        raise CheckpointError(f"{file}: not LoRA tensors (expected '<module>.lora_A/B.weight' or "
+                              f"'<module>.alpha'): {sorted(bad)[:10]}")
     incomplete = sorted(n for n, ab in pairs.items() if set(ab) != {"A", "B"})
     if incomplete:
         raise CheckpointError(f"{file}: modules with only one of lora_A / lora_B: {incomplete[:10]}")
+    stray = sorted(set(alphas) - set(pairs))
+    if stray:
+        raise CheckpointError(f"{file}: '.alpha' for modules without lora_A / lora_B: {stray[:10]}")
+    if not pairs:
+        raise CheckpointError(f"{file} holds no LoRA tensors")
     ranks = {ab["A"].shape[0] for ab in pairs.values()}
     if len(ranks) != 1:
         raise CheckpointError(f"{file}: adapters of several ranks {sorted(ranks)} are not supported")
     rank = ranks.pop()
-    if config is None:  # no alpha anywhere: diffusers then uses alpha = r (scale 1)
-        config = LoraConfig(r=rank, lora_alpha=float(rank), target_modules=tuple(sorted(pairs)), use_rslora=False)
-    if config.r != rank:
+    if config is not None and config.r != rank:
         raise CheckpointError(f"{file}: tensors have rank {rank} but the adapter config says r={config.r}")
-    return config, {n: (ab["A"], ab["B"]) for n, ab in pairs.items()}
+    return LoraFile(file, rank, {n: (ab["A"], ab["B"]) for n, ab in pairs.items()}, alphas, config)
 
 
-def _check_pairs(model, pairs) -> dict[str, LinearSite]:
-    sites = linear_sites(model)
-    unknown = sorted(n for n in pairs if n not in sites)
+# ----------------------------------------------------------------------------- merging
+@dataclass(frozen=True)
+class LoraSpec:
+    """An adapter to merge: its file or folder, strength ``weight`` and ``scale_mode``
+    (``"reference"`` or ``"config"``, see the module docstring)."""
+
+    path: str
+    weight: float = 1.0
+    scale_mode: str = "reference"
+
+    def __post_init__(self):
+        object.__setattr__(self, "path", os.fspath(self.path))
+        object.__setattr__(self, "weight", float(self.weight))
+        if self.scale_mode not in SCALE_MODES:
+            raise ValueError(f"LoRA scale mode must be one of {SCALE_MODES}, got {self.scale_mode!r}")
+        if not math.isfinite(self.weight):
+            raise ValueError(f"LoRA weight must be finite, got {self.weight}")
+
+    def to_record(self) -> dict:
+        return {"path": self.path, "weight": self.weight, "scale": self.scale_mode}
+
+    @classmethod
+    def from_record(cls, record: Mapping) -> LoraSpec:
+        """From :meth:`to_record`'s dict; records without ``scale`` predate scale modes and
+        were generated with the config's scaling."""
+        return cls(record["path"], record.get("weight", 1.0), record.get("scale", "config"))
+
+
+@dataclass(frozen=True)
+class ModuleDelta:
+    """What one adapter added to one module's weight: ``scale * B @ A`` (LoRA weight included)."""
+
+    a: np.ndarray  # [r, in]
+    b: np.ndarray  # [out, r]
+    scale: float
+
+
+@dataclass(frozen=True)
+class MergedLora:
+    """One merged adapter: what was asked for and the deltas added, by reference module name."""
+
+    spec: LoraSpec
+    deltas: dict[str, ModuleDelta]
+
+
+@dataclass(frozen=True)
+class LoraMerge:
+    """Adapters merged into a model, in order, and the kernels they replaced (host copies,
+    by NNX path), which :func:`unmerge_lora` puts back."""
+
+    adapters: tuple[MergedLora, ...]
+    originals: dict[str, np.ndarray]
+
+    @property
+    def specs(self) -> list[LoraSpec]:
+        return [a.spec for a in self.adapters]
+
+
+def _check_pairs(model, sites: dict[str, LinearSite], lora: LoraFile) -> None:
+    unknown = sorted(n for n in lora.pairs if n not in sites)
     if unknown:
-        raise CheckpointError(f"LoRA modules not in the transformer (or not linear layers): {unknown[:10]}")
+        raise CheckpointError(f"{lora.path}: LoRA modules not in the transformer (or not linear layers): "
+                              f"{unknown[:10]}")
     problems = []
-    for name, (a, b) in pairs.items():
+    for name, (a, b) in lora.pairs.items():
         dense = _module(model, sites[name].path)
         fan_in, fan_out = dense.kernel.shape[-2:]
         if a.shape[1] != fan_in or b.shape[0] != fan_out or a.shape[0] != b.shape[1]:
             problems.append(f"{name}: A {list(a.shape)}, B {list(b.shape)} vs layer [{fan_in} -> {fan_out}]")
     if problems:
-        raise CheckpointError("LoRA shapes do not fit the transformer:\n  " + "\n  ".join(problems[:20]))
-    return sites
+        raise CheckpointError(f"{lora.path}: LoRA shapes do not fit the transformer:\n  " + "\n  ".join(problems[:20]))
 
 
-def _apply_delta(model, pairs, scale: float, sign: float):
-    sites = _check_pairs(model, pairs)
-    for name, (a, b) in pairs.items():
-        site = sites[name]
-        dense = _module(model, site.path)
-        kernel = dense.kernel[...]
-        delta = sign * scale * (jnp.asarray(a, jnp.float32).T @ jnp.asarray(b, jnp.float32).T)
-        if site.layer is None:
-            new = kernel.astype(jnp.float32) + delta
-        else:
-            new = kernel.astype(jnp.float32).at[site.layer].add(delta)
-        dense.kernel[...] = new.astype(kernel.dtype)
+def _log_scale(lora: LoraFile, spec: LoraSpec, scales: dict[str, float]) -> None:
+    declared = sorted({round(s, 6) for s in lora.scales("config").values()})
+    used = sorted({round(s, 6) for s in scales.values()})
+    log.info("merging LoRA %s: weight %g, %s scale %s", spec.path, spec.weight, spec.scale_mode,
+             used[0] if len(used) == 1 else used)
+    if spec.scale_mode == "reference" and declared != [1.0]:
+        log.info("  its alpha / config would scale it by %s (scale mode 'config'); the reference pipeline "
+                 "ignores that, as this mode does", declared[0] if len(declared) == 1 else declared)
 
 
-def merge_lora(model: ACEStepTransformer, path, weight: float = 1.0, config: LoraConfig | None = None):
-    """Add an adapter file into the model's kernels with strength ``weight`` (in place).
+def merge_loras(model: ACEStepTransformer, specs: Sequence[LoraSpec]) -> LoraMerge:
+    """Add adapters into the model's kernels, in order (in place).
 
-    Returns the ``(config, pairs)`` read, for :func:`unmerge_lora`.
+    Every file is read and checked before the model changes. Each touched kernel gets
+    ``sum(scale * B @ A)`` added in float32 and is cast back once; its original is kept
+    (on the host) so :func:`unmerge_lora` restores it exactly.
     """
-    config, pairs = read_lora(path, config)
-    _apply_delta(model, pairs, config.scale * weight, +1.0)
-    return config, pairs
+    sites = linear_sites(model)
+    adapters = []
+    for spec in specs:
+        lora = read_lora(spec.path)
+        _check_pairs(model, sites, lora)
+        scales = lora.scales(spec.scale_mode)
+        _log_scale(lora, spec, scales)
+        deltas = {n: ModuleDelta(a, b, spec.weight * scales[n]) for n, (a, b) in lora.pairs.items()}
+        adapters.append(MergedLora(spec, deltas))
+    by_kernel: dict[str, list[tuple[int | None, ModuleDelta]]] = {}
+    for adapter in adapters:
+        for name, delta in adapter.deltas.items():
+            by_kernel.setdefault(sites[name].path, []).append((sites[name].layer, delta))
+    originals = {}
+    for path, deltas in by_kernel.items():
+        dense = _module(model, path)
+        kernel = dense.kernel[...]
+        originals[path] = np.asarray(jax.device_get(kernel))
+        new = kernel.astype(jnp.float32)
+        for layer, d in deltas:
+            update = d.scale * jnp.matmul(jnp.asarray(d.a, jnp.float32).T, jnp.asarray(d.b, jnp.float32).T,
+                                          precision=jax.lax.Precision.HIGHEST)
+            new = new + update if layer is None else new.at[layer].add(update)
+        dense.kernel[...] = new.astype(kernel.dtype)
+    return LoraMerge(tuple(adapters), originals)
 
 
-def unmerge_lora(model: ACEStepTransformer, merged, weight: float = 1.0):
-    """Subtract an adapter merged by :func:`merge_lora` (equal up to float rounding)."""
-    config, pairs = merged
-    _apply_delta(model, pairs, config.scale * weight, -1.0)
+def merge_lora(model: ACEStepTransformer, path, weight: float = 1.0, scale_mode: str = "reference") -> LoraMerge:
+    """Merge one adapter file (see :func:`merge_loras`)."""
+    return merge_loras(model, [LoraSpec(path, weight, scale_mode)])
+
+
+def unmerge_lora(model: ACEStepTransformer, merged: LoraMerge) -> None:
+    """Put back the kernels a :func:`merge_loras` replaced: the model is exactly as before."""
+    for path, original in merged.originals.items():
+        dense = _module(model, path)
+        dense.kernel[...] = jax.device_put(original, dense.kernel[...].sharding)
 
 
 # ----------------------------------------------------------------------------- training
@@ -258,7 +391,8 @@ def add_lora(model: ACEStepTransformer, config: LoraConfig, rngs: nnx.Rngs) -> l
 
 
 def lora_state_dict(model: ACEStepTransformer) -> dict[str, np.ndarray]:
-    """The attached adapters under reference names (``<module>.lora_A.weight`` ``[r, in]``, ...)."""
+    """The attached adapters as trained, under reference names (``<module>.lora_A.weight``
+    ``[r, in]``, ...; the training scale is not applied)."""
     out = {}
     for name, site in linear_sites(model).items():
         dense = _module(model, site.path)
@@ -273,19 +407,33 @@ def lora_state_dict(model: ACEStepTransformer) -> dict[str, np.ndarray]:
 
 
 def save_lora(model: ACEStepTransformer, config: LoraConfig, folder: str | os.PathLike) -> str:
-    """Write ``pytorch_lora_weights.safetensors`` (with PEFT metadata) and ``adapter_config.json``.
+    """Write the attached adapters as ``pytorch_lora_weights.safetensors`` and ``adapter_config.json``.
 
-    The folder loads with diffusers' ``load_lora_adapter`` / PEFT and with :func:`merge_lora`.
+    The training scale ``config.scale`` is folded into ``lora_B``, and the file declares
+    ``alpha = r`` (PEFT metadata, ``adapter_config.json`` and a ``<module>.alpha`` tensor
+    per module): the reference pipeline (which applies no alpha), diffusers / PEFT (which
+    read the metadata) and :func:`merge_loras` in either scale mode then all reproduce the
+    training-time model at weight 1. The trained config and the folded scale are kept in the
+    metadata under ``acestep_jax_training``.
     """
     from safetensors.numpy import save_file
 
-    tensors = lora_state_dict(model)
-    if not tensors:
+    trained = lora_state_dict(model)
+    if not trained:
         raise ValueError("the model has no LoRA adapters attached")
+    tensors = {}
+    for key, value in trained.items():
+        if key.endswith(".lora_B.weight"):
+            value = value * np.float32(config.scale)
+            tensors[key.removesuffix(".lora_B.weight") + ".alpha"] = np.asarray(config.r, np.float32)
+        tensors[key] = value
+    folded = LoraConfig(r=config.r, lora_alpha=float(config.r), target_modules=config.target_modules,
+                        use_rslora=False)
+    peft = folded.to_peft_dict()
     folder = os.fspath(folder)
     os.makedirs(folder, exist_ok=True)
-    peft = config.to_peft_dict()
-    metadata = {"format": "pt", METADATA_KEY: json.dumps(peft)}
+    metadata = {"format": "pt", METADATA_KEY: json.dumps(peft),
+                TRAINING_KEY: json.dumps({**config.to_peft_dict(), "scale_folded_into_lora_B": config.scale})}
     write_atomic(os.path.join(folder, ADAPTER_FILE), lambda p: save_file(tensors, p, metadata=metadata))
     write_json(os.path.join(folder, "adapter_config.json"), peft)
     return os.path.join(folder, ADAPTER_FILE)

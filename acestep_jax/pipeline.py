@@ -22,6 +22,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
@@ -38,6 +39,9 @@ from acestep_jax.sampling.tasks import item_frames, item_params
 from acestep_jax.sampling.progress import step_bar
 from acestep_jax.text import PromptTokenizer, UMT5Encoder, umt5_erg_scales
 from acestep_jax.text.lyrics.tokenizer import check_length as check_lyric_length
+
+if TYPE_CHECKING:
+    from acestep_jax.lora import LoraMerge, LoraSpec, MergedLora
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +100,7 @@ class ACEStepPipeline:
         self.prompt_tokenizer, self.lyric_tokenizer = prompt_tokenizer, lyric_tokenizer
         self.mesh = mesh
         self.checkpoint: Path | None = None  # the converted checkpoint folder, when loaded from one
-        self._lora = None  # (path, weight, merged) of the adapter merged into the transformer
+        self._lora: LoraMerge | None = None  # the adapters merged into the transformer
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -184,20 +188,30 @@ class ACEStepPipeline:
         return latents
 
     # ------------------------------------------------------------------ LoRA
-    def set_lora(self, path: str | os.PathLike | None, weight: float = 1.0) -> None:
-        """Merge a PEFT/diffusers LoRA file into the transformer (``None`` removes the current one)."""
-        from acestep_jax.lora import merge_lora, unmerge_lora
+    @property
+    def loras(self) -> list[MergedLora]:
+        """The adapters merged into the transformer, in merge order."""
+        return [] if self._lora is None else list(self._lora.adapters)
 
-        wanted = None if path is None else (os.fspath(path), float(weight))
-        if self._lora is not None and self._lora[:2] == wanted:
+    def set_loras(self, specs: Sequence[LoraSpec]) -> None:
+        """Merge these PEFT/diffusers LoRAs into the transformer, in order, replacing the current
+        ones (an empty list removes them; the original weights come back exactly)."""
+        from acestep_jax.lora import merge_loras, unmerge_lora
+
+        specs = list(specs)
+        if specs == ([] if self._lora is None else self._lora.specs):
             return
         if self._lora is not None:
-            unmerge_lora(self.transformer, self._lora[2], self._lora[1])
+            unmerge_lora(self.transformer, self._lora)
             self._lora = None
-        if wanted is not None:
-            merged = merge_lora(self.transformer, wanted[0], wanted[1])
-            self._lora = (*wanted, merged)
-            log.info("merged LoRA %s with weight %g", *wanted)
+        if specs:
+            self._lora = merge_loras(self.transformer, specs)
+
+    def set_lora(self, path: str | os.PathLike | None, weight: float = 1.0, scale_mode: str = "reference") -> None:
+        """Merge one LoRA (see :meth:`set_loras`); ``None`` removes the current ones."""
+        from acestep_jax.lora import LoraSpec
+
+        self.set_loras([] if path is None else [LoraSpec(path, weight, scale_mode)])
 
     # ------------------------------------------------------------------ generation
     def generate(
@@ -274,8 +288,7 @@ class ACEStepPipeline:
         start = time.perf_counter()
         audio = self.decode(latents, sample_rate)
         timings["decode"] = time.perf_counter() - start
-        record = {"sample_rate": sample_rate,
-                  "lora": None if self._lora is None else {"path": self._lora[0], "weight": self._lora[1]}}
+        record = {"sample_rate": sample_rate, "lora": [a.spec.to_record() for a in self.loras]}
         # the reference's omega mean shift averages over the whole batch, so an item is
         # reproduced by rerunning its whole batch: every record keeps the batch's seeds
         if not params.batch_invariant:

@@ -79,7 +79,7 @@ def test_lyrics_and_sources(pipe, golden):
 def test_lora_merge_and_unmerge(pipe, tmp_path):
     from flax import nnx
 
-    from acestep_jax.lora import LoraConfig, add_lora, save_lora
+    from acestep_jax.lora import LoraConfig, LoraSpec, add_lora, save_lora
 
     before = {k: np.asarray(v[...]) for k, v in nnx.to_flat_state(nnx.state(pipe.transformer))}
     trained = load_transformer_like(pipe)
@@ -90,10 +90,11 @@ def test_lora_merge_and_unmerge(pipe, tmp_path):
     pipe.set_lora(tmp_path / "lora", 0.5)
     merged = {k: np.asarray(v[...]) for k, v in nnx.to_flat_state(nnx.state(pipe.transformer))}
     assert any(not np.allclose(merged[k], before[k]) for k in before)
+    assert [a.spec for a in pipe.loras] == [LoraSpec(tmp_path / "lora", 0.5)]
     pipe.set_lora(None)
     after = {k: np.asarray(v[...]) for k, v in nnx.to_flat_state(nnx.state(pipe.transformer))}
-    for k in before:
-        np.testing.assert_allclose(after[k], before[k], atol=1e-6, err_msg=k)
+    for k, v in before.items():
+        np.testing.assert_array_equal(after[k], v, err_msg=k)
 
 
 def load_transformer_like(pipe):

@@ -22,10 +22,12 @@ import time
 from pathlib import Path
 
 from acestep_jax.convert.release import HUB_REPO
+from acestep_jax.lora import SCALE_MODES, LoraSpec
 
 log = logging.getLogger("acestep_jax.sample")
 
 FORMATS = ("wav", "flac", "ogg", "mp3")
+LORA_FLAGS = ("lora", "lora_weight", "lora_scale")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,8 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--lyrics-vocab", help="lyric vocabulary (default: in the checkpoint, else downloaded)")
     src.add_argument("--transformer", help="a fine-tuned transformer folder (train.py's RUN/transformer) "
                      "replacing the checkpoint's")
-    src.add_argument("--lora", help="LoRA adapter (PEFT/diffusers safetensors file or folder)")
-    src.add_argument("--lora-weight", type=float, default=1.0)
+    src.add_argument("--lora", action="append", help="LoRA adapter (PEFT/diffusers safetensors file or folder); "
+                     "repeat for several, merged in order")
+    src.add_argument("--lora-weight", action="append", type=float,
+                     help="strength of each --lora, one per --lora in the same order (default 1.0 each)")
+    src.add_argument("--lora-scale", action="append", choices=SCALE_MODES,
+                     help="'reference': weight x B@A, as the reference pipeline applies LoRAs (published "
+                     "ACE-Step LoRAs); 'config': also the file's alpha / r (alpha / sqrt(r) with rsLoRA), "
+                     "PEFT's scaling as trained. One for all --lora or one per --lora (default reference)")
     src.add_argument("--shard", action="store_true", help="shard the batch over all local devices (data axis)")
     src.add_argument("--compile-cache", help="persistent XLA compilation cache folder (default: the cache "
                      "folder's xla/, see ACESTEP_JAX_CACHE; '' disables)")
@@ -102,9 +110,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.params_json:
         saved = json.loads(Path(args.params_json).read_text())
         dests = {a.dest for a in parser._actions}
-        defaults = {k: v for k, v in saved.items() if k in dests and v is not None and k not in ("params_json", "lora")}
-        if isinstance(saved.get("lora"), dict):
-            defaults.update(lora=saved["lora"]["path"], lora_weight=saved["lora"]["weight"])
+        defaults = {k: v for k, v in saved.items() if k in dests and v is not None
+                    and k not in ("params_json", *LORA_FLAGS)}
         if "oss_steps" in defaults and not isinstance(defaults["oss_steps"], str):
             defaults["oss_steps"] = ",".join(map(str, defaults["oss_steps"]))
         if "batch_seeds" in saved:  # rerun the item's whole batch (results depend on the batch)
@@ -116,7 +123,40 @@ def parse_args(argv=None) -> argparse.Namespace:
             defaults["edit_target_lyrics"] = saved["target_lyrics"]
         parser.set_defaults(**defaults)
         args = parser.parse_args(argv)
+        _saved_loras(args, saved.get("lora"))
     return args
+
+
+def _saved_loras(args, saved) -> None:
+    """Fill the LoRA flags not given on the command line from a record's ``lora`` entry (a list
+    of adapters, or the single dict that older records hold)."""
+    specs = [LoraSpec.from_record(item) for item in ([saved] if isinstance(saved, dict) else saved or [])]
+    if not specs:
+        return
+    values = {"lora": [s.path for s in specs], "lora_weight": [s.weight for s in specs],
+              "lora_scale": [s.scale_mode for s in specs]}
+    for name in LORA_FLAGS:
+        if getattr(args, name) is None:
+            setattr(args, name, values[name])
+
+
+def lora_specs(args) -> list[LoraSpec]:
+    """The ``--lora``/``--lora-weight``/``--lora-scale`` flags, paired in order."""
+    paths, weights, scales = args.lora or [], args.lora_weight or [], args.lora_scale or []
+    if (weights or scales) and not paths:
+        raise ValueError("--lora-weight / --lora-scale given without --lora")
+    if weights and len(weights) != len(paths):
+        raise ValueError(f"--lora-weight given {len(weights)} time(s) for {len(paths)} --lora; give one per "
+                         "--lora, in the same order, or none (1.0 each)")
+    if len(scales) not in (0, 1, len(paths)):
+        raise ValueError(f"--lora-scale given {len(scales)} times for {len(paths)} --lora; give one for all "
+                         "or one per --lora")
+    for path in paths:
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"--lora {path} does not exist")
+    weights = weights or [1.0] * len(paths)
+    scales = scales * len(paths) if len(scales) == 1 else scales or ["reference"] * len(paths)
+    return [LoraSpec(p, w, s) for p, w, s in zip(paths, weights, scales, strict=True)]
 
 
 def sampling_params(args):
@@ -153,8 +193,7 @@ def validate(args, params) -> None:
         raise FileNotFoundError(f"--transformer {args.transformer} is not a folder")
     if args.transformer and args.tiny_random:
         raise ValueError("--transformer needs --checkpoint (the other models come from it), not --tiny-random")
-    if args.lora and not os.path.exists(args.lora):
-        raise FileNotFoundError(f"--lora {args.lora} does not exist")
+    lora_specs(args)
     fmt = output_format(args)
     if fmt not in FORMATS:
         raise ValueError(f"output format {fmt!r} is not one of {FORMATS}")
@@ -228,8 +267,7 @@ def run(args, params) -> int:
             pipe = ACEStepPipeline.from_checkpoint(args.checkpoint, dtype=args.dtype, param_dtype=args.param_dtype,
                                                    mesh=mesh, lyrics_vocab=args.lyrics_vocab,
                                                    transformer=args.transformer, progress=not args.quiet)
-        if args.lora:
-            pipe.set_lora(args.lora, args.lora_weight)
+        pipe.set_loras(lora_specs(args))
         load_time = time.perf_counter() - t0
         log.info("generating %d x %s (the first run of a shape compiles)", args.batch,
                  f"{params.duration:g} s" if params.task in ("text2music", "retake") else params.task)

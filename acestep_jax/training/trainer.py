@@ -406,7 +406,7 @@ class Trainer:
         return nnx.merge(self.graphdef, self.state["params"], self.frozen)
 
     def save_lora(self, folder: str | None = None) -> str:
-        """Write the adapters (PEFT format, readable by :func:`acestep_jax.lora.read_lora`).
+        """Write the adapters (PEFT format, training scale folded in: :func:`acestep_jax.lora.save_lora`).
 
         Call on every host: the adapters are gathered from all hosts and host 0 writes them.
         """

@@ -21,6 +21,11 @@ from acestep_jax.cli.sample import main
         (["--batch", "2", "--seeds", "1", "2", "3"], "--seeds needs 1 or --batch (2) values"),
         (["--oss-steps", "3,x"], "--oss-steps must be comma-separated integers"),
         (["--out", "song.aiff"], "output format 'aiff'"),
+        (["--lora", "a", "--lora", "b", "--lora-weight", "0.5"], "--lora-weight given 1 time(s) for 2 --lora"),
+        (["--lora", "a", "--lora", "b", "--lora", "c", "--lora-scale", "config", "--lora-scale", "config"],
+         "--lora-scale given 2 times for 3 --lora"),
+        (["--lora-weight", "0.5"], "--lora-weight / --lora-scale given without --lora"),
+        (["--lora", "/nonexistent/lora"], "--lora /nonexistent/lora does not exist"),
     ],
 )
 def test_bad_arguments_fail_early(argv, message, capsys):
@@ -36,10 +41,16 @@ def test_repaint_window_outside_source(tmp_path, capsys):
     assert "outside the source audio" in capsys.readouterr().err
 
 
-def test_tiny_random_writes_audio_and_reloadable_params(tmp_path):
+@pytest.fixture(scope="module")
+def xla_cache(tmp_path_factory):
+    """One compilation cache for the generating tests (same shapes: compiled once)."""
+    return str(tmp_path_factory.mktemp("xla"))
+
+
+def test_tiny_random_writes_audio_and_reloadable_params(tmp_path, xla_cache):
     out = tmp_path / "demo.flac"
     argv = ["--tiny-random", "--prompt", "rock, guitar", "--duration", "2", "--steps", "3", "--batch", "2",
-            "--seeds", "3", "4", "--out", str(out), "--compile-cache", str(tmp_path / "xla"), "--quiet"]
+            "--seeds", "3", "4", "--out", str(out), "--compile-cache", xla_cache, "--quiet"]
     assert main(argv) == 0
     paths = [tmp_path / f"demo_{i}.flac" for i in range(2)]
     audio = [sf.read(p, dtype="float32")[0] for p in paths]
@@ -62,3 +73,60 @@ def test_output_paths():
     assert output_paths(parse_args(["--out", "o/song.flac"]), 1) == [Path("o/song.flac")]
     assert output_paths(parse_args(["--out", "o/song.flac"]), 2) == [Path("o/song_0.flac"), Path("o/song_1.flac")]
     assert output_paths(parse_args(["--out", "o/dir", "--format", "ogg"]), 1) == [Path("o/dir/dir.ogg")]
+
+
+def _tiny_lora(folder, target: str, seed: int) -> str:
+    """A random rank-2 adapter on every ``target`` layer of the --tiny-random transformer."""
+    from flax import nnx
+    from safetensors.numpy import save_file
+
+    from acestep_jax.lora import ADAPTER_FILE, linear_sites
+    from acestep_jax.models.transformer import ACEStepTransformer
+    from acestep_jax.presets import preset_config
+
+    abstract = nnx.eval_shape(lambda: ACEStepTransformer(preset_config("tiny", "transformer"), rngs=nnx.Rngs(0)))
+    shapes = {"/".join(map(str, p)): v.shape for p, v in nnx.to_flat_state(nnx.state(abstract))}
+    rng = np.random.default_rng(seed)
+    tensors = {}
+    for name, site in linear_sites(abstract).items():
+        if name.endswith("." + target):
+            fan_in, fan_out = shapes[f"{site.path}/kernel"][-2:]
+            tensors[f"{name}.lora_A.weight"] = rng.normal(0, 0.3, (2, fan_in)).astype(np.float32)
+            tensors[f"{name}.lora_B.weight"] = rng.normal(0, 0.3, (fan_out, 2)).astype(np.float32)
+    folder.mkdir()
+    save_file(tensors, str(folder / ADAPTER_FILE))
+    return str(folder)
+
+
+def test_several_loras_are_recorded_and_reloaded(tmp_path, xla_cache):
+    a, b = _tiny_lora(tmp_path / "a", "to_q", 1), _tiny_lora(tmp_path / "b", "to_v", 2)
+    # the shapes of test_tiny_random_writes_audio_and_reloadable_params: its compiled programs are reused
+    common = ["--tiny-random", "--prompt", "rock, guitar", "--duration", "2", "--steps", "3", "--batch", "2",
+              "--seeds", "3", "4", "--quiet", "--compile-cache", xla_cache]
+    assert main([*common, "--lora", a, "--lora-weight", "0.8", "--lora", b, "--lora-weight", "0.5",
+                 "--lora-scale", "config", "--out", str(tmp_path / "song.wav")]) == 0
+    record = json.loads((tmp_path / "song_1.json").read_text())
+    assert record["lora"] == [{"path": a, "weight": 0.8, "scale": "config"},
+                              {"path": b, "weight": 0.5, "scale": "config"}]
+    assert main(["--params-json", str(tmp_path / "song_1.json"), "--out", str(tmp_path / "again.wav"), "--quiet",
+                 "--compile-cache", xla_cache]) == 0
+    np.testing.assert_array_equal(sf.read(tmp_path / "again_1.wav")[0], sf.read(tmp_path / "song_1.wav")[0])
+
+
+def test_params_json_lora_forms(tmp_path):
+    from acestep_jax.cli.sample import lora_specs, parse_args
+    from acestep_jax.lora import LoraSpec
+
+    x, y = str(tmp_path / "x"), str(tmp_path / "y")
+    (tmp_path / "x").mkdir(), (tmp_path / "y").mkdir()
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"lora": {"path": x, "weight": 0.7}}))  # records before several LoRAs
+    assert lora_specs(parse_args(["--params-json", str(old)])) == [LoraSpec(x, 0.7, "config")]
+    new = tmp_path / "new.json"
+    new.write_text(json.dumps({"lora": [{"path": x, "weight": 0.8, "scale": "reference"},
+                                        {"path": y, "weight": 0.5, "scale": "config"}]}))
+    assert lora_specs(parse_args(["--params-json", str(new)])) == [LoraSpec(x, 0.8), LoraSpec(y, 0.5, "config")]
+    # a flag on the command line replaces the saved values of that flag
+    args = parse_args(["--params-json", str(new), "--lora-weight", "0.1", "--lora-weight", "0.2"])
+    assert [s.weight for s in lora_specs(args)] == [0.1, 0.2]
+    assert parse_args(["--params-json", str(new), "--lora", "z"]).lora == ["z"]

@@ -27,8 +27,8 @@ def test_train_cli_lora_and_resume(tmp_path):
     assert (out / "checkpoints" / "2").is_dir() and (out / "lora" / "step_2").is_dir()
     assert main([*common, "optim.max_steps=3"]) == 0  # resumes at step 2, runs one step
     assert sorted(p.name for p in (out / "checkpoints").iterdir() if p.name.isdigit()) == ["2", "3"]
-    config, pairs = read_lora(out / "lora" / "final")
-    assert config.r == 2 and len(pairs) == 2 * 2 * 2  # to_q, to_k of attn and cross_attn in 2 blocks
+    adapter = read_lora(out / "lora" / "final")
+    assert adapter.rank == 2 and len(adapter.pairs) == 2 * 2 * 2  # to_q, to_k of attn and cross_attn in 2 blocks
     assert list((out / "tensorboard").glob("events.*"))
     saved = json.loads((out / "train_config.json").read_text())
     assert saved["optim"]["max_steps"] == 3 and saved["model"]["lora"] == str(lora)
