@@ -14,6 +14,7 @@ command line win) and reruns the item's whole batch, which reproduces it exactly
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -21,24 +22,38 @@ import sys
 import time
 from pathlib import Path
 
+from acestep_jax.cli.common import (
+    USER_ERRORS,
+    HelpFormatter,
+    add_common_flags,
+    check_output_file,
+    read_text,
+    report,
+    setup_logging,
+    user_errors,
+)
+from acestep_jax.codec.audio_io import FORMATS
 from acestep_jax.convert.release import HUB_REPO
+from acestep_jax.errors import UsageError
 from acestep_jax.lora import SCALE_MODES, LoraSpec
 
 log = logging.getLogger("acestep_jax.sample")
 
-FORMATS = ("wav", "flac", "ogg", "mp3")
+MAX_BATCH = 256
+DTYPES = ("bfloat16", "float32")
 LORA_FLAGS = ("lora", "lora_weight", "lora_scale")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sample.py", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     src = p.add_argument_group("model")
     src.add_argument("--checkpoint", default=HUB_REPO,
                      help="converted checkpoint folder, reference-layout folder (converted once and cached) or Hub id")
     src.add_argument("--tiny-random", action="store_true", help="tiny random models instead of a checkpoint (demo)")
-    src.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16", help="transformer compute dtype")
-    src.add_argument("--param-dtype", choices=("bfloat16", "float32"), help="transformer storage dtype")
+    src.add_argument("--dtype", choices=DTYPES, default="bfloat16",
+                     help="transformer compute dtype (default: bfloat16)")
+    src.add_argument("--param-dtype", choices=DTYPES, help="transformer storage dtype (default: as converted)")
     src.add_argument("--lyrics-vocab", help="lyric vocabulary (default: in the checkpoint, else downloaded)")
     src.add_argument("--transformer", help="a fine-tuned transformer folder (train.py's RUN/transformer) "
                      "replacing the checkpoint's")
@@ -50,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="'reference': weight x B@A, as the reference pipeline applies LoRAs (published "
                      "ACE-Step LoRAs); 'config': also the file's alpha / r (alpha / sqrt(r) with rsLoRA), "
                      "PEFT's scaling as trained. One for all --lora or one per --lora (default reference)")
-    src.add_argument("--shard", action="store_true", help="shard the batch over all local devices (data axis)")
+    src.add_argument("--shard", action="store_true",
+                     help="shard the batch over all local devices (data axis); the batch must divide the device "
+                     "count, or with --batch-invariant is padded with filler items")
     src.add_argument("--compile-cache", help="persistent XLA compilation cache folder (default: the cache "
                      "folder's xla/, see ACESTEP_JAX_CACHE; '' disables)")
 
@@ -76,7 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-erg-diffusion", dest="use_erg_diffusion", action="store_false")
     s.add_argument("--oss-steps", default="", help="comma-separated custom steps, e.g. 16,29,52,96,129,158")
     s.add_argument("--no-bucket", dest="bucket", action="store_false",
-                   help="do not round the length up to a bucket (more compiles)")
+                   help="run at the exact length instead of padding it to a bucket of ~12 s (bucketing, the "
+                   "default, lets nearby durations share one compiled program)")
+    s.add_argument("--batch-invariant", action="store_true",
+                   help="take the omega mean shift per item, so each item equals the same request run alone "
+                   "(default: over the whole batch, as the reference)")
     s.add_argument("--batch", type=int, default=1)
     s.add_argument("--seeds", type=int, nargs="+", help="one per item (default: random)")
     s.add_argument("--retake-seeds", type=int, nargs="+")
@@ -100,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--format", choices=FORMATS, help="default: from --out's extension")
     o.add_argument("--sample-rate", type=int, default=48000)
     o.add_argument("--params-json", help="reload the parameters of an earlier output's JSON")
-    o.add_argument("--quiet", action="store_true")
+    o.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_common_flags(p)
     return p
 
 
@@ -108,29 +130,85 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.params_json:
-        saved = json.loads(Path(args.params_json).read_text())
-        dests = {a.dest for a in parser._actions}
-        defaults = {k: v for k, v in saved.items() if k in dests and v is not None
-                    and k not in ("params_json", *LORA_FLAGS)}
-        if "oss_steps" in defaults and not isinstance(defaults["oss_steps"], str):
-            defaults["oss_steps"] = ",".join(map(str, defaults["oss_steps"]))
-        if "batch_seeds" in saved:  # rerun the item's whole batch (results depend on the batch)
-            defaults.update(seeds=saved["batch_seeds"], retake_seeds=saved["batch_retake_seeds"],
-                            batch=saved["batch_size"])
-        if "target_prompt" in saved:
-            defaults["edit_target_prompt"] = saved["target_prompt"]
-        if "target_lyrics" in saved:
-            defaults["edit_target_lyrics"] = saved["target_lyrics"]
-        parser.set_defaults(**defaults)
+        saved = load_record(args.params_json)
+        parser.set_defaults(**record_defaults(saved, set(vars(parser.parse_args([])))))
         args = parser.parse_args(argv)
         _saved_loras(args, saved.get("lora"))
     return args
 
 
+# types of the record keys --params-json reads back besides the SamplingParams fields
+_RECORD_TYPES = {"prompt": str, "lyrics": str, "batch_size": int, "batch_seeds": list, "batch_retake_seeds": list,
+                 "seed": int, "retake_seed": int, "target_prompt": str, "target_lyrics": str, "sample_rate": int,
+                 "format": str, "src_audio": str, "checkpoint": str, "tiny_random": bool, "dtype": str}
+
+
+def load_record(path: str) -> dict:
+    """An output's ``.json`` record, type-checked (a :class:`UsageError` names the file and the key)."""
+    from acestep_jax.sampling.params import _FIELD_KINDS
+
+    text = read_text(path, "--params-json")
+    try:
+        saved = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UsageError(f"--params-json {path} is not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    if not isinstance(saved, dict):
+        raise UsageError(f"--params-json {path} must hold a JSON object (an output's record), got {type(saved).__name__}")
+    kinds = {**{k: (list if v is tuple else v) for k, v in _FIELD_KINDS.items()}, **_RECORD_TYPES}
+    for key, value in saved.items():
+        kind = kinds.get(key)
+        if kind is None or value is None:
+            continue
+        ok = (isinstance(value, bool) if kind is bool
+              else isinstance(value, kind) and not isinstance(value, bool) if kind in (int, str, list)
+              else isinstance(value, int | float) and not isinstance(value, bool))
+        if ok and kind is list:
+            ok = all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        if not ok:
+            raise UsageError(f"--params-json {path}: {key!r} must be {_KIND_NAMES[kind]}, got {value!r}")
+    return saved
+
+
+_KIND_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+               list: "a list of integers"}
+
+
+def record_defaults(saved: dict, dests: set[str]) -> dict:
+    """Command-line defaults from a (type-checked) record: its parameters, and its batch's
+    seeds when the batch is coupled (an item is reproduced by rerunning its whole batch)."""
+    from acestep_jax.sampling import SamplingParams
+
+    typed = {**_RECORD_TYPES, **dict.fromkeys(f.name for f in dataclasses.fields(SamplingParams))}
+    defaults = {k: v for k, v in saved.items() if k in dests and k in typed and v is not None}
+    if "oss_steps" in defaults and not isinstance(defaults["oss_steps"], str):
+        defaults["oss_steps"] = ",".join(map(str, defaults["oss_steps"]))
+    if "batch_seeds" in saved:
+        defaults.update(seeds=saved["batch_seeds"], retake_seeds=saved.get("batch_retake_seeds"),
+                        batch=saved.get("batch_size", len(saved["batch_seeds"])))
+    elif "seed" in saved:  # batch-invariant records reproduce their item alone
+        defaults.update(seeds=[saved["seed"]], batch=1)
+        if saved.get("retake_seed") is not None:
+            defaults["retake_seeds"] = [saved["retake_seed"]]
+    if "target_prompt" in saved:
+        defaults["edit_target_prompt"] = saved["target_prompt"]
+    if "target_lyrics" in saved:
+        defaults["edit_target_lyrics"] = saved["target_lyrics"]
+    return defaults
+
+
 def _saved_loras(args, saved) -> None:
     """Fill the LoRA flags not given on the command line from a record's ``lora`` entry (a list
     of adapters, or the single dict that older records hold)."""
-    specs = [LoraSpec.from_record(item) for item in ([saved] if isinstance(saved, dict) else saved or [])]
+    items = [saved] if isinstance(saved, dict) else saved or []
+    if not isinstance(items, list) or not all(
+        isinstance(i, dict) and isinstance(i.get("path"), str)
+        and isinstance(i.get("weight", 1.0), int | float) and not isinstance(i.get("weight"), bool) for i in items
+    ):
+        raise UsageError(f"--params-json: 'lora' must be a list of {{path, weight, scale}} objects, got {saved!r}")
+    try:
+        specs = [LoraSpec.from_record(item) for item in items]
+    except ValueError as e:
+        raise UsageError(f"--params-json: 'lora': {e}") from None
     if not specs:
         return
     values = {"lora": [s.path for s in specs], "lora_weight": [s.weight for s in specs],
@@ -144,16 +222,16 @@ def lora_specs(args) -> list[LoraSpec]:
     """The ``--lora``/``--lora-weight``/``--lora-scale`` flags, paired in order."""
     paths, weights, scales = args.lora or [], args.lora_weight or [], args.lora_scale or []
     if (weights or scales) and not paths:
-        raise ValueError("--lora-weight / --lora-scale given without --lora")
+        raise UsageError("--lora-weight / --lora-scale given without --lora")
     if weights and len(weights) != len(paths):
-        raise ValueError(f"--lora-weight given {len(weights)} time(s) for {len(paths)} --lora; give one per "
+        raise UsageError(f"--lora-weight given {len(weights)} time(s) for {len(paths)} --lora; give one per "
                          "--lora, in the same order, or none (1.0 each)")
     if len(scales) not in (0, 1, len(paths)):
-        raise ValueError(f"--lora-scale given {len(scales)} times for {len(paths)} --lora; give one for all "
+        raise UsageError(f"--lora-scale given {len(scales)} times for {len(paths)} --lora; give one for all "
                          "or one per --lora")
     for path in paths:
         if not os.path.exists(path):
-            raise FileNotFoundError(f"--lora {path} does not exist")
+            raise UsageError(f"--lora {path} does not exist")
     weights = weights or [1.0] * len(paths)
     scales = scales * len(paths) if len(scales) == 1 else scales or ["reference"] * len(paths)
     return [LoraSpec(p, w, s) for p, w, s in zip(paths, weights, scales, strict=True)]
@@ -165,41 +243,76 @@ def sampling_params(args):
     try:
         oss = tuple(int(x) for x in args.oss_steps.split(",") if x.strip()) if args.oss_steps else ()
     except ValueError:
-        raise ValueError(f"--oss-steps must be comma-separated integers, got {args.oss_steps!r}") from None
-    fields = SamplingParams.__dataclass_fields__
-    values = {k: getattr(args, k) for k in fields if hasattr(args, k) and k != "oss_steps"}
-    params = SamplingParams(**values, oss_steps=oss)
-    return params
+        raise UsageError(f"--oss-steps must be comma-separated integers, got {args.oss_steps!r}") from None
+    names = {f.name for f in dataclasses.fields(SamplingParams)} - {"oss_steps"}
+    return SamplingParams(**{k: v for k, v in vars(args).items() if k in names}, oss_steps=oss)
 
 
-def validate(args, params) -> None:
-    """Check everything that can be checked before models load."""
-    if args.batch < 1:
-        raise ValueError(f"--batch must be >= 1, got {args.batch}")
+def validate(args, params) -> str:
+    """Check everything that can be checked before models load; returns the lyrics text."""
+    from acestep_jax.sampling.params import SOURCE_TASKS
+
+    if not 1 <= args.batch <= MAX_BATCH:
+        raise UsageError(f"--batch must be in [1, {MAX_BATCH}], got {args.batch}")
     for name in ("seeds", "retake_seeds"):
         v = getattr(args, name)
         if v is not None and len(v) not in (1, args.batch):
-            raise ValueError(f"--{name.replace('_', '-')} needs 1 or --batch ({args.batch}) values, got {len(v)}")
-    needs_src = params.task in ("repaint", "extend", "edit", "audio2audio")
+            raise UsageError(f"--{name.replace('_', '-')} needs 1 or --batch ({args.batch}) values, got {len(v)}")
+        if v is not None and any(not 0 <= s < 2**32 for s in v):
+            raise UsageError(f"--{name.replace('_', '-')} must be in [0, 2**32), got {v}")
+    needs_src = params.task in SOURCE_TASKS
     if needs_src and not args.src_audio:
-        raise ValueError(f"--task {params.task} needs --src-audio")
+        raise UsageError(f"--task {params.task} needs --src-audio")
     if args.src_audio and not os.path.isfile(args.src_audio):
-        raise FileNotFoundError(f"--src-audio {args.src_audio} does not exist")
-    if args.lyrics_file and not os.path.isfile(args.lyrics_file):
-        raise FileNotFoundError(f"--lyrics-file {args.lyrics_file} does not exist")
+        raise UsageError(f"--src-audio {args.src_audio} does not exist")
+    lyrics = read_text(args.lyrics_file, "--lyrics-file") if args.lyrics_file else args.lyrics
     if params.task == "edit" and (args.edit_target_prompt is None or args.edit_target_lyrics is None):
-        raise ValueError("--task edit needs --edit-target-prompt and --edit-target-lyrics")
+        raise UsageError("--task edit needs --edit-target-prompt and --edit-target-lyrics")
     if args.transformer and not os.path.isdir(args.transformer):
-        raise FileNotFoundError(f"--transformer {args.transformer} is not a folder")
+        raise UsageError(f"--transformer {args.transformer} is not a folder")
     if args.transformer and args.tiny_random:
-        raise ValueError("--transformer needs --checkpoint (the other models come from it), not --tiny-random")
+        raise UsageError("--transformer needs --checkpoint (the other models come from it), not --tiny-random")
+    if args.lyrics_vocab and not os.path.isfile(args.lyrics_vocab):
+        raise UsageError(f"--lyrics-vocab {args.lyrics_vocab} does not exist")
     lora_specs(args)
+    for name in ("dtype", "param_dtype"):
+        if getattr(args, name) not in (None, *DTYPES):
+            raise UsageError(f"--{name.replace('_', '-')} must be one of {DTYPES}, got {getattr(args, name)!r}")
     fmt = output_format(args)
     if fmt not in FORMATS:
-        raise ValueError(f"output format {fmt!r} is not one of {FORMATS}")
-    if args.sample_rate <= 0:
-        raise ValueError(f"--sample-rate must be positive, got {args.sample_rate}")
+        raise UsageError(f"output format {fmt!r} is not one of {FORMATS}")
+    if not 8000 <= args.sample_rate <= 192000:
+        raise UsageError(f"--sample-rate must be in [8000, 192000] Hz, got {args.sample_rate}")
+    for path in output_paths(args, args.batch):
+        check_output_file(path, "--out")
     params.validate(_source_frames(args.src_audio) if needs_src else None)
+    if args.shard:
+        _check_shard(args.batch, params.batch_invariant)
+    _check_lyrics(args, {"--lyrics": lyrics, "--edit-target-lyrics": args.edit_target_lyrics or ""})
+    return lyrics
+
+
+def _check_shard(batch: int, invariant: bool) -> None:
+    import jax
+
+    devices = jax.local_device_count()
+    if batch % devices and not invariant:
+        raise UsageError(
+            f"--batch {batch} is not divisible by the {devices} devices of --shard; use a multiple of {devices}, "
+            "or add --batch-invariant to pad the batch with filler items"
+        )
+
+
+def _check_lyrics(args, texts: dict[str, str]) -> None:
+    """Find the lyric vocabulary and measure every lyrics text against the limit, before any model."""
+    texts = {k: v for k, v in texts.items() if v}
+    if not texts:
+        return
+    from acestep_jax.text.lyrics import check_lyrics
+
+    checkpoint_dir = args.checkpoint if not args.tiny_random and os.path.isdir(args.checkpoint) else None
+    for what, text in texts.items():
+        check_lyrics(text, args.lyrics_vocab, checkpoint_dir=checkpoint_dir, what=what)
 
 
 def _source_frames(path: str) -> int:
@@ -211,7 +324,7 @@ def _source_frames(path: str) -> int:
     try:
         info = sf.info(path)
     except Exception as e:  # noqa: BLE001 - unreadable header: report the file
-        raise ValueError(f"cannot read audio file {path}: {e}") from None
+        raise UsageError(f"cannot read audio file {path}: {e}") from None
     return latent_frames(info.frames, info.samplerate)
 
 
@@ -231,71 +344,79 @@ def output_paths(args, b: int) -> list[Path]:
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("jax").setLevel(logging.WARNING)
+    args = None
     try:
         args = parse_args(argv)
+        setup_logging(args.verbose)
         params = sampling_params(args)
-        validate(args, params)
-    except (ValueError, FileNotFoundError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return run(args, params)
+        lyrics = validate(args, params)
+    except (*USER_ERRORS, ValueError) as e:  # nothing has run yet: every error here is about the input
+        return report(e, bool(args and args.debug))
+    try:
+        return run(args, params, lyrics)
+    except user_errors() as e:  # files, downloads, checkpoints met while running
+        return report(e, args.debug)
 
 
-def run(args, params) -> int:
-    from acestep_jax.codec import save_audio
-    from acestep_jax.convert.core import CheckpointError
-    from acestep_jax.files import write_json
+def run(args, params, lyrics: str) -> int:
+    from acestep_jax.outputs import OutputWriter
     from acestep_jax.pipeline import ACEStepPipeline
     from acestep_jax.sampling import enable_compilation_cache
 
     if args.compile_cache != "":
         enable_compilation_cache(args.compile_cache)
-    lyrics = Path(args.lyrics_file).read_text(encoding="utf-8") if args.lyrics_file else args.lyrics
-    try:
-        mesh = None
-        if args.shard:
-            from acestep_jax.sharding import make_mesh
+    mesh = None
+    if args.shard:
+        from acestep_jax.sharding import make_mesh
 
-            mesh = make_mesh(data=-1)
-        log.info("loading models")
-        t0 = time.perf_counter()
-        if args.tiny_random:
-            pipe = ACEStepPipeline.random("tiny", 0, lyrics_vocab=args.lyrics_vocab, mesh=mesh)
-        else:
-            pipe = ACEStepPipeline.from_checkpoint(args.checkpoint, dtype=args.dtype, param_dtype=args.param_dtype,
-                                                   mesh=mesh, lyrics_vocab=args.lyrics_vocab,
-                                                   transformer=args.transformer, progress=not args.quiet)
-        pipe.set_loras(lora_specs(args))
-        load_time = time.perf_counter() - t0
-        log.info("generating %d x %s (the first run of a shape compiles)", args.batch,
-                 f"{params.duration:g} s" if params.task in ("text2music", "retake") else params.task)
-        result = pipe.generate(
-            [args.prompt], [lyrics], params, seeds=args.seeds or None, retake_seeds=args.retake_seeds,
-            src_audio=args.src_audio,
-            target_prompts=None if args.edit_target_prompt is None else [args.edit_target_prompt],
-            target_lyrics=None if args.edit_target_lyrics is None else [args.edit_target_lyrics],
-            sample_rate=args.sample_rate, batch_size=args.batch, progress=not args.quiet,
-        )
-        paths = output_paths(args, result.audio.shape[0])
-        for path, audio, record in zip(paths, result.audio, result.params, strict=True):
-            save_audio(path, audio, result.sample_rate, output_format(args))
-            record = {**record, "format": output_format(args), "src_audio": args.src_audio,
+        mesh = make_mesh(data=-1)
+    log.info("loading models")
+    t0 = time.perf_counter()
+    if args.tiny_random:
+        pipe = ACEStepPipeline.random("tiny", 0, lyrics_vocab=args.lyrics_vocab, mesh=mesh)
+    else:
+        pipe = ACEStepPipeline.from_checkpoint(args.checkpoint, dtype=args.dtype, param_dtype=args.param_dtype,
+                                               mesh=mesh, lyrics_vocab=args.lyrics_vocab,
+                                               transformer=args.transformer, progress=not args.quiet)
+    pipe.set_loras(lora_specs(args))
+    load_time = time.perf_counter() - t0
+    batch = args.batch
+    if mesh is not None and batch % mesh.shape["data"]:  # batch-invariant: fillers, dropped below
+        batch = -(-batch // mesh.shape["data"]) * mesh.shape["data"]
+        log.info("padding the batch of %d to %d items for %d devices", args.batch, batch, mesh.shape["data"])
+    log.info("generating %d x %s (the first run of a shape compiles)", args.batch,
+             f"{params.duration:g} s" if params.task in ("text2music", "retake") else params.task)
+    seeds = _pad(args.seeds, args.batch, batch)
+    result = pipe.generate(
+        [args.prompt], [lyrics], params, seeds=seeds, retake_seeds=_pad(args.retake_seeds, args.batch, batch),
+        src_audio=args.src_audio,
+        target_prompts=None if args.edit_target_prompt is None else [args.edit_target_prompt],
+        target_lyrics=None if args.edit_target_lyrics is None else [args.edit_target_lyrics],
+        sample_rate=args.sample_rate, batch_size=batch, progress=not args.quiet,
+    )
+    paths = output_paths(args, args.batch)
+    fmt = output_format(args)
+    with OutputWriter() as writer:
+        for i, path in enumerate(paths):
+            record = {**result.params[i], "format": fmt, "src_audio": args.src_audio,
                       "checkpoint": None if args.tiny_random else args.checkpoint, "tiny_random": args.tiny_random,
-                      "dtype": args.dtype, "audio_path": str(path),
-                      "timings": {"load": load_time, **result.timings}}
-            write_json(path.with_suffix(".json"), record)
-    except (ValueError, OSError, CheckpointError, ImportError) as e:  # OSError: files, downloads
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    seconds = result.audio.shape[-1] / result.sample_rate * result.audio.shape[0]
+                      "dtype": args.dtype, "audio_path": str(path), "timings": {"load": load_time, **result.timings}}
+            writer.submit(path, result.item_audio(i), result.sample_rate, format=fmt, record=record)
+        writer.flush()
+    seconds = sum(result.lengths[: args.batch]) / result.sample_rate
     gen_time = result.timings["diffusion"] + result.timings["decode"]
     for path in paths:
         print(path)
     log.info("%.1f s of audio in %.2f s (diffusion %.2f s, decode %.2f s): %.1fx real time",
              seconds, gen_time, result.timings["diffusion"], result.timings["decode"], seconds / max(gen_time, 1e-9))
     return 0
+
+
+def _pad(seeds, batch: int, padded: int):
+    """Per-item seeds of the requested batch, plus filler seeds (0) up to ``padded`` items."""
+    if seeds is None or padded == batch:
+        return seeds
+    return (list(seeds) * batch if len(seeds) == 1 else list(seeds)) + [0] * (padded - batch)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ _FORMATS = {
     "ogg": ("OGG", "VORBIS"),
     "mp3": ("MP3", "MPEG_LAYER_III"),
 }
+FORMATS = tuple(_FORMATS)  # output formats (file extensions) save_audio writes
 
 
 def load_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:

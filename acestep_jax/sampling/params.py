@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -11,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from acestep_jax.codec.codec import seconds_to_frames
+from acestep_jax.errors import UsageError
 from acestep_jax.sampling.guidance import CFG_TYPES
 from acestep_jax.sampling.inputs import pad_frames, shard_batch
 from acestep_jax.sampling.schedulers import SCHEDULERS
@@ -20,6 +22,7 @@ SOURCE_TASKS = ("repaint", "extend", "edit", "audio2audio")  # tasks that need s
 REPAINT_TASKS = ("repaint", "extend")
 MAX_SECONDS = 240.0  # the reference's longest output (it caps extended outputs there)
 MAX_FRAMES = seconds_to_frames(MAX_SECONDS)
+MAX_STEPS = 1000  # the training table's length: no schedule has more steps
 # fields that may differ between the items of one batch: they are traced per item, so one
 # compiled program serves any mix of them (see SamplingParams.structure for the rest)
 ITEM_FIELDS = (
@@ -72,6 +75,10 @@ class SamplingParams:
     bucket: bool = False
     batch_invariant: bool = False
 
+    def __post_init__(self):
+        if isinstance(self.oss_steps, list):  # from JSON
+            object.__setattr__(self, "oss_steps", tuple(self.oss_steps))
+
     def replace(self, **kw) -> SamplingParams:
         return dataclasses.replace(self, **kw)
 
@@ -105,36 +112,43 @@ class SamplingParams:
         return (("guidance", self.guidance_mode), *((n, getattr(self, n)) for n in names))
 
     def validate(self, source_frames: int | None = None) -> None:
-        """Raise ``ValueError`` naming the first bad argument.
+        """Raise :class:`~acestep_jax.errors.UsageError` naming the first bad argument.
 
         ``source_frames`` is the length of the source latents (``None`` when absent).
         """
+        self._check_types()
         if self.task not in TASKS:
-            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+            raise UsageError(f"task must be one of {TASKS}, got {self.task!r}")
         if self.scheduler_type not in SCHEDULERS:
-            raise ValueError(f"scheduler_type must be one of {SCHEDULERS}, got {self.scheduler_type!r}")
+            raise UsageError(f"scheduler_type must be one of {SCHEDULERS}, got {self.scheduler_type!r}")
         if self.cfg_type not in CFG_TYPES:
-            raise ValueError(f"cfg_type must be one of {CFG_TYPES}, got {self.cfg_type!r}")
-        if int(self.infer_steps) != self.infer_steps or self.infer_steps < 1:
-            raise ValueError(f"infer_steps must be a positive integer, got {self.infer_steps!r}")
+            raise UsageError(f"cfg_type must be one of {CFG_TYPES}, got {self.cfg_type!r}")
+        if not 1 <= self.infer_steps <= MAX_STEPS:
+            raise UsageError(f"infer_steps must be a positive integer <= {MAX_STEPS}, got {self.infer_steps!r}")
         if self.oss_steps:
-            if any(int(s) != s or s < 1 for s in self.oss_steps):
-                raise ValueError(f"oss_steps must be positive integers, got {self.oss_steps!r}")
+            if any(not 1 <= s <= MAX_STEPS for s in self.oss_steps):
+                raise UsageError(f"oss_steps must be integers in [1, {MAX_STEPS}], got {self.oss_steps!r}")
             if self.scheduler_type == "heun":
-                raise ValueError("oss_steps cannot be used with scheduler_type='heun' (as in the reference)")
+                raise UsageError("oss_steps cannot be used with scheduler_type='heun' (as in the reference)")
         if self.task in SOURCE_TASKS and source_frames is None:
-            raise ValueError(f"task {self.task!r} needs source latents (Conditioning.src_latents)")
+            raise UsageError(f"task {self.task!r} needs source latents (Conditioning.src_latents)")
         if source_frames is None and not 0 < self.duration <= MAX_SECONDS:
-            raise ValueError(f"duration must be in (0, {MAX_SECONDS:g}] seconds, got {self.duration!r}")
+            raise UsageError(f"duration must be > 0 and <= {MAX_SECONDS:g} seconds, got {self.duration!r}")
         if source_frames is None and seconds_to_frames(self.duration) < 1:
-            raise ValueError(f"duration {self.duration!r} s is shorter than one latent frame")
+            raise UsageError(f"duration {self.duration!r} s is shorter than one latent frame")
+        for name in ("guidance_interval", "guidance_interval_decay", "n_min", "n_max"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise UsageError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
+        if not 1 <= self.n_avg <= MAX_STEPS or not 0 <= self.zero_steps <= MAX_STEPS:
+            raise UsageError(f"n_avg must be in [1, {MAX_STEPS}] and zero_steps in [0, {MAX_STEPS}], "
+                             f"got {self.n_avg!r} and {self.zero_steps!r}")
         if not 0.0 <= self.guidance_interval <= 1.0:
-            raise ValueError(f"guidance_interval must be in [0, 1], got {self.guidance_interval!r}")
+            raise UsageError(f"guidance_interval must be in [0, 1], got {self.guidance_interval!r}")
         if self.task in ("retake", "repaint", "extend") and not 0.0 <= self.retake_variance <= 1.0:
-            raise ValueError(f"retake_variance must be in [0, 1], got {self.retake_variance!r}")
+            raise UsageError(f"retake_variance must be in [0, 1], got {self.retake_variance!r}")
         steps = max(self.oss_steps) if self.oss_steps else self.infer_steps
         if self.task in ("repaint", "extend") and int(steps * (1 - self.retake_variance)) >= steps:
-            raise ValueError(
+            raise UsageError(
                 f"retake_variance={self.retake_variance} leaves no denoising step of {steps} "
                 "for repaint/extend (the loop starts at int(steps * (1 - retake_variance)))"
             )
@@ -142,22 +156,22 @@ class SamplingParams:
             frames = source_frames
             start, end = seconds_to_frames(self.repaint_start), seconds_to_frames(self.repaint_end)
             if end <= start:
-                raise ValueError(
+                raise UsageError(
                     f"repaint_end ({self.repaint_end}) must be after repaint_start ({self.repaint_start})"
                 )
             if self.task == "repaint" and (start < 0 or end > frames):
-                raise ValueError(
+                raise UsageError(
                     f"repaint window [{self.repaint_start}, {self.repaint_end}] s is outside the "
                     f"source audio (0 to {frames} frames); use task='extend' to extend it"
                 )
             if self.task == "extend":
                 if start >= 0 and end <= frames:
-                    raise ValueError(
+                    raise UsageError(
                         "extend needs repaint_start < 0 or repaint_end beyond the source "
                         f"({frames} frames); got [{self.repaint_start}, {self.repaint_end}] s"
                     )
                 if start < -frames:
-                    raise ValueError(
+                    raise UsageError(
                         f"repaint_start ({self.repaint_start} s) extends left by more than the "
                         f"source length ({frames} frames)"
                     )
@@ -165,27 +179,52 @@ class SamplingParams:
                 if end > frames:
                     # the reference measures the right padding from the left-padded length
                     if end <= total:
-                        raise ValueError(
+                        raise UsageError(
                             f"repaint_end ({self.repaint_end} s) must lie beyond the left-extended "
                             f"length ({total} frames) when extending both sides"
                         )
                     total = end
                 if total > MAX_FRAMES:
-                    raise ValueError(f"extended length {total} frames exceeds the 240 s limit ({MAX_FRAMES})")
+                    raise UsageError(f"extended length {total} frames exceeds the 240 s limit ({MAX_FRAMES})")
         if self.task == "audio2audio" and not 0.0 <= self.ref_audio_strength < 1.0:
-            raise ValueError(f"ref_audio_strength must be in [0, 1), got {self.ref_audio_strength!r}")
+            raise UsageError(f"ref_audio_strength must be in [0, 1), got {self.ref_audio_strength!r}")
         if self.task == "audio2audio" and int((1 - self.ref_audio_strength) * self.infer_steps) < 1:
-            raise ValueError(
+            raise UsageError(
                 f"ref_audio_strength={self.ref_audio_strength} with infer_steps={self.infer_steps} "
                 "leaves no denoising steps"
             )
         if self.task == "edit":
             if not 0.0 <= self.n_min <= self.n_max <= 1.0:
-                raise ValueError(f"edit needs 0 <= n_min <= n_max <= 1, got n_min={self.n_min} n_max={self.n_max}")
+                raise UsageError(f"edit needs 0 <= n_min <= n_max <= 1, got n_min={self.n_min} n_max={self.n_max}")
             if int(self.n_avg) != self.n_avg or self.n_avg < 1:
-                raise ValueError(f"n_avg must be a positive integer, got {self.n_avg!r}")
+                raise UsageError(f"n_avg must be a positive integer, got {self.n_avg!r}")
             if self.oss_steps:
-                raise ValueError("oss_steps is not supported by the edit task")
+                raise UsageError("oss_steps is not supported by the edit task")
+
+
+    def _check_types(self) -> None:
+        """Every field has its declared type (ints are not bools, floats are finite numbers)."""
+        for f in dataclasses.fields(self):
+            kind, value = _FIELD_KINDS[f.name], getattr(self, f.name)
+            if kind is bool:
+                ok = isinstance(value, bool | np.bool_)
+            elif kind is int:
+                ok = isinstance(value, int | np.integer) and not isinstance(value, bool)
+            elif kind is float:
+                ok = isinstance(value, int | float | np.number) and not isinstance(value, bool) and math.isfinite(value)
+            elif kind is str:
+                ok = isinstance(value, str)
+            else:  # tuple of ints
+                ok = isinstance(value, tuple | list) and all(
+                    isinstance(v, int | np.integer) and not isinstance(v, bool) for v in value)
+            if not ok:
+                want = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}.get(
+                    kind, "a list of integers")
+                raise UsageError(f"{f.name} must be {want}, got {value!r}")
+
+
+_FIELD_KINDS = {name: {"bool": bool, "int": int, "float": float, "str": str}.get(hint, tuple)
+                for name, hint in ((f.name, f.type) for f in dataclasses.fields(SamplingParams))}
 
 
 @jax.tree_util.register_dataclass

@@ -15,8 +15,18 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 
+from acestep_jax.cli.common import (
+    USER_ERRORS,
+    add_common_flags,
+    check_output_file,
+    report,
+    setup_logging,
+    user_errors,
+)
+from acestep_jax.errors import UsageError
 from acestep_jax.files import write_json
 
 
@@ -38,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints in the output folder")
     p.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize() (multi-host)")
     p.add_argument("--log-level", default="INFO")
+    add_common_flags(p)
     return p
 
 
@@ -66,18 +77,66 @@ def _maybe_initialize_distributed(flag: bool) -> None:
         jax.distributed.initialize()
 
 
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def check_config(cfg) -> None:
+    """Everything a run needs that can be checked before a model loads or a file is written."""
+    from acestep_jax.models.transformer.config import REMAT_MODES
+    from acestep_jax.nn.dtypes import resolve_dtype
+    from acestep_jax.presets import PRESETS
+    from acestep_jax.sharding import make_mesh, rules_with
+    from acestep_jax.training.trainer import _check_batch
+
+    m, d, r = cfg.model, cfg.data, cfg.run
+    if d.path is not None and not os.path.exists(d.path):
+        raise UsageError(f"data.path {d.path} does not exist (--data)")
+    if d.path is None and d.synthetic == 0:
+        raise UsageError("no training data: set data.path (--data) to preprocessed records, or data.synthetic")
+    if m.checkpoint is not None and not os.path.exists(m.checkpoint) and not HUB_ID.match(m.checkpoint):
+        raise UsageError(f"model.checkpoint {m.checkpoint} is neither a local checkpoint nor a Hub id (--checkpoint)")
+    if isinstance(m.lora, str) and not os.path.isfile(m.lora):
+        raise UsageError(f"model.lora {m.lora} does not exist (--lora)")
+    if isinstance(m.transformer, str) and m.transformer not in PRESETS and not os.path.exists(m.transformer):
+        raise UsageError(f"model.transformer {m.transformer} is neither a preset {PRESETS} nor a config file")
+    for name in ("dtype", "param_dtype"):
+        try:
+            resolve_dtype(getattr(m, name))
+        except (ValueError, TypeError):
+            raise UsageError(f"model.{name}: unknown dtype {getattr(m, name)!r} (float32 or bfloat16)") from None
+    if m.remat not in REMAT_MODES:
+        raise UsageError(f"model.remat must be one of {REMAT_MODES}, got {m.remat!r}")
+    if r.eval_fn is not None and ":" not in r.eval_fn:
+        raise UsageError(f"run.eval_fn must be 'module:function', got {r.eval_fn!r}")
+    if os.path.isfile(r.output_dir):
+        raise UsageError(f"run.output_dir {r.output_dir} is a file, not a folder (--output-dir)")
+    check_output_file(os.path.join(r.output_dir, "train_config.json"), "run.output_dir")
+    rules_with(cfg.mesh.rules)
+    _check_batch(cfg, make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save step at INFO
-    logging.getLogger("jax").setLevel(logging.WARNING)
+    setup_logging(args.verbose, fmt="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(args.log_level.upper())
     log = logging.getLogger("acestep_jax.training")
-    _maybe_initialize_distributed(args.distributed)
+    try:
+        _maybe_initialize_distributed(args.distributed)
+        cfg = resolve_config(args)
+        check_config(cfg)
+    except (*USER_ERRORS, ValueError) as e:  # nothing has been created yet
+        return report(e, args.debug)
+    try:
+        return _train(args, cfg, log)
+    except user_errors() as e:
+        return report(e, args.debug)
+
+
+def _train(args, cfg, log) -> int:
     import jax
 
     from acestep_jax.training.trainer import Trainer
 
-    cfg = resolve_config(args)
     out = cfg.run.output_dir
     writer = None
     if jax.process_index() == 0:

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any
+
+from acestep_jax.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -124,17 +127,19 @@ class TrainConfig:
 
     def __post_init__(self):
         if self.data.batch_size < 1 or self.optim.grad_accum < 1:
-            raise ValueError("data.batch_size and optim.grad_accum must be ≥ 1")
+            raise UsageError("data.batch_size and optim.grad_accum must be ≥ 1")
         if self.optim.max_steps < 1:
-            raise ValueError(f"optim.max_steps must be ≥ 1, got {self.optim.max_steps}")
+            raise UsageError(f"optim.max_steps must be ≥ 1, got {self.optim.max_steps}")
 
     @classmethod
     def from_dict(cls, d: dict, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
         """Build from a nested dict; ``overrides`` are ``section.key=value`` (value parsed as JSON if it can be)."""
+        if not isinstance(d, dict):
+            raise UsageError(f"config must be a mapping, got {type(d).__name__}")
         d = json.loads(json.dumps(d))  # deep copy
         for item in overrides:
             if "=" not in item:
-                raise ValueError(f"override {item!r} is not section.key=value")
+                raise UsageError(f"--set {item!r} is not section.key=value")
             dotted, raw = item.split("=", 1)
             try:
                 value = json.loads(raw)
@@ -145,7 +150,9 @@ class TrainConfig:
             for p in parents:
                 node = node.setdefault(p, {})
                 if not isinstance(node, dict):
-                    raise TypeError(f"override {item!r}: {p} is not a section")
+                    raise UsageError(f"--set {item!r}: {p} is not a section")
+            if not isinstance(node, dict):
+                raise UsageError(f"--set {item!r}: {dotted} is not inside a section")
             node[leaf] = value
         return _build(cls, d, "config")
 
@@ -161,13 +168,22 @@ class TrainConfig:
             raise FileNotFoundError(
                 f"training config not found: {path} (packaged configs: {', '.join(training_configs())})"
             )
-        with open(path, encoding="utf-8") as f:
-            if path.endswith((".yaml", ".yml")):
-                import yaml
+        from acestep_jax.cli.common import read_text
 
-                d = yaml.safe_load(f) or {}
-            else:
-                d = json.load(f)
+        text = read_text(path, "training config")
+        if path.endswith((".yaml", ".yml")):
+            import yaml
+
+            try:
+                d = yaml.safe_load(text) or {}
+            except yaml.YAMLError as e:
+                raise UsageError(f"training config {path} is not valid YAML: {' '.join(str(e).split())}") from None
+        else:
+            try:
+                d = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise UsageError(f"training config {path} is not valid JSON ({e.msg} at line {e.lineno} "
+                                 f"column {e.colno})") from None
         return cls.from_dict(d, overrides)
 
     def to_dict(self) -> dict:
@@ -176,22 +192,44 @@ class TrainConfig:
 
 def _build(cls, d, where):
     if not isinstance(d, dict):
-        raise TypeError(f"{where} must be a mapping, got {type(d).__name__}")
+        raise UsageError(f"{where} must be a mapping, got {type(d).__name__}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - names)
     if unknown:
-        raise ValueError(f"unknown keys in {where}: {unknown}")
-    kwargs = {}
-    for k, v in d.items():
-        hint = hints[k]
-        if dataclasses.is_dataclass(hint):
-            v = _build(hint, v, f"{where}.{k}")
-        elif typing.get_origin(hint) is tuple or hint is tuple:
-            v = tuple(v)
-        elif isinstance(hint, types.UnionType) and v is not None and int in typing.get_args(hint):
-            v = int(v)
-        elif hint is float and isinstance(v, int | float):
-            v = float(v)
-        kwargs[k] = v
-    return cls(**kwargs)
+        raise UsageError(f"unknown keys in {where}: {unknown}; known: {sorted(names)}")
+    return cls(**{k: _check(hints[k], v, f"{where}.{k}") for k, v in d.items()})
+
+
+def _check(hint, value, where):
+    """``value`` as the field type ``hint`` wants it, or a :class:`UsageError` naming ``where``."""
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where)
+    if hint is Any:
+        return value
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None:
+        if type(None) in options:
+            return None
+        raise UsageError(f"{where} must not be null")
+    for option in (o for o in options if o is not type(None)):
+        origin = typing.get_origin(option) or option
+        if origin is tuple and isinstance(value, list | tuple):
+            (item,) = {a for a in typing.get_args(option) if a is not Ellipsis} or {Any}
+            return tuple(_check(item, v, f"{where}[{i}]") for i, v in enumerate(value))
+        if origin is dict and isinstance(value, dict):
+            return value
+        if option is bool and isinstance(value, bool):
+            return value
+        if option is int and isinstance(value, int | float) and not isinstance(value, bool) and float(value).is_integer():
+            return int(value)
+        if option is float and isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+            return float(value)
+        if option is str and isinstance(value, str):
+            return value
+    want = " or ".join(_TYPE_NAMES.get(typing.get_origin(o) or o, str(o)) for o in options)
+    raise UsageError(f"{where} must be {want}, got {value!r}")
+
+
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string",
+               tuple: "a list", dict: "a mapping", type(None): "null"}

@@ -91,10 +91,13 @@ class LyricTokenizer:
 
 
 def check_length(num_tokens: int, what: str = "lyrics", characters: int | None = None) -> None:
-    """Raise ValueError naming ``what`` when ``num_tokens`` exceeds :data:`MAX_TOKENS`."""
+    """Raise :class:`~acestep_jax.errors.UsageError` naming ``what`` when ``num_tokens`` exceeds
+    :data:`MAX_TOKENS`."""
+    from acestep_jax.errors import UsageError
+
     if num_tokens > MAX_TOKENS:
         chars = "" if characters is None else f" ({characters} characters)"
-        raise ValueError(
+        raise UsageError(
             f"{what} are {num_tokens} tokens long{chars}; the limit is {MAX_TOKENS} tokens, the longest "
             "lyrics the model was trained on (about 6,800 characters of English, 2,800 of Chinese)"
         )

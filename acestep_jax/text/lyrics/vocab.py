@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -47,7 +48,15 @@ def download_vocab(cache_dir: str | os.PathLike | None = None) -> Path:
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        _download(VOCAB_URL, tmp)
+        try:
+            _download(VOCAB_URL, tmp)
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise ConnectionError(
+                f"the lyric vocabulary is needed for lyrics and could not be downloaded from {VOCAB_URL} "
+                f"({reason}); pass a local copy with --lyrics-vocab (ACE-Step's vocab.json), or use a "
+                "converted checkpoint, which bundles it"
+            ) from None
         digest = sha256_of(tmp)
         if digest != VOCAB_SHA256:
             raise ValueError(

@@ -1,0 +1,139 @@
+"""``sample.py`` user errors: one line naming the culprit, exit code 2, no traceback, nothing on disk.
+
+Every case fails before any model loads (the checks run first), so the table is fast.
+"""
+
+import json
+import urllib.error
+
+import numpy as np
+import pytest
+import soundfile as sf
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from acestep_jax.cli.sample import main, parse_args, sampling_params, validate
+from acestep_jax.errors import UsageError
+
+
+def _setup(tmp_path):
+    """Files the cases refer to, made inside ``tmp_path`` (the working folder)."""
+    (tmp_path / "latin1.txt").write_bytes("[verse]\ncafé au lait\n".encode("latin-1"))
+    (tmp_path / "a_file").write_text("not a folder")
+    (tmp_path / "a_folder").mkdir()
+    (tmp_path / "taken.wav").mkdir()
+    (tmp_path / "long.txt").write_text("[verse]\n" + "la la la la la\n" * 1400, encoding="utf-8")
+    (tmp_path / "list.json").write_text("[1, 2, 3]")
+    (tmp_path / "broken.json").write_text('{"duration": 10,\n "infer_steps": }')
+    (tmp_path / "bad_types.json").write_text(json.dumps({"duration": 10, "guidance_scale": [1, 2]}))
+    (tmp_path / "bad_task.json").write_text(json.dumps({"task": 5}))
+    sf.write(tmp_path / "src.wav", np.zeros((44100 * 2, 2), np.float32), 44100)
+
+
+CASES = [
+    # (arguments after --tiny-random, text the one-line message must contain)
+    (["--duration", "100000"], "duration must be > 0 and <= 240 seconds"),
+    (["--duration", "inf"], "duration must be a finite number"),
+    (["--duration", "nan"], "duration must be a finite number"),
+    (["--steps", "100000"], "infer_steps must be a positive integer <= 1000"),
+    (["--guidance-scale", "nan"], "guidance_scale must be a finite number"),
+    (["--out", "taken.wav"], "--out taken.wav is an existing folder"),
+    (["--out", "a_file/song.wav"], "a_file is a file, not a folder"),
+    (["--lyrics-file", "latin1.txt"], "--lyrics-file latin1.txt is not UTF-8 text"),
+    (["--lyrics-file", "missing.txt"], "--lyrics-file missing.txt does not exist"),
+    (["--lyrics-file", "long.txt", "--lyrics-vocab", "VOCAB"], "the limit is 4096 tokens"),
+    (["--lyrics", "[verse]\nhello"], "could not be downloaded from https://"),
+    (["--lyrics-vocab", "missing.json"], "--lyrics-vocab missing.json does not exist"),
+    (["--params-json", "list.json"], "must hold a JSON object"),
+    (["--params-json", "broken.json"], "broken.json is not valid JSON (Expecting value at line 2"),
+    (["--params-json", "bad_types.json"], "'guidance_scale' must be a number, got [1, 2]"),
+    (["--params-json", "bad_task.json"], "'task' must be a string"),
+    (["--params-json", "missing.json"], "--params-json missing.json does not exist"),
+    (["--batch", "3", "--shard"], "--batch 3 is not divisible by the 8 devices of --shard"),
+    (["--batch", "0"], "--batch must be in [1, 256]"),
+    (["--seeds", "-1"], "--seeds must be in [0, 2**32)"),
+    (["--sample-rate", "7"], "--sample-rate must be in [8000, 192000]"),
+    (["--lora-weight", "0.5"], "--lora-weight / --lora-scale given without --lora"),
+    (["--task", "repaint", "--src-audio", "src.wav", "--repaint-start", "1", "--repaint-end", "9"],
+     "outside the source audio"),
+    (["--task", "extend", "--src-audio", "missing.wav"], "--src-audio missing.wav does not exist"),
+    (["--transformer", "a_folder"], "--transformer needs --checkpoint"),
+    (["--scheduler", "ddim"], "scheduler_type must be one of"),
+    (["--out", "song.aiff"], "output format 'aiff'"),
+]
+
+
+@pytest.fixture
+def no_download(monkeypatch, tmp_path_factory):
+    """No network and an empty cache: the lyric vocabulary can only come from --lyrics-vocab."""
+    from acestep_jax.text.lyrics import vocab
+
+    def offline(url, dest):
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(vocab, "_download", offline)
+    monkeypatch.setenv("ACESTEP_JAX_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.mark.parametrize("argv, message", CASES, ids=[" ".join(c[0])[:40] for c in CASES])
+def test_user_errors_are_one_line(argv, message, tmp_path, monkeypatch, capsys, no_download, lyrics_vocab_path):
+    monkeypatch.chdir(tmp_path)
+    _setup(tmp_path)
+    argv = [str(lyrics_vocab_path) if a == "VOCAB" else a for a in argv]
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    assert main(["--tiny-random", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert message in err and "Traceback" not in err
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def test_debug_shows_the_traceback(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["--tiny-random", "--duration", "inf", "--debug"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.rstrip().endswith("duration must be a finite number, got inf")
+
+
+def test_record_without_retake_seeds_reloads(tmp_path):
+    record = tmp_path / "old.json"
+    record.write_text(json.dumps({"duration": 5.0, "batch_seeds": [1, 2], "batch_size": 2, "prompt": "rock"}))
+    args = parse_args(["--tiny-random", "--params-json", str(record)])
+    assert (args.seeds, args.retake_seeds, args.batch, args.prompt) == ([1, 2], None, 2, "rock")
+
+
+def test_help_shows_each_default_once(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "(default: True)" not in out and "(default: False)" not in out and "(default: )" not in out
+    for block in out.split("\n  -")[1:]:
+        assert block.count("default") <= 1, block
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**40, 2**40) | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=8,
+)
+RECORD_KEYS = ["task", "duration", "infer_steps", "guidance_scale", "omega_scale", "scheduler_type", "cfg_type",
+               "guidance_interval", "oss_steps", "use_erg_tag", "retake_variance", "repaint_start", "repaint_end",
+               "n_avg", "batch_seeds", "batch_retake_seeds", "batch_size", "seed", "prompt", "lyrics", "format",
+               "sample_rate", "dtype", "src_audio", "tiny_random", "lora", "unknown_key"]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.dictionaries(st.sampled_from(RECORD_KEYS), JSON_VALUES, max_size=6) | JSON_VALUES)
+def test_params_json_fuzz(tmp_path, lyrics_vocab_path, record):
+    """Any JSON in --params-json either loads into valid parameters or raises UsageError."""
+    path = tmp_path / "record.json"
+    path.write_text(json.dumps(record))
+    try:
+        args = parse_args(["--tiny-random", "--params-json", str(path), "--out", str(tmp_path / "o.wav"),
+                           "--lyrics-vocab", str(lyrics_vocab_path)])
+        params = sampling_params(args)
+        if params.task not in ("repaint", "extend", "edit", "audio2audio"):  # those need real source files
+            validate(args, params)
+    except UsageError:
+        pass
