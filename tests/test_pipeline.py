@@ -29,10 +29,15 @@ def reference_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def pipe(reference_dir, tmp_path_factory, lyrics_vocab_path):
+def converted(reference_dir, tmp_path_factory, lyrics_vocab_path):
     dst = tmp_path_factory.mktemp("converted") / "ckpt"
     release.convert_checkpoint(reference_dir, dst, lyrics_vocab=lyrics_vocab_path, progress=False)
-    return ACEStepPipeline.from_checkpoint(dst, dtype="float32", progress=False)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def pipe(converted):
+    return ACEStepPipeline.from_checkpoint(converted, dtype="float32", progress=False)
 
 
 def _cfg(folder, cls):
@@ -137,3 +142,18 @@ def test_overlong_lyrics_are_refused_before_any_model_runs(lyrics_vocab_path):
     with pytest.raises(ValueError, match=r"target_lyrics\[1\] are 4501 tokens"):
         pipe.generate(["pop"], ["la"], params, batch_size=2, target_prompts=["rock"], target_lyrics=["la", long],
                       src_audio=np.zeros((2, 100), np.float32), src_sample_rate=44100)
+
+
+def test_sample_cli_from_a_checkpoint_keeps_library_logs_quiet(converted, tmp_path, caplog):
+    import logging
+
+    from acestep_jax.cli.sample import main
+
+    out = tmp_path / "song.wav"
+    caplog.set_level(logging.DEBUG)
+    assert main(["--checkpoint", str(converted), "--duration", "1", "--steps", "2", "--dtype", "float32",
+                 "--out", str(out), "--quiet"]) == 0
+    assert out.is_file()
+    chatty = [r for r in caplog.records if r.name.split(".")[0] in ("absl", "orbax") and r.levelno < logging.WARNING]
+    assert not chatty, f"{len(chatty)} library INFO lines, e.g. {chatty[0].getMessage()!r}"
+    assert any(r.name == "acestep_jax.sample" for r in caplog.records)

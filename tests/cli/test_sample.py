@@ -130,3 +130,13 @@ def test_params_json_lora_forms(tmp_path):
     args = parse_args(["--params-json", str(new), "--lora-weight", "0.1", "--lora-weight", "0.2"])
     assert [s.weight for s in lora_specs(args)] == [0.1, 0.2]
     assert parse_args(["--params-json", str(new), "--lora", "z"]).lora == ["z"]
+
+
+def test_shard_pads_an_invariant_batch_with_fillers(tmp_path):
+    """--batch 3 over 8 devices: fillers pad the batch to 8 and only the 3 requested outputs are written."""
+    out = tmp_path / "pad.wav"
+    assert main(["--tiny-random", "--duration", "1", "--steps", "2", "--batch", "3", "--shard", "--batch-invariant",
+                 "--seeds", "1", "2", "3", "--out", str(out), "--quiet"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"pad_{i}.{ext}" for i in range(3) for ext in ("json", "wav")]
+    record = json.loads((tmp_path / "pad_2.json").read_text())
+    assert record["seed"] == 3 and record["batch_invariant"] and "batch_seeds" not in record
