@@ -1,7 +1,10 @@
 """Shared test helpers: golden-vector access and tolerance checks."""
 
 import json
+import math
 import os
+import re
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +38,60 @@ class Golden:
 
     def path(self, name: str) -> Path:
         return self.dir / name
+
+
+def golden_keys(name: str) -> list[str]:
+    """The array names in ``<name>/io.npz``, read from the archive listing (no array is loaded).
+
+    For parametrizing at collection time: a missing file is an error, never zero cases.
+    """
+    path = golden_root() / name / "io.npz"
+    if not path.is_file():
+        raise RuntimeError(f"golden arrays not found at {path}")
+    with zipfile.ZipFile(path) as z:
+        return [n.removesuffix(".npy") for n in z.namelist()]
+
+
+def golden_matches(name: str, pattern: str) -> list[tuple[str, ...]]:
+    """The groups of every ``<name>/io.npz`` key that fully matches ``pattern``, in file order.
+
+    Raises when none matches, so a golden set without the cases fails instead of collecting nothing.
+    """
+    found = [m.groups() for k in golden_keys(name) if (m := re.fullmatch(pattern, k))]
+    if not found:
+        raise RuntimeError(f"no key of {golden_root() / name / 'io.npz'} matches {pattern!r}")
+    return found
+
+
+def require_cases(cases: list, what: str) -> list:
+    """``cases`` unless empty (an empty golden case list is an error, not a skipped test)."""
+    if not cases:
+        raise RuntimeError(f"the golden {what} list is missing or empty")
+    return cases
+
+
+def tile_batch(a, batch: int):
+    """``a`` with its items repeated cyclically (or cut) to ``batch`` items along axis 0."""
+    a = np.asarray(a)
+    return np.concatenate([a] * math.ceil(batch / a.shape[0]))[:batch]
+
+
+def batch_multiple(batch: int, k: int) -> int:
+    """The smallest multiple of ``k`` at least ``batch`` (a batch that a mesh axis of k divides)."""
+    return k * math.ceil(batch / k)
+
+
+def padded_items(io: dict, prefix: str, batch: int, extra: int = 0):
+    """``(padded [batch, longest + extra, D], lengths)`` from the per-item golden arrays
+    ``<prefix>_0 .. <prefix>_<batch-1>`` (sequences of different lengths), zeros after each."""
+    items = [io[f"{prefix}_{i}"] for i in range(batch)]
+    if f"{prefix}_{batch}" in io:
+        raise AssertionError(f"golden has more {prefix}_* items than the batch of {batch}")
+    lengths = np.array([len(f) for f in items], np.int32)
+    padded = np.zeros((batch, lengths.max() + extra, items[0].shape[1]), np.float32)
+    for i, f in enumerate(items):
+        padded[i, : len(f)] = f
+    return padded, lengths
 
 
 def assert_close(actual, expected, rtol=1e-4, atol=1e-4, what=""):

@@ -271,7 +271,7 @@ def test_mismatched_files_are_refused(base, tmp_path):
     cfg, weights, _ = base
     model = load_transformer(DictSource(weights), cfg)
     config = LoraConfig(r=2, lora_alpha=2.0, target_modules=("to_q",), use_rslora=False)
-    a, b = np.zeros((2, 64), np.float32), np.zeros((64, 2), np.float32)
+    a, b = np.zeros((2, cfg.inner_dim), np.float32), np.zeros((cfg.inner_dim, 2), np.float32)
 
     _peft_file(tmp_path / "unknown.safetensors", {"transformer_blocks.0.attn.to_qq": (a, b)}, config)
     with pytest.raises(CheckpointError, match="not in the transformer"):

@@ -54,8 +54,11 @@ def test_converted_pipeline_matches_direct_path(pipe, reference_dir):
     ids, mask = jnp.asarray(ids), jnp.asarray(mask)
     text = umt5(ids, mask)
     null = umt5(ids, mask, query_scales=umt5_erg_scales(umt5.cfg.num_layers))
-    cond = Conditioning(text=text, text_mask=mask, lyric_ids=jnp.zeros((2, 1), jnp.int32),
-                        lyric_mask=jnp.zeros((2, 1), jnp.int32), speaker=jnp.zeros((2, 512)), text_null=null)
+    b = len(PROMPTS)
+    cond = Conditioning(text=text, text_mask=mask, lyric_ids=jnp.zeros((b, 1), jnp.int32),
+                        lyric_mask=jnp.zeros((b, 1), jnp.int32),
+                        speaker=jnp.zeros((b, transformer.cfg.speaker_embedding_dim)),
+                        text_null=null)
     noise = Noise.from_seeds([1, 2], [3, 4])
     direct = np.asarray(codec.decode(generate(transformer, PARAMS, cond, noise), 48000))
 
@@ -66,7 +69,8 @@ def test_converted_pipeline_matches_direct_path(pipe, reference_dir):
 
 
 def test_lyrics_and_sources(pipe, golden):
-    lyrics = json.loads((golden("lyrics").dir / "cases.json").read_text().splitlines()[1].rstrip(","))
+    cases = json.loads(golden("lyrics").path("cases.json").read_text())
+    lyrics = next(c for c in cases if c["lyrics"])
     out = pipe.generate(["pop"], [lyrics["lyrics"]], PARAMS, seeds=[5])
     ids, mask = pipe.tokenize_lyrics([lyrics["lyrics"]])
     n = len(lyrics["token_ids"])

@@ -10,6 +10,7 @@ from jax.sharding import PartitionSpec as P
 from acestep_jax.convert.transformer import load_transformer
 from acestep_jax.models.transformer import TransformerConfig
 from acestep_jax.sharding import logical_to_spec, make_mesh, shard_model
+from tests.helpers import batch_multiple, tile_batch
 
 
 def test_make_mesh_sizes_and_errors():
@@ -34,8 +35,11 @@ def test_sharded_forward_equals_single_device(golden):
     g = golden("transformer")
     cfg = TransformerConfig.from_dict(g.config)
     io = g.io
-    args = (io["hidden_states"], io["attention_mask"], io["text_hidden_states"], io["text_attention_mask"],
-            io["speaker_embeds"], io["lyric_token_idx"], io["lyric_mask"], io["timestep"])
+    mesh = make_mesh(data=2, fsdp=1, tensor=4)
+    n = batch_multiple(len(io["hidden_states"]), mesh.shape["data"])  # a batch "data" divides
+    names = ("hidden_states", "attention_mask", "text_hidden_states", "text_attention_mask",
+             "speaker_embeds", "lyric_token_idx", "lyric_mask", "timestep")
+    args = [tile_batch(io[k], n) for k in names]
 
     def forward(model, *a):
         return model(*a)
@@ -43,7 +47,6 @@ def test_sharded_forward_equals_single_device(golden):
     single = nnx.jit(forward)(load_transformer(g.path("weights.safetensors"), cfg), *args)
 
     assert len(jax.devices()) == 8
-    mesh = make_mesh(data=2, fsdp=1, tensor=4)
     model = shard_model(load_transformer(g.path("weights.safetensors"), cfg), mesh)
     to_q = model.blocks.attn.to_q.kernel
     assert to_q.sharding.spec[-1] == "tensor" and to_q.sharding.spec[0] is None  # [layers, in, out]

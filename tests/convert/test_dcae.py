@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 from safetensors.numpy import load_file
 
-from acestep_jax.codec.config import DCAEConfig
+from acestep_jax.codec.config import DCAEConfig, VocoderConfig
 from acestep_jax.codec.dcae import DCAE as DCAEModel
 from acestep_jax.convert import (
     CheckpointError,
@@ -74,7 +74,7 @@ def test_music_codec_from_a_reference_folder(golden, tmp_path):
         (tmp_path / name / "diffusion_pytorch_model.safetensors").symlink_to(g.path(weights))
     codec = load_music_codec(tmp_path)
     assert codec.dcae.config == DCAEConfig.from_dict(g.config["dcae"])
-    assert codec.vocoder.config.n_mels == 128
+    assert codec.vocoder.config == VocoderConfig.from_dict(g.config["vocoder"])
     (tmp_path / "music_vocoder" / "config.json").unlink()
     with pytest.raises(FileNotFoundError, match="music_vocoder"):
         load_music_codec(tmp_path)

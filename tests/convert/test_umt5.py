@@ -57,7 +57,9 @@ def test_bad_checkpoint_is_refused_listing_keys(tiny_weights):
     cfg, tensors = tiny_weights
     broken = {k: v for k, v in tensors.items() if k not in EMBEDDING_KEYS}
     del broken["encoder.block.4.layer.1.DenseReluDense.wi_1.weight"]
-    broken["encoder.block.2.layer.0.SelfAttention.relative_attention_bias.weight"] = np.zeros((32, 5), np.float32)
+    one_head_too_many = (cfg.relative_attention_num_buckets, cfg.num_heads + 1)
+    broken["encoder.block.2.layer.0.SelfAttention.relative_attention_bias.weight"] = np.zeros(
+        one_head_too_many, np.float32)
     broken["decoder.block.0.layer.0.SelfAttention.q.weight"] = np.zeros((48, 48), np.float32)
     msg = _error(cfg, broken)
     assert "missing tensors (2)" in msg

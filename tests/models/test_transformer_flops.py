@@ -20,8 +20,8 @@ def test_decode_flops_match_xla(golden):
     def decode(state, x, mask, context, context_mask, timestep):
         return nnx.merge(graphdef, state).decode(x, mask, context, context_mask, timestep)
 
-    args = (jnp.zeros((b, 8, 16, t)), jnp.ones((b, t)), jnp.zeros((b, s, cfg.inner_dim)), jnp.ones((b, s)),
-            jnp.ones((b,)))
+    args = (jnp.zeros((b, cfg.in_channels, cfg.max_height, t)), jnp.ones((b, t)),
+            jnp.zeros((b, s, cfg.inner_dim)), jnp.ones((b, s)), jnp.ones((b,)))
     cost = jax.jit(decode).lower(state, *args).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     ratio = cost["flops"] / decode_flops(cfg, b, t, s)

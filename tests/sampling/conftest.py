@@ -1,11 +1,11 @@
 """Fixtures of the sampling tests: the tiny golden transformer and the pipeline conditioning."""
 
-import numpy as np
 import pytest
 
 from acestep_jax.convert.transformer import load_transformer
 from acestep_jax.models.transformer import TransformerConfig
 from acestep_jax.sampling import Conditioning
+from tests.helpers import tile_batch
 
 
 @pytest.fixture(scope="session")
@@ -20,12 +20,9 @@ def pipeline_golden(golden):
 
 
 def make_cond(io, src: bool = False, batch: int | None = None) -> Conditioning:
-    """The pipeline golden's shared conditioning (optionally tiled to ``batch`` items)."""
+    """The pipeline golden's shared conditioning (optionally repeated or cut to ``batch`` items)."""
     def tile(a):
-        if batch is None:
-            return a
-        reps = -(-batch // a.shape[0])
-        return np.concatenate([a] * reps)[:batch]
+        return a if batch is None else tile_batch(a, batch)
 
     return Conditioning(
         text=tile(io["encoder_text_hidden_states"]),

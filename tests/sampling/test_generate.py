@@ -15,6 +15,7 @@ from acestep_jax.sampling import (
     generate,
     prepare,
     sampler,
+    seconds_to_frames,
 )
 from acestep_jax.sampling.params import draw
 from acestep_jax.sharding import make_mesh
@@ -22,6 +23,12 @@ from tests.helpers import assert_close
 from tests.sampling.conftest import make_cond
 
 FAST = SamplingParams(duration=2.0, infer_steps=4, guidance_interval=1.0, scheduler_type="pingpong")
+FRAMES = seconds_to_frames(FAST.duration)
+
+
+def pair(io):
+    """The golden conditioning cut or repeated to the two items these tests run."""
+    return make_cond(io, batch=2)
 
 
 def test_sharded_batch_equals_unsharded(tiny_model, pipeline_golden):
@@ -40,17 +47,17 @@ def test_sharded_batch_equals_unsharded(tiny_model, pipeline_golden):
 def test_item_noise_independent_of_batch(tiny_model, pipeline_golden):
     io = pipeline_golden.io
     # pingpong has no batch-wide mean shift, so items are independent
-    both = np.asarray(generate(tiny_model, FAST, make_cond(io), [5, 6]))
-    one = jax.tree.map(lambda a: a[1:], make_cond(io))
+    both = np.asarray(generate(tiny_model, FAST, pair(io), [5, 6]))
+    one = jax.tree.map(lambda a: a[1:], pair(io))
     alone = np.asarray(generate(tiny_model, FAST, one, [6]))
     assert_close(alone[0], both[1], what="item 1 alone vs in batch")
-    other = np.asarray(generate(tiny_model, FAST, make_cond(io), [5, 7]))
+    other = np.asarray(generate(tiny_model, FAST, pair(io), [5, 7]))
     assert_close(other[0], both[0], what="item 0 with another partner")
     assert np.abs(other[1] - both[1]).max() > 1e-2
 
 
 def test_scales_and_seeds_reuse_compile(tiny_model, pipeline_golden):
-    cond = make_cond(pipeline_golden.io)
+    cond = pair(pipeline_golden.io)
     params = FAST.replace(scheduler_type="euler", guidance_interval_decay=1.0)
     sampler._compiled.cache_clear()
     generate(tiny_model, params, cond, [1, 2])
@@ -86,17 +93,18 @@ def test_bucketed_run_equals_unpadded(tiny_model, pipeline_golden):
     """Padding frames are masked in the sampler (mean shift, guidance, latents) and isolated in
     the transformer (``decode(isolate_padding=True)``), so a bucketed run equals the unpadded
     one on the valid frames."""
-    cond = make_cond(pipeline_golden.io)
+    cond = pair(pipeline_golden.io)
     params = FAST.replace(scheduler_type="heun", omega_scale=10.0)  # mean shift over valid frames, both stages
     ref = np.asarray(generate(tiny_model, params, cond, [1, 2]))
     out = np.asarray(generate(tiny_model, params.replace(bucket=True), cond, [1, 2]))
-    assert out.shape == ref.shape == (2, 8, 16, 21)
+    assert out.shape == ref.shape == (2, 8, 16, FRAMES)
     assert_close(out, ref, rtol=1e-3, atol=1e-3, what="bucketed heun")
 
 
 def test_validation_errors(tiny_model, pipeline_golden):
-    io = pipeline_golden.io
-    cond, src = make_cond(io), make_cond(io, src=True)
+    cond = pair(pipeline_golden.io)
+    # source latents as long as FAST's duration, so the windows below sit where the messages say
+    src = dataclasses.replace(cond, src_latents=np.zeros((2, 8, 16, FRAMES), np.float32))
     bad = [
         (FAST.replace(duration=0.0), cond, "duration"),
         (FAST.replace(duration=-3.0), cond, "duration"),
@@ -123,12 +131,13 @@ def test_validation_errors(tiny_model, pipeline_golden):
         with pytest.raises(ValueError, match=match):
             generate(tiny_model, params, c, [1, 2])
     with pytest.raises(ValueError, match="Noise.initial"):
-        generate(tiny_model, FAST, cond, Noise(initial=np.zeros((2, 8, 16, 20), np.float32)))
+        short = np.zeros((2, 8, 16, FRAMES - 1), np.float32)
+        generate(tiny_model, FAST, cond, Noise(initial=short))
     with pytest.raises(ValueError, match="Noise.steps"):
-        generate(tiny_model, FAST, cond, Noise(initial=np.zeros((2, 8, 16, 21), np.float32),
-                                               steps=np.zeros((4, 1, 8, 16, 21), np.float32)))
+        generate(tiny_model, FAST, cond, Noise(initial=np.zeros((2, 8, 16, FRAMES), np.float32),
+                                               steps=np.zeros((4, 1, 8, 16, FRAMES), np.float32)))
     with pytest.raises(ValueError, match="batch"):
-        generate(tiny_model, FAST, dataclasses.replace(cond, lyric_ids=io["lyric_token_ids"][:1]), [1, 2])
+        generate(tiny_model, FAST, dataclasses.replace(cond, lyric_ids=cond.lyric_ids[:1]), [1, 2])
 
 
 def test_enable_compilation_cache(tmp_path):
@@ -147,7 +156,7 @@ def test_enable_compilation_cache(tmp_path):
 def test_step_progress_reports_every_step_and_changes_nothing(tiny_model, pipeline_golden):
     from acestep_jax.sampling.progress import step_bar
 
-    cond = make_cond(pipeline_golden.io)
+    cond = pair(pipeline_golden.io)
     params = FAST.replace(scheduler_type="euler")
     plain = np.asarray(generate(tiny_model, params, cond, [1, 2]))
     with step_bar() as bar:

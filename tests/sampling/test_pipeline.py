@@ -1,12 +1,13 @@
 """Whole sampling loops against the reference pipeline (golden/pipeline), replaying its draws."""
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
 
 from acestep_jax.sampling import Noise, SamplingParams, generate
-from tests.helpers import Golden, assert_close, golden_root
+from tests.helpers import Golden, assert_close, golden_root, require_cases
 from tests.sampling.conftest import make_cond
 
 # keyword defaults of the reference's text2music_diffusion_process / flowedit, which the
@@ -19,9 +20,10 @@ PROCESS_DEFAULTS = {
 
 
 def _cases():
-    import json
-
-    return json.loads((golden_root() / "pipeline" / "config.json").read_text())["cases"]
+    path = golden_root() / "pipeline" / "config.json"
+    if not path.is_file():
+        raise RuntimeError(f"golden pipeline config not found at {path}")
+    return require_cases(json.loads(path.read_text()).get("cases"), f"pipeline cases ({path})")
 
 
 def case_params(kwargs: dict, duration: float) -> SamplingParams:

@@ -12,16 +12,36 @@ from acestep_jax.sampling.schedulers import (
     pingpong_step,
     schedule,
 )
-from tests.helpers import assert_close
+from tests.helpers import assert_close, golden_matches
+
+SCHEDULERS = ("euler", "heun", "pingpong")
 
 
-@pytest.mark.parametrize("name", ["euler", "heun", "pingpong"])
-@pytest.mark.parametrize("steps", [27, 60])
-@pytest.mark.parametrize("sigma_max", [1.0, 0.4])
+def _table_cases():
+    """``(name, steps, sigma_max)`` of every ``<name>_<steps>_<sigma_max>_timesteps`` table."""
+    pattern = rf"({'|'.join(SCHEDULERS)})_(\d+)_([0-9.]+)_timesteps"
+    return _every_scheduler(golden_matches("schedulers", pattern), SCHEDULERS)
+
+
+def _trajectory_cases():
+    """``(name, omega)`` of every ``traj_<name>_omega<omega>`` golden trajectory."""
+    pattern = r"traj_(euler|heun)_omega([0-9.]+)"
+    return _every_scheduler(golden_matches("schedulers", pattern), ("euler", "heun"))
+
+
+def _every_scheduler(cases, names):
+    missing = set(names) - {case[0] for case in cases}
+    if missing:
+        raise RuntimeError(f"the golden schedulers/io.npz has no case of {sorted(missing)}")
+    return cases
+
+
+@pytest.mark.parametrize("name,steps,sigma_max", _table_cases())
 def test_tables(golden, name, steps, sigma_max):
     io = golden("schedulers").io
-    n = steps if sigma_max == 1.0 else int(sigma_max * steps)
-    table = schedule(name, n, sigma_max)
+    steps_run, sigma = int(steps), float(sigma_max)
+    n = steps_run if sigma == 1.0 else int(sigma * steps_run)  # audio2audio's shortened schedule
+    table = schedule(name, n, sigma)
     np.testing.assert_array_equal(table.timesteps, io[f"{name}_{steps}_{sigma_max}_timesteps"])
     np.testing.assert_array_equal(table.sigmas, io[f"{name}_{steps}_{sigma_max}_sigmas"])
 
@@ -42,13 +62,13 @@ def test_bad_arguments():
         schedule("euler", 0)
 
 
-@pytest.mark.parametrize("name", ["euler", "heun"])
-@pytest.mark.parametrize("omega", [0.0, 10.0])
+@pytest.mark.parametrize("name,omega", _trajectory_cases())
 def test_trajectories(golden, name, omega):
     g = golden("schedulers")
     io, a = g.io, g.io["traj_A"]
     table = schedule(name, g.config["trajectory_steps"])
-    x, w, state = jnp.asarray(io["traj_x0"]), omega_rescale(omega), HeunState.zeros(jnp.asarray(io["traj_x0"]))
+    x, w = jnp.asarray(io["traj_x0"]), omega_rescale(float(omega))
+    state = HeunState.zeros(x)
     for k in range(table.num_steps):
         v = jnp.einsum("ij,bjhw->bihw", a, x) * (1 + table.timesteps[k] / 1000) - 0.3 * x
         if name == "euler":

@@ -11,7 +11,7 @@ from flax import nnx
 from acestep_jax.convert.umt5 import load_umt5
 from acestep_jax.text import UMT5Config, UMT5Encoder, umt5_erg_scales
 from acestep_jax.text.umt5 import relative_position_buckets
-from tests.helpers import assert_close
+from tests.helpers import assert_close, batch_multiple, tile_batch
 
 
 @pytest.fixture(scope="module")
@@ -105,8 +105,9 @@ def test_sharded_run_matches_single_device(tiny):
     model = shard_model(load_umt5(g.path("weights.safetensors"), cfg), mesh)
     assert model.layers.q.kernel.sharding.spec == P(None, "fsdp", "tensor")  # [layers, embed, heads]
     batch = NamedSharding(mesh, P("data"))
-    args = [jax.device_put(g.io[k], batch) for k in ("input_ids", "attention_mask")]
+    n = batch_multiple(len(g.io["input_ids"]), mesh.shape["data"])  # a batch "data" divides
+    args = [jax.device_put(tile_batch(g.io[k], n), batch) for k in ("input_ids", "attention_mask")]
     with jax.set_mesh(mesh):
         out = nnx.jit(lambda m, i, a: m(i, a))(model, *args)
     assert len(out.sharding.device_set) > 1
-    assert_close(out, g.io["last_hidden_state"])
+    assert_close(out, tile_batch(g.io["last_hidden_state"], n))

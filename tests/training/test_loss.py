@@ -1,7 +1,5 @@
 """The training objective: schedule, condition dropout, REPA (golden), gradients (finite differences)."""
 
-import json
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,6 +8,7 @@ from flax import nnx
 
 from acestep_jax.convert.transformer import load_transformer
 from acestep_jax.models.transformer import ACEStepTransformer, TransformerConfig, repa_loss
+from acestep_jax.presets import preset_config
 from acestep_jax.training.config import DataSection, LossSection
 from acestep_jax.training.data import collate, synthetic_examples
 from acestep_jax.training.loss import (
@@ -19,7 +18,7 @@ from acestep_jax.training.loss import (
     sample_timesteps,
     shifted_schedule,
 )
-from tests.helpers import REPO
+from tests.helpers import padded_items
 
 
 def test_shifted_schedule_matches_reference_formula():
@@ -69,28 +68,26 @@ def test_repa_losses_match_golden(golden):
         io["hidden_states"], io["attention_mask"], io["encoder_hidden_states"],
         io["encoder_hidden_mask"], io["timestep"], return_repa=True,
     )
-    t = io["hidden_states"].shape[-1]
+    b, t = io["hidden_states"].shape[0], io["hidden_states"].shape[-1]
+    frames = jnp.full((b,), t)
     for proj, prefix, name in zip(projected, ("ssl_mert", "ssl_mhubert"), model.cfg.ssl_names):
-        feats = [io[f"{prefix}_{i}"] for i in range(2)]
-        lengths = np.array([len(f) for f in feats], np.int32)
-        padded = np.zeros((2, lengths.max() + 5, feats[0].shape[1]), np.float32)
-        for i, f in enumerate(feats):
-            padded[i, : len(f)] = f
+        padded, lengths = padded_items(io, prefix, b, extra=5)
         want = extra["repa_proj_losses"][name]
-        got = masked_repa_loss(proj, jnp.full((2,), t), padded, lengths)
+        got = masked_repa_loss(proj, frames, padded, lengths)
         np.testing.assert_allclose(float(got), want, rtol=1e-4, atol=1e-5)
         # padding the latent frames (garbage past the valid length) does not change the loss
         junk = jnp.concatenate([proj, 100 * jnp.ones_like(proj[:, :7])], axis=1)
-        np.testing.assert_allclose(float(masked_repa_loss(junk, jnp.full((2,), t), padded, lengths)), want,
+        np.testing.assert_allclose(float(masked_repa_loss(junk, frames, padded, lengths)), want,
                                    rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(float(repa_loss(proj, padded, lengths)), want, rtol=1e-4, atol=1e-5)
-        # items without SSL features are left out of the mean
-        one = masked_repa_loss(proj, jnp.full((2,), t), padded, np.array([lengths[0], 0], np.int32))
+        # items without SSL features are left out of the mean: only the first keeps its features
+        first_only = np.where(np.arange(b) == 0, lengths, 0).astype(np.int32)
+        one = masked_repa_loss(proj, frames, padded, first_only)
         np.testing.assert_allclose(float(one), float(repa_loss(proj[:1], padded[:1], lengths[:1])), rtol=1e-5)
 
 
 def tiny_config(**kw) -> TransformerConfig:
-    base = json.loads((REPO / "configs" / "tiny" / "transformer.json").read_text())
+    base = preset_config("tiny", "transformer").to_dict()
     base.update(num_layers=2, ssl_encoder_depths=[0, 1])
     base["lyric_encoder"] = dict(base["lyric_encoder"], num_blocks=1)
     return TransformerConfig.from_dict(base, **kw)

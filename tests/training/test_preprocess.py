@@ -241,7 +241,7 @@ def test_a_folder_of_only_bad_songs_writes_nothing(tmp_path, capsys):
     assert not (tmp_path / "rec").exists()
 
 
-def test_preprocess_from_converted_checkpoint(tmp_path, lyrics_vocab_path, caplog):
+def test_preprocess_from_converted_checkpoint(tmp_path, lyrics_vocab_path, caplog, golden):
     """The real path: the codec, prompt encoder and tokenizers of a converted checkpoint."""
     from acestep_jax.convert.release import convert_checkpoint
     from tests.fake_checkpoint import build_reference_folder
@@ -255,7 +255,9 @@ def test_preprocess_from_converted_checkpoint(tmp_path, lyrics_vocab_path, caplo
     caplog.set_level(logging.INFO)  # the libraries' INFO lines (orbax's "absl" ones) would show
     assert main([str(songs), str(tmp_path / "rec"), "--checkpoint", str(ckpt)]) == 0
     a = RecordSource(tmp_path / "rec")[0]
-    assert a["latents"].shape == (8, 16, 32) and a["text_states"].shape == (3, 48)  # rock guitar </s>
+    width = golden("umt5").config["d_model"]  # the fake checkpoint's text encoder is the golden one
+    assert a["latents"].shape == (8, 16, 32)
+    assert a["text_states"].shape == (3, width)  # rock guitar </s>
     assert a["lyric_ids"][0] == 261
     noisy = [r for r in caplog.records if r.levelno < logging.WARNING and not r.name.startswith("acestep_jax")]
     assert not noisy, [(r.name, r.getMessage()) for r in noisy[:3]]

@@ -1,6 +1,5 @@
 """The sharded train step: sharded == single device, loss goes down, exact resume, LoRA-only updates."""
 
-import json
 
 import jax
 import numpy as np
@@ -9,15 +8,15 @@ from flax import nnx
 from safetensors.numpy import load_file
 
 from acestep_jax.lora import lora_state_dict, read_lora
+from acestep_jax.presets import preset_config
 from acestep_jax.sharding import make_mesh
 from acestep_jax.training.config import TrainConfig
 from acestep_jax.training.data import synthetic_examples
 from acestep_jax.training.trainer import Trainer, build_model, replace
-from tests.helpers import REPO
 
 
 def tiny_transformer() -> dict:
-    d = json.loads((REPO / "configs" / "tiny" / "transformer.json").read_text())
+    d = preset_config("tiny", "transformer").to_dict()
     d.update(num_layers=2, ssl_encoder_depths=[0, 1], lyric_encoder_vocab_size=300)
     d["lyric_encoder"] = dict(d["lyric_encoder"], num_blocks=1)
     return d

@@ -9,7 +9,7 @@ import pytest
 from acestep_jax.text.lyrics import LyricTokenizer, _deps, detect_language, language, normalize
 from acestep_jax.text.lyrics._deps import INSTALL_HINT, MissingLyricsExtra, require
 from acestep_jax.text.lyrics.tokenizer import MAX_TOKENS, check_length, check_lyrics
-from tests.helpers import golden_root
+from tests.helpers import golden_root, require_cases
 
 # Further lines with the ids the reference pipeline gives them (Chinese dates, money, phone
 # numbers, markup, currencies, ordinals, abbreviations, punctuation-only lines, CRLF).
@@ -115,14 +115,13 @@ def _golden_cases():
     path = golden_root() / "lyrics" / "cases.json"
     if not path.is_file():
         raise RuntimeError(f"golden lyric cases not found at {path}")
-    return json.loads(path.read_text(encoding="utf-8"))
+    return require_cases(json.loads(path.read_text(encoding="utf-8")), f"lyric cases ({path})")
 
 
-def test_golden_cases(tok):
-    cases = _golden_cases()
-    assert len(cases) >= 15
-    for case in cases:
-        assert tok.encode(case["lyrics"]) == case["token_ids"], case["lyrics"]
+@pytest.mark.parametrize("case", [pytest.param(c, id=f"case{i}")
+                                  for i, c in enumerate(_golden_cases())])
+def test_golden_cases(tok, case):
+    assert tok.encode(case["lyrics"]) == case["token_ids"], case["lyrics"]
 
 
 @pytest.mark.parametrize("lyrics,expected", REFERENCE_CASES)
