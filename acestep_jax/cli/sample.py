@@ -182,17 +182,16 @@ def record_defaults(saved: dict, dests: set[str]) -> dict:
     defaults = {k: v for k, v in saved.items() if k in dests and k in typed and v is not None}
     if "oss_steps" in defaults and not isinstance(defaults["oss_steps"], str):
         defaults["oss_steps"] = ",".join(map(str, defaults["oss_steps"]))
-    if "batch_seeds" in saved:
+    if saved.get("batch_seeds") is not None:
         defaults.update(seeds=saved["batch_seeds"], retake_seeds=saved.get("batch_retake_seeds"),
-                        batch=saved.get("batch_size", len(saved["batch_seeds"])))
-    elif "seed" in saved:  # batch-invariant records reproduce their item alone
+                        batch=saved.get("batch_size") or len(saved["batch_seeds"]))
+    elif saved.get("seed") is not None:  # batch-invariant records reproduce their item alone
         defaults.update(seeds=[saved["seed"]], batch=1)
         if saved.get("retake_seed") is not None:
             defaults["retake_seeds"] = [saved["retake_seed"]]
-    if "target_prompt" in saved:
-        defaults["edit_target_prompt"] = saved["target_prompt"]
-    if "target_lyrics" in saved:
-        defaults["edit_target_lyrics"] = saved["target_lyrics"]
+    for key, flag in (("target_prompt", "edit_target_prompt"), ("target_lyrics", "edit_target_lyrics")):
+        if saved.get(key) is not None:
+            defaults[flag] = saved[key]
     return defaults
 
 
