@@ -15,6 +15,7 @@ import os
 
 import numpy as np
 
+from acestep_jax.codec import frames_to_seconds
 from acestep_jax.training.data import collate
 
 NUM_SAMPLES = 2
@@ -32,7 +33,7 @@ def sample_latents(trainer, step: int, *, num: int = NUM_SAMPLES, infer_steps: i
     batch = collate(examples, trainer.cfg.data, ())
     frames = int(batch["frame_mask"].sum(1).max())
     params = SamplingParams(
-        duration=(frames + 0.5) * 4096 / 44100, infer_steps=infer_steps, guidance_scale=15.0, omega_scale=10.0,
+        duration=frames_to_seconds(frames + 0.5), infer_steps=infer_steps, guidance_scale=15.0, omega_scale=10.0,
         scheduler_type="euler", cfg_type="apg", guidance_interval=1.0,
         use_erg_tag=False, use_erg_lyric=False, use_erg_diffusion=False,
     )

@@ -141,7 +141,7 @@ def test_jit_and_scan_compile_once(tiny):
     assert "while" in hlo  # the blocks run as one scanned body
 
 
-@pytest.mark.parametrize("remat", ["full", "dots"])
+@pytest.mark.parametrize("remat", ["full", "dots", "outputs"])
 def test_remat_gradients_match(tiny, remat):
     model, io, _ = tiny
     cfg = dataclasses.replace(model.cfg, remat=remat)
