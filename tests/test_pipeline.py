@@ -137,3 +137,19 @@ def test_overlong_lyrics_are_refused_before_any_model_runs(lyrics_vocab_path):
     with pytest.raises(ValueError, match=r"target_lyrics\[1\] are 4501 tokens"):
         pipe.generate(["pop"], ["la"], params, batch_size=2, target_prompts=["rock"], target_lyrics=["la", long],
                       src_audio=np.zeros((2, 100), np.float32), src_sample_rate=44100)
+
+
+def test_items_decode_at_their_own_length(pipe):
+    """A mixed-duration batch decodes each length on its own: the decoder's attention and
+    convolutions see the whole sequence, so padding an item would change its audio."""
+    latents = np.random.default_rng(0).normal(size=(3, 8, 16, 5)).astype(np.float32)
+    latents[1, ..., 3:] = 0  # a shorter item is zero past its length
+    audio = pipe.decode_items(latents, [5, 3, 5], 48000)
+    longer = pipe.decode(latents[[0, 2]], 48000)  # the same group of two, on its own
+    shorter = pipe.decode(latents[1:2, ..., :3], 48000)
+    np.testing.assert_array_equal(audio[[0, 2]], longer)
+    np.testing.assert_array_equal(audio[1, :, : shorter.shape[-1]], shorter[0])
+    assert not audio[1, :, shorter.shape[-1]:].any()
+    padded = pipe.decode(latents[1:2], 48000)[0, :, : shorter.shape[-1]]
+    assert np.abs(padded - shorter[0]).max() > 1e-3  # what decoding at the batch's length would give
+    np.testing.assert_array_equal(pipe.decode_items(latents[:1], [5], 48000), pipe.decode(latents[:1], 48000))

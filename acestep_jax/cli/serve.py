@@ -117,10 +117,10 @@ def main(argv=None) -> int:
 
     try:
         pipe = load_pipeline(options)
-    except (ValueError, OSError, CheckpointError, ImportError) as e:
+        scheduler = Scheduler(pipe, store, scheduler_config, limits, model_info=options.record())
+    except (ValueError, OSError, CheckpointError, ImportError) as e:  # ValueError: sizes that do not fit the mesh
         print(f"error: {e}", file=sys.stderr)
         return 2
-    scheduler = Scheduler(pipe, store, scheduler_config, limits, model_info=options.record())
     if warmup is not None:
         scheduler.warmup(warmup)
 

@@ -218,6 +218,7 @@ def main(args) -> int:
     else:
         try:
             pipe = load_pipeline(options, progress=not args.quiet)
+            check_batch_sizes(sizes, 1 if pipe.mesh is None else pipe.mesh.shape["data"])
         except (ValueError, OSError, CheckpointError, ImportError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

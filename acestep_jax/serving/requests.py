@@ -26,7 +26,7 @@ import math
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
@@ -169,10 +169,6 @@ class Request:
     def count(self) -> int:
         return len(self.seeds)
 
-    def output_seconds(self) -> float:
-        """Seconds of audio per output (the duration; source tasks: not known before decoding)."""
-        return self.params.duration
-
     def to_dict(self, index: int | None = None) -> dict:
         """The request in the project's spelling (every value explicit); ``index``: output
         ``index`` alone (one seed), the request a record of that output reproduces."""
@@ -192,8 +188,12 @@ class Request:
 
     def spelled(self, name: str) -> str:
         """``name`` (a field here) as this request's format spells it."""
-        f = BY_NAME.get(name)
-        return f.reference if self.reference and f is not None and f.reference else name
+        return _spell(name, self.reference)
+
+
+def _spell(name: str, reference: bool) -> str:
+    f = BY_NAME.get(name)
+    return f.reference if reference and f is not None and f.reference else name
 
 
 # ---------------------------------------------------------------------------- values
@@ -333,8 +333,7 @@ def parse_request(
 
 def _build(values: dict, extra: dict, limits: Limits, reference: bool, rng) -> Request:
     def spell(name):
-        f = BY_NAME.get(name)
-        return f.reference if reference and f is not None and f.reference else name
+        return _spell(name, reference)
 
     def get(name, default=None):
         v = values.get(name)
@@ -454,12 +453,13 @@ def _name(name: str | None) -> str | None:
     return name
 
 
-def check_params(request: Request, source_frames: int | None = None) -> None:
-    """:meth:`SamplingParams.validate` as a :class:`RequestError` naming the field it blames."""
+def check_params(request: Request, frames: int | None = None) -> None:
+    """:meth:`SamplingParams.validate` (``frames``: the source audio's latent frames, once known)
+    as a :class:`RequestError` naming the field it blames."""
     try:
-        request.params.validate(source_frames if request.params.task in SOURCE_TASKS else None)
+        request.params.validate(frames if request.params.task in SOURCE_TASKS else None)
     except ValueError as e:
-        if request.params.task in SOURCE_TASKS and source_frames is None and "source latents" in str(e):
+        if request.params.task in SOURCE_TASKS and frames is None and "source latents" in str(e):
             return  # checked again once the source audio's length is known
         message = str(e)
         found = [(m.start(), n) for n in _PARAM_NAMES - {"task"} if (m := re.search(rf"\b{n}\b", message))]
@@ -492,8 +492,3 @@ def with_local_checks(request: Request) -> Request:
         raise RequestError(request.spelled("src_audio"), f"cannot read {request.src_audio}: {e}") from None
     check_params(request, frames)
     return request
-
-
-def replace_seeds(request: Request, seeds, retake_seeds) -> Request:
-    """``request`` with other seeds (fillers and tests)."""
-    return replace(request, seeds=tuple(seeds), retake_seeds=tuple(retake_seeds))
