@@ -41,3 +41,10 @@ def test_batch_sizes_and_plans():
     batches = plan(items, (1, 2, 4))
     assert [[it.job for it in batch] for batch in batches] == [
         ["j0", "j3", "j6", "j9"], ["j1", "j2", "j4", "j5"], ["j7", "j8", "j10"]]
+
+
+def test_source_tasks_group_by_their_source_file():
+    repaint = {**BASE, "task": "repaint", "repaint_start": 1.0, "repaint_end": 3.0}
+    a, b = _key(**repaint, src_audio="a.wav"), _key(**repaint, src_audio="b.wav")
+    assert a != b and a == _key(**repaint, src_audio="a.wav", duration=100.0)  # the length comes from the file
+    assert a != _key(**{**repaint, "repaint_end": 4.0}, src_audio="a.wav")  # the window is structure
