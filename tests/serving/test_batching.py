@@ -44,7 +44,8 @@ def test_batch_sizes_and_plans():
 
 
 def test_source_tasks_group_by_their_source_file():
-    repaint = {**BASE, "task": "repaint", "repaint_start": 1.0, "repaint_end": 3.0}
-    a, b = _key(**repaint, src_audio="a.wav"), _key(**repaint, src_audio="b.wav")
-    assert a != b and a == _key(**repaint, src_audio="a.wav", duration=100.0)  # the length comes from the file
-    assert a != _key(**{**repaint, "repaint_end": 4.0}, src_audio="a.wav")  # the window is structure
+    repaint = {"task": "repaint", "repaint_start": 1.0, "repaint_end": 3.0, "src_audio": "a.wav"}
+    a = _key(**repaint)
+    assert a != _key(**{**repaint, "src_audio": "b.wav"})
+    assert a == _key(**{**repaint, "duration": 100.0})  # the length comes from the file
+    assert a != _key(**{**repaint, "repaint_end": 4.0})  # the window is structure
