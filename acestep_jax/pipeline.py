@@ -285,8 +285,10 @@ class ACEStepPipeline:
             latents = jax.block_until_ready(latents)
         timings["diffusion"] = time.perf_counter() - start
 
+        frames = [min(item_frames(p, cond), latents.shape[-1]) if p.task in ("text2music", "retake")
+                  else latents.shape[-1] for p in items]
         start = time.perf_counter()
-        audio = self.decode(latents, sample_rate)
+        audio = self.decode_items(latents, frames, sample_rate)
         timings["decode"] = time.perf_counter() - start
         record = {"sample_rate": sample_rate, "lora": [a.spec.to_record() for a in self.loras]}
         # the reference's omega mean shift averages over the whole batch, so an item is
@@ -295,8 +297,6 @@ class ACEStepPipeline:
             record.update(batch_size=b, batch_seeds=seeds, batch_retake_seeds=retake_seeds)
         per_item = [{**dataclasses.asdict(items[i]), **record, "prompt": prompts[i], "lyrics": lyrics[i],
                      "seed": seeds[i], "retake_seed": retake_seeds[i], "batch_index": i} for i in range(b)]
-        frames = [min(item_frames(p, cond), latents.shape[-1]) if p.task in ("text2music", "retake")
-                  else latents.shape[-1] for p in items]
         if params.task == "edit":
             for i, item in enumerate(per_item):
                 item.update(target_prompt=list(target_prompts)[i % len(target_prompts)],
@@ -309,6 +309,31 @@ class ACEStepPipeline:
         """Latents → audio ``[B, 2, N]``; long outputs decode in overlapping windows (bounded memory)."""
         window = DECODE_WINDOW_FRAMES if frames_to_seconds(latents.shape[-1]) > OVERLAP_DECODE_SECONDS else None
         return self.codec.decode(latents, sample_rate, window=window)
+
+    def decode_items(self, latents, frames: Sequence[int], sample_rate: int = OUTPUT_SAMPLE_RATE) -> np.ndarray:
+        """Latents ``[B, 8, 16, T]`` → audio ``[B, 2, N]``, item ``i`` decoded at its own ``frames[i]``
+        (zero past its length).
+
+        The decoder's attention and convolutions see the whole sequence, so an item decoded
+        beside a longer one would change; decoding each length on its own keeps an item's
+        audio independent of its batch. Items of one length decode together, their count
+        rounded up to a power of two (filled with copies) so few programs compile.
+        """
+        b, frames = latents.shape[0], [int(f) for f in frames]
+        if len(frames) != b:
+            raise ValueError(f"got {len(frames)} item lengths for a batch of {b}")
+        if len(set(frames)) == 1:
+            return self.decode(latents[..., : frames[0]], sample_rate)
+        parts = {}
+        for length in sorted(set(frames)):
+            idx = [i for i, f in enumerate(frames) if f == length]
+            size = min(1 << (len(idx) - 1).bit_length(), b)
+            take = np.asarray(idx + idx[:1] * (size - len(idx)))
+            parts[length] = (idx, self.decode(jnp.asarray(latents)[take, ..., :length], sample_rate))
+        audio = np.zeros((b, 2, max(p.shape[-1] for _, p in parts.values())), np.float32)
+        for idx, part in parts.values():
+            audio[idx, :, : part.shape[-1]] = part[: len(idx)]
+        return audio
 
 
 def load_conditioning_models(ckpt: str | os.PathLike, *, mesh=None, lyrics_vocab=None):

@@ -1,6 +1,6 @@
 """The benchmark scripts run (speed itself is measured by running them, never asserted in tests)."""
 
-from benchmarks import bench_generate, bench_lyrics_memory, bench_output, bench_step
+from benchmarks import bench_generate, bench_lyrics_memory, bench_output, bench_serve, bench_step
 
 
 def test_benchmarks_print_their_tables(capsys):
@@ -17,3 +17,11 @@ def test_output_and_lyric_memory_benchmarks_run(capsys):
     out = capsys.readouterr().out
     assert "| host numpy (copy 44.1 kHz out, resample) |" in out and "OutputWriter.submit returns" in out
     assert "| 100 | 32 |" in out
+
+
+def test_serving_benchmark_runs(capsys):
+    # the tiny models and the serving tests' shapes, so the programs are mostly compiled already
+    assert bench_serve.main(["--tiny", "--requests", "6", "--seconds", "0.3", "0.5", "--steps", "2",
+                             "--batch-sizes", "1,4", "--dtype", "float32"]) == 0
+    out = capsys.readouterr().out
+    assert "| sequential | 1 | 6 | 1.00 |" in out and "| batched | 1,4 |" in out and "batched / sequential:" in out

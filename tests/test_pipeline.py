@@ -161,3 +161,19 @@ def test_sample_cli_from_a_checkpoint_keeps_library_logs_quiet(converted, tmp_pa
     chatty = [r for r in caplog.records if r.name.split(".")[0] in ("absl", "orbax") and r.levelno < logging.WARNING]
     assert not chatty, f"{len(chatty)} library INFO lines, e.g. {chatty[0].getMessage()!r}"
     assert any(r.name == "acestep_jax.sample" for r in caplog.records)
+
+
+def test_items_decode_at_their_own_length(pipe):
+    """A mixed-duration batch decodes each length on its own: the decoder's attention and
+    convolutions see the whole sequence, so padding an item would change its audio."""
+    latents = np.random.default_rng(0).normal(size=(3, 8, 16, 5)).astype(np.float32)
+    latents[1, ..., 3:] = 0  # a shorter item is zero past its length
+    audio = pipe.decode_items(latents, [5, 3, 5], 48000)
+    longer = pipe.decode(latents[[0, 2]], 48000)  # the same group of two, on its own
+    shorter = pipe.decode(latents[1:2, ..., :3], 48000)
+    np.testing.assert_array_equal(audio[[0, 2]], longer)
+    np.testing.assert_array_equal(audio[1, :, : shorter.shape[-1]], shorter[0])
+    assert not audio[1, :, shorter.shape[-1]:].any()
+    padded = pipe.decode(latents[1:2], 48000)[0, :, : shorter.shape[-1]]
+    assert np.abs(padded - shorter[0]).max() > 1e-3  # what decoding at the batch's length would give
+    np.testing.assert_array_equal(pipe.decode_items(latents[:1], [5], 48000), pipe.decode(latents[:1], 48000))

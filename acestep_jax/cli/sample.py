@@ -122,6 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--sample-rate", type=int, default=48000)
     o.add_argument("--params-json", help="reload the parameters of an earlier output's JSON")
     o.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    j = p.add_argument_group("job files (many requests, batched; see acestep_jax.serving.jobs_file)")
+    j.add_argument("--jobs", metavar="FILE", help="JSONL file, one request per line (the project's or the "
+                   "reference's parameter names); only the model flags above apply")
+    j.add_argument("--out-dir", metavar="DIR", help="where --jobs writes its outputs (reruns skip finished jobs)")
+    j.add_argument("--batch-sizes", default="1,2,4,8", help="batch sizes --jobs compiles (comma-separated)")
     add_common_flags(p)
     return p
 
@@ -347,6 +353,10 @@ def main(argv=None) -> int:
     try:
         args = parse_args(argv)
         setup_logging(args.verbose)
+        if args.jobs:
+            from acestep_jax.serving.jobs_file import main as run_job_file
+
+            return run_job_file(args)  # checks the whole file before any model loads
         params = sampling_params(args)
         lyrics = validate(args, params)
     except (*USER_ERRORS, ValueError) as e:  # nothing has run yet: every error here is about the input

@@ -1,0 +1,251 @@
+"""The HTTP API (FastAPI) over a :class:`~acestep_jax.serving.scheduler.Scheduler`.
+
+Endpoints (all but the health checks need ``Authorization: Bearer KEY`` when a key is set):
+
+- ``POST /v1/generate``: a request in the project's or the reference's format → ``202``
+  with the job (``id``, ``status``, ``queue_position``; ``Location: /v1/jobs/{id}``).
+- ``GET /v1/jobs/{id}``: status (``queued``, ``running``, ``done``, ``failed``,
+  ``cancelled``), stage, progress in outputs, queue position, output links;
+  ``?wait=S`` holds the answer until the job finishes or ``S`` seconds pass.
+- ``GET /v1/jobs/{id}/audio?index=i``: output ``i``'s file (``409`` until written).
+- ``DELETE /v1/jobs/{id}``: cancel a queued or running job, or delete a finished one's files.
+- ``POST /generate``: the reference's ``infer-api.py`` body, answered when the audio is
+  ready (``output_path`` is the audio's URL here); ``checkpoint_path``, ``output_path`` and
+  ``device_id`` are refused: the server owns its model, devices and disk.
+- ``GET /healthz`` (and the reference's ``/health``), ``GET /metrics`` (Prometheus text).
+
+Bad bodies get ``400`` (not JSON), ``413`` (too large) or ``422`` naming the field; a full
+queue gets ``429`` with ``Retry-After``; a server shutting down ``503``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from fastapi import Depends, FastAPI, HTTPException
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+from starlette.requests import Request as HTTPRequest
+
+from acestep_jax.serving.metrics import CONTENT_TYPE
+from acestep_jax.serving.requests import RequestError, parse_request
+from acestep_jax.serving.scheduler import (
+    CANCELLED,
+    DONE,
+    FAILED,
+    QUEUED,
+    Draining,
+    Job,
+    QueueFull,
+    Scheduler,
+)
+
+MEDIA_TYPES = {"wav": "audio/wav", "flac": "audio/flac", "ogg": "audio/ogg", "mp3": "audio/mpeg"}
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    api_key: str | None = None  # bearer token; None: no authentication
+    max_body_bytes: int = 1 << 20
+    sync_timeout_s: float = 600.0  # how long POST /generate waits for its audio
+    max_poll_wait_s: float = 60.0  # the longest ?wait= of GET /v1/jobs/{id}
+
+
+class _BodyError(Exception):
+    def __init__(self, status: int, detail: str):
+        super().__init__(detail)
+        self.status, self.detail = status, detail
+
+
+async def _json_body(request: HTTPRequest, limit: int):
+    length = request.headers.get("content-length")
+    if length is not None and (not length.isdigit() or int(length) > limit):
+        raise _BodyError(413, f"the body exceeds {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise _BodyError(413, f"the body exceeds {limit} bytes")
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as e:
+        raise _BodyError(400, f"the body is not valid JSON: {str(e)[:200]}") from None
+
+
+def _invalid(err: RequestError) -> JSONResponse:
+    return JSONResponse({"detail": [{"loc": ["body", err.field], "msg": err.message, "type": "value_error"}]},
+                        status_code=422)
+
+
+def _waiting(job: Job) -> bool:
+    """Whether some output of ``job`` still waits in the queue."""
+    return job.status == QUEUED or job.stage == "queued"
+
+
+async def _wait(scheduler: Scheduler, job: Job, timeout: float, until) -> None:
+    """Return once ``until()`` holds (checked at each change of ``job``) or ``timeout`` passes."""
+    loop = asyncio.get_running_loop()
+    changed = asyncio.Event()
+    stop = scheduler.watch(job, lambda: loop.call_soon_threadsafe(changed.set))
+    try:
+        deadline = loop.time() + timeout
+        while True:
+            changed.clear()
+            remaining = deadline - loop.time()
+            if until() or remaining <= 0:
+                return
+            try:
+                await asyncio.wait_for(changed.wait(), remaining)
+            except TimeoutError:
+                pass
+    finally:
+        stop()
+
+
+def job_view(scheduler: Scheduler, job: Job) -> dict:
+    """A job as the API shows it."""
+    r = job.request
+    return {
+        "id": job.id, "status": job.status, "stage": job.stage,
+        "progress": {"outputs_done": len(job.outputs), "outputs": r.count if r else 0},
+        "queue_position": scheduler.position(job),
+        "accepted_at": job.accepted_at, "started_at": job.started_at, "finished_at": job.finished_at,
+        "error": job.error,
+        "outputs": [{"index": o.index, "url": f"/v1/jobs/{job.id}/audio?index={o.index}", "seconds": o.seconds,
+                     "seed": r.seeds[o.index], "retake_seed": r.retake_seeds[o.index]}
+                    for o in sorted(job.outputs.values(), key=lambda o: o.index)],
+        "request": r.to_dict() if r else None,
+    }
+
+
+def create_app(scheduler: Scheduler, config: AppConfig = AppConfig()) -> FastAPI:
+    """The API over ``scheduler``, which the app starts and stops with its lifespan."""
+
+    @asynccontextmanager
+    async def lifespan(app):
+        scheduler.start()
+        yield
+        await run_in_threadpool(scheduler.stop)
+
+    app = FastAPI(title="acestep-jax", summary="ACE-Step v1 music generation, batched", lifespan=lifespan)
+    app.state.scheduler = scheduler
+    metrics = scheduler.metrics
+
+    @app.middleware("http")
+    async def count_responses(request: HTTPRequest, call_next):
+        response = await call_next(request)
+        route = request.scope.get("route")
+        metrics.http.inc(method=request.method, route=getattr(route, "path", "unmatched"),
+                         code=str(response.status_code))
+        return response
+
+    @app.exception_handler(_BodyError)
+    async def body_error(request, err: _BodyError):
+        return JSONResponse({"detail": err.detail}, status_code=err.status)
+
+    @app.exception_handler(RequestError)
+    async def request_error(request, err: RequestError):
+        return _invalid(err)
+
+    async def authorized(request: HTTPRequest) -> None:
+        if config.api_key is None:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(), config.api_key.encode()):
+            raise HTTPException(401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"})
+
+    auth = [Depends(authorized)]
+
+    def parse(data, reference: bool | None):
+        request = parse_request(data, scheduler.limits, reference=reference)
+        scheduler.check(request)
+        return request
+
+    async def accept(http: HTTPRequest, reference: bool | None) -> Job:
+        request = await run_in_threadpool(parse, await _json_body(http, config.max_body_bytes), reference)
+        try:
+            return await run_in_threadpool(scheduler.submit, request)
+        except QueueFull as e:
+            raise HTTPException(429, str(e), headers={"Retry-After": str(e.retry_after)}) from None
+        except Draining as e:
+            raise HTTPException(503, str(e), headers={"Retry-After": "30"}) from None
+
+    def get_job(job_id: str) -> Job:
+        job = scheduler.job(job_id)
+        if job is None:
+            raise HTTPException(404, f"no job {job_id}")
+        return job
+
+    @app.post("/v1/generate", status_code=202, dependencies=auth)
+    async def submit(http: HTTPRequest):
+        """Queue a request (the project's or the reference's format); returns the job."""
+        job = await accept(http, None)
+        return JSONResponse(job_view(scheduler, job), status_code=202, headers={"Location": f"/v1/jobs/{job.id}"})
+
+    @app.get("/v1/jobs/{job_id}", dependencies=auth)
+    async def status(job_id: str, wait: float = 0.0):
+        """A job's status; ``wait``: hold the answer until it finishes or ``wait`` seconds pass."""
+        job = get_job(job_id)
+        if wait > 0:
+            await _wait(scheduler, job, min(wait, config.max_poll_wait_s), lambda: job.finished)
+        return job_view(scheduler, job)
+
+    @app.get("/v1/jobs/{job_id}/audio", dependencies=auth)
+    async def audio(job_id: str, index: int = 0):
+        """Output ``index`` of a job as an audio file."""
+        job = get_job(job_id)
+        if job.request is None or not 0 <= index < job.request.count:
+            raise HTTPException(404, f"job {job_id} has no output {index}")
+        output = job.outputs.get(index)
+        if output is None:
+            raise HTTPException(409, f"output {index} is not ready (job {job.status})")
+        fmt = job.request.format
+        return FileResponse(output.audio, media_type=MEDIA_TYPES[fmt],
+                            filename=f"{job.request.name or job.id}_{index}.{fmt}")
+
+    @app.delete("/v1/jobs/{job_id}", dependencies=auth)
+    async def cancel(job_id: str):
+        """Cancel a queued or running job, or delete a finished one and its files."""
+        result = await run_in_threadpool(scheduler.cancel, job_id)
+        if result is None:
+            raise HTTPException(404, f"no job {job_id}")
+        return {"id": job_id, "status": result}
+
+    @app.post("/generate", dependencies=auth)
+    async def generate_reference(http: HTTPRequest):
+        """The reference's ``/generate``: answers when the audio is ready."""
+        job = await accept(http, True)
+        await _wait(scheduler, job, config.sync_timeout_s,
+                    lambda: job.finished or (scheduler.draining and _waiting(job)))
+        if job.status == DONE:
+            return {"status": "success", "output_path": f"/v1/jobs/{job.id}/audio",
+                    "message": "Audio generated successfully", "job_id": job.id,
+                    "outputs": [f"/v1/jobs/{job.id}/audio?index={i}" for i in range(job.request.count)],
+                    "actual_seeds": list(job.request.seeds), "retake_seeds": list(job.request.retake_seeds),
+                    "audio_duration": job.request.params.duration}
+        if job.status == FAILED:
+            raise HTTPException(500, f"Error generating audio: {job.error}")
+        if job.status == CANCELLED:
+            raise HTTPException(409, f"job {job.id} was cancelled")
+        if scheduler.draining:
+            raise HTTPException(503, f"the server is shutting down; job {job.id} is journaled and resumes at the "
+                                f"next start (GET /v1/jobs/{job.id})", headers={"Retry-After": "30"})
+        raise HTTPException(504, f"job {job.id} is not finished after {config.sync_timeout_s:g} s; "
+                            f"poll GET /v1/jobs/{job.id}")
+
+    @app.get("/healthz")
+    @app.get("/health", include_in_schema=False)
+    async def health():
+        """``200`` while serving, ``503`` while shutting down."""
+        body = {"status": "draining" if scheduler.draining else "ok", "queued_outputs": scheduler.queued_outputs()}
+        return JSONResponse(body, status_code=503 if scheduler.draining else 200)
+
+    @app.get("/metrics", dependencies=auth)
+    async def prometheus():
+        return PlainTextResponse(metrics.registry.render(), media_type=CONTENT_TYPE)
+
+    return app

@@ -1,0 +1,494 @@
+"""Generation requests: parsing and validating the project's format and the reference's.
+
+A request is a JSON object. Two spellings are accepted, told apart by their keys:
+
+- the project's own: :class:`~acestep_jax.sampling.SamplingParams` field names plus
+  ``prompt``, ``lyrics``, ``seeds``, ``retake_seeds``, ``batch_size``, ``format``,
+  ``sample_rate`` and, in job files, ``name``, ``src_audio``, ``lora``;
+- the reference's: the ``/generate`` body of its ``infer-api.py`` and the
+  ``input_params`` records its pipeline writes (``audio_duration``, ``infer_step``,
+  ``actual_seeds``, ``edit_n_min``, ``src_audio_path``, ...).
+
+:data:`FIELDS` is the one table mapping the reference's names onto the project's; the job
+files and both HTTP endpoints read requests through :func:`parse_request`. Unknown keys
+are an error naming the key; every bad value is a :class:`RequestError` naming its field
+(in the spelling the request used). Seeds left out and the reference's random duration
+(``audio_duration <= 0``) are drawn here, so a parsed :class:`Request` is fully
+determined and :meth:`Request.to_dict` reproduces it exactly.
+
+Service requests always run with ``bucket=True`` and ``batch_invariant=True``: an
+output equals the same request run alone, whatever it is batched with.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+
+from acestep_jax.lora import SCALE_MODES, LoraSpec
+from acestep_jax.sampling import SamplingParams
+from acestep_jax.sampling.guidance import CFG_TYPES
+from acestep_jax.sampling.params import MAX_SECONDS, REPAINT_TASKS, SOURCE_TASKS, TASKS
+from acestep_jax.sampling.schedulers import SCHEDULERS
+
+FORMATS = ("wav", "flac", "ogg", "mp3")
+SAMPLE_RATES = (16000, 22050, 24000, 32000, 44100, 48000)
+MAX_SEED = 2**32 - 1  # seeds are uint32, as the reference's torch generators take them
+SERVER_TASKS = ("text2music", "retake")  # no source audio: nothing on the server's disk is named
+RECORD_KEY = "output"  # what a record adds to its request (paths, batch, timings); ignored when read back
+REFERENCE_IGNORED = ("bf16", "torch_compile", "debug", "timecosts", "audio_path")
+REFERENCE_REFUSED = ("checkpoint_path", "output_path", "device_id", "save_path")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+class RequestError(ValueError):
+    """A bad request value; ``field`` names it as the request spelled it."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field, self.message = field, message
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What an operator allows. ``tasks``: the tasks taken; ``local_paths``: whether
+    requests may name files on this machine (source audio, LoRAs; job files only)."""
+
+    max_duration: float = MAX_SECONDS
+    max_steps: int = 200
+    max_outputs: int = 8
+    max_prompt_chars: int = 4000
+    max_lyrics_chars: int = 20000
+    tasks: tuple[str, ...] = TASKS
+    local_paths: bool = True
+
+    def __post_init__(self):
+        if not 0 < self.max_duration <= MAX_SECONDS:
+            raise ValueError(f"max_duration must be in (0, {MAX_SECONDS:g}], got {self.max_duration}")
+        for name in ("max_steps", "max_outputs", "max_prompt_chars", "max_lyrics_chars"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if bad := [t for t in self.tasks if t not in TASKS]:
+            raise ValueError(f"unknown tasks {bad}; tasks are {TASKS}")
+
+
+SERVER_LIMITS = Limits(tasks=SERVER_TASKS, local_paths=False)
+
+
+@dataclass(frozen=True)
+class Field:
+    """One request key: its ``name`` here, its ``reference`` name (``None``: the project's
+    only), its JSON ``kind`` and bounds."""
+
+    name: str
+    kind: str  # "str", "float", "int", "bool", "ints" (a list of integers), "lora"
+    reference: str | None = None
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[str, ...] = ()
+    nullable: bool = False  # JSON null means "not given"
+
+
+FIELDS = (
+    Field("prompt", "str", "prompt"),
+    Field("lyrics", "str", "lyrics"),
+    Field("task", "str", "task", choices=TASKS),
+    Field("duration", "float", "audio_duration"),
+    Field("infer_steps", "int", "infer_step", low=1),
+    Field("guidance_scale", "float", "guidance_scale", 0, 200),
+    Field("omega_scale", "float", "omega_scale", -100, 100),
+    Field("scheduler_type", "str", "scheduler_type", choices=SCHEDULERS),
+    Field("cfg_type", "str", "cfg_type", choices=CFG_TYPES),
+    Field("guidance_interval", "float", "guidance_interval", 0, 1),
+    Field("guidance_interval_decay", "float", "guidance_interval_decay", 0, 1),
+    Field("min_guidance_scale", "float", "min_guidance_scale", 0, 200),
+    Field("use_erg_tag", "bool", "use_erg_tag"),
+    Field("use_erg_lyric", "bool", "use_erg_lyric"),
+    Field("use_erg_diffusion", "bool", "use_erg_diffusion"),
+    Field("guidance_scale_text", "float", "guidance_scale_text", 0, 200),
+    Field("guidance_scale_lyric", "float", "guidance_scale_lyric", 0, 200),
+    Field("oss_steps", "ints", "oss_steps", 1, 1000, nullable=True),
+    Field("zero_steps", "int", None, 0),
+    Field("use_zero_init", "bool", None),
+    Field("retake_variance", "float", "retake_variance", 0, 1),
+    Field("repaint_start", "float", "repaint_start", -MAX_SECONDS, 2 * MAX_SECONDS),
+    Field("repaint_end", "float", "repaint_end", -MAX_SECONDS, 2 * MAX_SECONDS),
+    Field("ref_audio_strength", "float", "ref_audio_strength", 0, 1),
+    Field("n_min", "float", "edit_n_min", 0, 1),
+    Field("n_max", "float", "edit_n_max", 0, 1),
+    Field("n_avg", "int", "edit_n_avg", 1, 64),
+    Field("seeds", "ints", "actual_seeds", 0, MAX_SEED, nullable=True),
+    Field("retake_seeds", "ints", "retake_seeds", 0, MAX_SEED, nullable=True),
+    Field("batch_size", "int", "batch_size", 1),
+    Field("format", "str", "format", choices=FORMATS),
+    Field("sample_rate", "int", None),
+    Field("src_audio", "str", "src_audio_path", nullable=True),
+    Field("target_prompt", "str", "edit_target_prompt", nullable=True),
+    Field("target_lyrics", "str", "edit_target_lyrics", nullable=True),
+    Field("lora", "lora", "lora_name_or_path", nullable=True),
+    Field("lora_weight", "float", "lora_weight", -100, 100),
+    Field("name", "str", None),
+)
+BY_NAME = {f.name: f for f in FIELDS}
+BY_REFERENCE = {f.reference: f for f in FIELDS if f.reference}
+# the reference's keys with no field of their own: __call__'s other spelling of the seeds,
+# and audio2audio's switch and reference audio (mapped onto task and src_audio)
+REFERENCE_EXTRA = {"manual_seeds": BY_NAME["seeds"], "audio2audio_enable": Field("audio2audio_enable", "bool"),
+                   "ref_audio_input": Field("ref_audio_input", "str", nullable=True)}
+_PARAM_NAMES = {f.name for f in fields(SamplingParams)} - {"bucket", "batch_invariant"}
+_OWN_ONLY = {f.name for f in FIELDS if f.name != f.reference} | {RECORD_KEY}
+_REFERENCE_ONLY = ({f.reference for f in FIELDS if f.reference and f.reference != f.name} | set(REFERENCE_EXTRA)
+                   | set(REFERENCE_IGNORED) | set(REFERENCE_REFUSED)) - {"audio_path"}
+
+
+@dataclass(frozen=True)
+class Request:
+    """One request, fully resolved: ``len(seeds)`` outputs, output ``i`` from ``seeds[i]``
+    and ``retake_seeds[i]``. ``params`` always has ``bucket`` and ``batch_invariant`` set."""
+
+    prompt: str
+    params: SamplingParams
+    seeds: tuple[int, ...]
+    retake_seeds: tuple[int, ...]
+    lyrics: str = ""
+    format: str = "wav"
+    sample_rate: int = 48000
+    src_audio: str | None = None
+    target_prompt: str | None = None
+    target_lyrics: str | None = None
+    lora: tuple[LoraSpec, ...] = ()
+    name: str | None = None
+    reference: bool = field(default=False, compare=False)  # spelled in the reference's names
+
+    @property
+    def count(self) -> int:
+        return len(self.seeds)
+
+    def to_dict(self, index: int | None = None) -> dict:
+        """The request in the project's spelling (every value explicit); ``index``: output
+        ``index`` alone (one seed), the request a record of that output reproduces."""
+        d = {"prompt": self.prompt, "lyrics": self.lyrics}
+        d.update({k: getattr(self.params, k) for k in sorted(_PARAM_NAMES)})
+        d["oss_steps"] = list(self.params.oss_steps)
+        seeds, retake = self.seeds, self.retake_seeds
+        if index is not None:
+            seeds, retake = seeds[index : index + 1], retake[index : index + 1]
+        d.update(seeds=list(seeds), retake_seeds=list(retake), format=self.format, sample_rate=self.sample_rate)
+        for key in ("src_audio", "target_prompt", "target_lyrics", "name"):
+            if getattr(self, key) is not None:
+                d[key] = getattr(self, key)
+        if self.lora:
+            d["lora"] = [s.to_record() for s in self.lora]
+        return d
+
+    def spelled(self, name: str) -> str:
+        """``name`` (a field here) as this request's format spells it."""
+        return _spell(name, self.reference)
+
+
+def _spell(name: str, reference: bool) -> str:
+    f = BY_NAME.get(name)
+    return f.reference if reference and f is not None and f.reference else name
+
+
+# ---------------------------------------------------------------------------- values
+def _json_type(v) -> str:
+    if v is None:
+        return "null"
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array",
+            dict: "an object"}.get(type(v), type(v).__name__)
+
+
+def _number(key: str, v, integer: bool, low, high):
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise RequestError(key, f"must be {'an integer' if integer else 'a number'}, got {_json_type(v)}")
+    if isinstance(v, float) and not math.isfinite(v):
+        raise RequestError(key, f"must be finite, got {v}")
+    if integer:
+        if isinstance(v, float) and not v.is_integer():
+            raise RequestError(key, f"must be an integer, got {v}")
+        v = int(v)
+    if (low is not None and v < low) or (high is not None and v > high):
+        def show(x):
+            return str(int(x)) if integer else f"{x:g}"
+
+        lo, hi = "-inf" if low is None else show(low), "inf" if high is None else show(high)
+        raise RequestError(key, f"must be in [{lo}, {hi}], got {show(v)}" if abs(v) < 1e30 else
+                           f"must be in [{lo}, {hi}]")
+    return v if integer else float(v)
+
+
+def _value(key: str, f: Field, v, reference: bool):
+    """``v`` checked against ``f`` (``key``: its spelling, for errors)."""
+    if v is None:
+        if f.nullable:
+            return None
+        raise RequestError(key, "must not be null")
+    if f.kind == "str":
+        if not isinstance(v, str):
+            raise RequestError(key, f"must be a string, got {_json_type(v)}")
+        if f.choices and v not in f.choices:
+            raise RequestError(key, f"must be one of {', '.join(f.choices)}; got {v[:40]!r}")
+        return v
+    if f.kind == "bool":
+        if not isinstance(v, bool):
+            raise RequestError(key, f"must be true or false, got {_json_type(v)}")
+        return v
+    if f.kind in ("float", "int"):
+        return _number(key, v, f.kind == "int", f.low, f.high)
+    if f.kind == "ints":
+        if reference and isinstance(v, str):  # the reference's __call__ takes "1, 2, 3"
+            try:
+                v = [int(s) for s in v.split(",") if s.strip()]
+            except ValueError:
+                raise RequestError(key, f"must be comma-separated integers, got {v[:40]!r}") from None
+        if not isinstance(v, list):
+            raise RequestError(key, f"must be an array of integers, got {_json_type(v)}")
+        if len(v) > 1000:
+            raise RequestError(key, f"has {len(v)} entries; at most 1000")
+        return tuple(_number(f"{key}[{i}]", x, True, f.low, f.high) for i, x in enumerate(v))
+    if f.kind == "lora":
+        return _lora(key, v)
+    raise AssertionError(f.kind)
+
+
+def _lora(key: str, v) -> tuple[LoraSpec, ...] | str:
+    """A path (weight from ``lora_weight``) or a record's list of ``{path, weight, scale}``."""
+    if isinstance(v, str):
+        return v
+    if not isinstance(v, list):
+        raise RequestError(key, f"must be a path or a list of {{path, weight, scale}}, got {_json_type(v)}")
+    specs = []
+    for i, item in enumerate(v):
+        k = f"{key}[{i}]"
+        if not isinstance(item, dict) or not isinstance(item.get("path"), str):
+            raise RequestError(k, "must be an object with a string 'path'")
+        if extra := set(item) - {"path", "weight", "scale"}:
+            raise RequestError(k, f"unknown key {min(extra)!r}")
+        weight = _number(f"{k}.weight", item.get("weight", 1.0), False, -100, 100)
+        scale = item.get("scale", "reference")
+        if scale not in SCALE_MODES:
+            raise RequestError(f"{k}.scale", f"must be one of {', '.join(SCALE_MODES)}")
+        specs.append(LoraSpec(item["path"], weight, scale))
+    return tuple(specs)
+
+
+# ---------------------------------------------------------------------------- parsing
+def detect_reference(data: Mapping) -> bool:
+    """Whether ``data`` is spelled in the reference's names (ValueError when it mixes both)."""
+    own = sorted(k for k in data if k in _OWN_ONLY)
+    ref = sorted(k for k in data if k in _REFERENCE_ONLY)
+    if own and ref:
+        raise RequestError(own[0], f"is this project's name but the request also uses the reference's "
+                           f"{ref[0]!r}; spell a request in one format")
+    return bool(ref)
+
+
+def parse_request(
+    data,
+    limits: Limits = Limits(),
+    *,
+    reference: bool | None = None,
+    rng: np.random.Generator | None = None,
+) -> Request:
+    """Validate ``data`` (a decoded JSON object) into a :class:`Request`.
+
+    ``reference``: the format (``None``: told from the keys). Missing seeds are drawn
+    from ``rng``. Raises :class:`RequestError` naming the first bad field.
+    """
+    if not isinstance(data, Mapping):
+        raise RequestError("body", f"must be a JSON object, got {_json_type(data)}")
+    if reference is None:
+        reference = detect_reference(data)
+    rng = rng or np.random.default_rng()
+    values: dict = {}
+    extra: dict = {}
+    for key, v in data.items():
+        if not isinstance(key, str):
+            raise RequestError(str(key), "keys must be strings")
+        if reference:
+            if key in REFERENCE_REFUSED:
+                raise RequestError(key, "is not taken: the service owns its model, devices and output files")
+            if key in REFERENCE_IGNORED:
+                continue
+            f = BY_REFERENCE.get(key) or REFERENCE_EXTRA.get(key)
+        else:
+            if key == RECORD_KEY:
+                continue
+            f = BY_NAME.get(key)
+        if f is None:
+            raise RequestError(key, "unknown key" + (" (the request is read in the reference's names)"
+                                                     if reference else ""))
+        target = f.name
+        if target in values or target in extra:
+            raise RequestError(key, f"given twice (as {f.reference!r} and 'manual_seeds')")
+        (values if f.name in BY_NAME else extra)[target] = _value(key, f, v, reference)
+    return _build(values, extra, limits, reference, rng)
+
+
+def _build(values: dict, extra: dict, limits: Limits, reference: bool, rng) -> Request:
+    def spell(name):
+        return _spell(name, reference)
+
+    def get(name, default=None):
+        v = values.get(name)
+        return default if v is None else v
+
+    if "prompt" not in values:
+        raise RequestError("prompt", "is required")
+    prompt, lyrics = values["prompt"], get("lyrics", "")
+    if len(prompt) > limits.max_prompt_chars:
+        raise RequestError("prompt", f"has {len(prompt)} characters; at most {limits.max_prompt_chars}")
+    if len(lyrics) > limits.max_lyrics_chars:
+        raise RequestError("lyrics", f"has {len(lyrics)} characters; at most {limits.max_lyrics_chars}")
+
+    task, src_audio = get("task", "text2music"), get("src_audio")
+    if extra.get("audio2audio_enable"):  # the reference switches to audio2audio with a reference audio
+        if extra.get("ref_audio_input") is None:
+            raise RequestError("audio2audio_enable", "needs ref_audio_input")
+        if src_audio is not None:
+            raise RequestError("src_audio_path", "cannot be combined with audio2audio (ref_audio_input)")
+        task, src_audio = "audio2audio", extra["ref_audio_input"]
+    elif extra.get("ref_audio_input") is not None:
+        raise RequestError("ref_audio_input", "is only read with audio2audio_enable: true")
+    if task not in limits.tasks:
+        raise RequestError(spell("task"), f"{task!r} is not served here; tasks: {', '.join(limits.tasks)}")
+    if src_audio is not None and not limits.local_paths:
+        raise RequestError(spell("src_audio"), "is not taken: the service reads no files named by requests")
+    if task in SOURCE_TASKS and src_audio is None:
+        raise RequestError(spell("src_audio"), f"is required by task {task!r}")
+    if src_audio is not None and task not in SOURCE_TASKS:
+        raise RequestError(spell("src_audio"), f"is not used by task {task!r}")
+    if task == "edit" and (values.get("target_prompt") is None or values.get("target_lyrics") is None):
+        raise RequestError(spell("target_prompt"), "and the target lyrics are required by task 'edit'")
+
+    duration = get("duration", SamplingParams.duration)
+    if reference and duration <= 0:  # the reference draws a random duration
+        hi = min(240.0, limits.max_duration)
+        duration = float(rng.uniform(min(30.0, hi), hi))
+    if not 0 < duration <= limits.max_duration:
+        raise RequestError(spell("duration"), f"must be in (0, {limits.max_duration:g}] seconds, got {duration:g}")
+    steps = get("infer_steps", SamplingParams.infer_steps)
+    if steps > limits.max_steps:
+        raise RequestError(spell("infer_steps"), f"must be at most {limits.max_steps}, got {steps}")
+    oss = get("oss_steps", ())
+    if len(oss) > limits.max_steps:
+        raise RequestError(spell("oss_steps"), f"has {len(oss)} steps; at most {limits.max_steps}")
+
+    given = {k: values[k] for k in _PARAM_NAMES if values.get(k) is not None}
+    params = SamplingParams(**{**given, "task": task, "duration": duration, "oss_steps": oss},
+                            bucket=True, batch_invariant=True)
+    if params.zero_steps > params.infer_steps:
+        raise RequestError("zero_steps", f"must be at most infer_steps ({params.infer_steps})")
+    seeds, retake_seeds = _seeds(values, limits, reference, rng, spell)
+    lora = _lora_specs(values, limits, reference, spell)
+    request = Request(
+        prompt=prompt, lyrics=lyrics, params=params, seeds=seeds, retake_seeds=retake_seeds,
+        format=get("format", "wav"), sample_rate=_sample_rate(values), src_audio=src_audio,
+        target_prompt=values.get("target_prompt"), target_lyrics=values.get("target_lyrics"), lora=lora,
+        name=_name(values.get("name")), reference=reference,
+    )
+    check_params(request)
+    return request
+
+
+def _seeds(values, limits: Limits, reference: bool, rng, spell):
+    """One seed per output. The project's format: ``seeds`` gives one output each (``batch_size``
+    must agree); the reference's: ``batch_size`` outputs (default 1), seed ``i`` or the last."""
+    seeds, retake = values.get("seeds") or (), values.get("retake_seeds") or ()
+    count = values.get("batch_size")
+    if count is None:
+        count = 1 if reference or not seeds else len(seeds)
+    elif not reference and seeds and len(seeds) != count:
+        raise RequestError("batch_size", f"is {count} but {len(seeds)} seeds are given")
+    if count > limits.max_outputs:
+        raise RequestError(spell("batch_size") if values.get("batch_size") else spell("seeds"),
+                           f"asks for {count} outputs; at most {limits.max_outputs} per request")
+    if not reference and retake and len(retake) != count:
+        raise RequestError("retake_seeds", f"has {len(retake)} entries for {count} outputs")
+
+    def fill(given):
+        drawn = [int(s) for s in rng.integers(0, MAX_SEED, count, endpoint=True)]
+        return tuple(given[min(i, len(given) - 1)] if given else drawn[i] for i in range(count))
+
+    return fill(seeds), fill(retake)
+
+
+def _lora_specs(values, limits: Limits, reference: bool, spell) -> tuple[LoraSpec, ...]:
+    lora = values.get("lora")
+    if lora is None or (reference and lora == "none"):
+        if "lora_weight" in values and not reference:
+            raise RequestError("lora_weight", "is given without lora")
+        return ()
+    if not limits.local_paths:
+        raise RequestError(spell("lora"), "is not taken: the service reads no files named by requests")
+    if isinstance(lora, str):
+        specs = (LoraSpec(lora, values.get("lora_weight", 1.0)),)
+    else:
+        if "lora_weight" in values:
+            raise RequestError("lora_weight", "is given with a list of LoRAs (each has its weight)")
+        specs = lora
+    for spec in specs:
+        if not os.path.exists(spec.path):
+            raise RequestError(spell("lora"), f"{spec.path} does not exist")
+    return specs
+
+
+def _sample_rate(values) -> int:
+    rate = values.get("sample_rate", 48000)
+    if rate not in SAMPLE_RATES:
+        raise RequestError("sample_rate", f"must be one of {', '.join(map(str, SAMPLE_RATES))}; got {rate}")
+    return rate
+
+
+def _name(name: str | None) -> str | None:
+    if name is not None and not _NAME_RE.fullmatch(name):
+        raise RequestError("name", "must be 1-100 letters, digits, '.', '_' or '-', starting with a letter "
+                           "or digit")
+    return name
+
+
+def check_params(request: Request, frames: int | None = None) -> None:
+    """:meth:`SamplingParams.validate` (``frames``: the source audio's latent frames, once known)
+    as a :class:`RequestError` naming the field it blames."""
+    try:
+        request.params.validate(frames if request.params.task in SOURCE_TASKS else None)
+    except ValueError as e:
+        if request.params.task in SOURCE_TASKS and frames is None and "source latents" in str(e):
+            return  # checked again once the source audio's length is known
+        message = str(e)
+        found = [(m.start(), n) for n in _PARAM_NAMES - {"task"} if (m := re.search(rf"\b{n}\b", message))]
+        name = min(found)[1] if found else "repaint_start" if request.params.task in REPAINT_TASKS else "task"
+        raise RequestError(request.spelled(name), message) from None
+
+
+def source_frames(path: str) -> int:
+    """Latent frames ``path`` encodes to, from its header (no decoding); RequestError if unreadable."""
+    import soundfile as sf
+
+    from acestep_jax.codec import latent_frames
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(path)
+    info = sf.info(path)
+    return latent_frames(info.frames, info.samplerate)
+
+
+def with_local_checks(request: Request) -> Request:
+    """``request`` with its files checked: the source audio exists and is readable, and the
+    task's windows fit it (job files; the server takes no files)."""
+    if request.src_audio is None:
+        return request
+    try:
+        frames = source_frames(request.src_audio)
+    except FileNotFoundError:
+        raise RequestError(request.spelled("src_audio"), f"{request.src_audio} does not exist") from None
+    except Exception as e:  # noqa: BLE001 - an unreadable header: name the file
+        raise RequestError(request.spelled("src_audio"), f"cannot read {request.src_audio}: {e}") from None
+    check_params(request, frames)
+    return request
