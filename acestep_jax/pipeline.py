@@ -35,8 +35,8 @@ from acestep_jax.codec.resample import resampled_length
 from acestep_jax.models.transformer import ACEStepTransformer
 from acestep_jax.sampling import Conditioning, Noise, SamplingParams, generate
 from acestep_jax.sampling.params import SOURCE_TASKS
-from acestep_jax.sampling.tasks import item_frames, item_params
 from acestep_jax.sampling.progress import step_bar
+from acestep_jax.sampling.tasks import item_frames, item_params
 from acestep_jax.text import PromptTokenizer, UMT5Encoder, umt5_erg_scales
 from acestep_jax.text.lyrics.tokenizer import check_length as check_lyric_length
 

@@ -19,7 +19,13 @@ import os
 import signal
 import sys
 
-from acestep_jax.cli.common import USER_ERRORS, add_common_flags, report, setup_logging
+from acestep_jax.cli.common import (
+    USER_ERRORS,
+    HelpFormatter,
+    add_common_flags,
+    report,
+    setup_logging,
+)
 from acestep_jax.serving.batching import BATCH_SIZES
 
 log = logging.getLogger("acestep_jax.serve")
@@ -31,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     from acestep_jax.serving.loading import add_model_arguments
 
     p = argparse.ArgumentParser(prog="serve.py", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     add_model_arguments(p)
     h = p.add_argument_group("HTTP")
     h.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")

@@ -65,6 +65,6 @@ def test_sampling_params_fuzz(values):
     cond = _cond(20)
     if params.task not in SOURCE_TASKS:
         cond = dataclasses.replace(cond, src_latents=None)
-    lc, inputs, frames = prepare(params, cond, Noise.from_seeds([1]))
+    _, inputs, frames = prepare(params, cond, Noise.from_seeds([1]))
     assert frames >= 1 and inputs.latents.x.shape[0] == 1
     assert inputs.schedule.timesteps.shape[0] == inputs.items.scale.shape[1]

@@ -44,7 +44,7 @@ class GLUMBConv(nnx.Module):
     """
 
     def __init__(self, dim: int, hidden: int, *, dtype, param_dtype, rngs):
-        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        kw = {"dtype": dtype, "param_dtype": param_dtype, "rngs": rngs}
         self.in_value = Dense(dim, hidden, axes=("embed", "mlp"), **kw)
         self.in_gate = Dense(dim, hidden, axes=("embed", "mlp"), **kw)
         bound = 1 / 3**0.5
@@ -77,7 +77,7 @@ class TransformerBlock(nnx.Module):
 
     def __init__(self, cfg: TransformerConfig, *, dtype, param_dtype, rngs):
         d, h, hd = cfg.inner_dim, cfg.num_attention_heads, cfg.attention_head_dim
-        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        kw = {"dtype": dtype, "param_dtype": param_dtype, "rngs": rngs}
         self.attn = LinearSelfAttention(d, h, hd, **kw)
         self.cross_attn = CrossAttention(d, h, hd, **kw)
         self.ff = GLUMBConv(d, cfg.ff_hidden, **kw)
@@ -118,7 +118,7 @@ class ACEStepTransformer(nnx.Module):
         self.cfg = cfg
         dtype, param_dtype = resolve_dtype(cfg.dtype), resolve_dtype(cfg.param_dtype)
         d = cfg.inner_dim
-        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        kw = {"dtype": dtype, "param_dtype": param_dtype, "rngs": rngs}
         self.dtype = dtype
 
         @nnx.split_rngs(splits=cfg.num_layers)
