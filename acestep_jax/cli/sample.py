@@ -9,6 +9,14 @@ Each output (``NAME.FORMAT``, or ``NAME_i.FORMAT`` for a batch) gets a ``.json``
 generation parameter; ``--params-json`` reloads such a file (flags given on the
 command line win) and reruns the item's whole batch, which reproduces it exactly
 (guidance statistics are taken over the batch, as in the reference).
+
+Several hosts: run the same command on each with ``--distributed`` (or with
+``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID`` set; see
+:mod:`acestep_jax.distributed`); the batch is sharded over the devices of all
+hosts (``--batch`` a multiple of their number) and host 0 writes every output::
+
+    JAX_COORDINATOR_ADDRESS=host0:1234 JAX_NUM_PROCESSES=2 JAX_PROCESS_ID=0 \
+        sample.py --checkpoint ckpt --batch 16 --seeds 1 --out outputs/song.wav      # host 1: PROCESS_ID=1
 """
 
 from __future__ import annotations
@@ -42,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "replacing the checkpoint's")
     src.add_argument("--lora", help="LoRA adapter (PEFT/diffusers safetensors file or folder)")
     src.add_argument("--lora-weight", type=float, default=1.0)
-    src.add_argument("--shard", action="store_true", help="shard the batch over all local devices (data axis)")
+    src.add_argument("--shard", action="store_true", help="shard the batch over all devices (data axis)")
+    src.add_argument("--distributed", action="store_true",
+                     help="join the other hosts' processes (multi-host; implies --shard)")
     src.add_argument("--compile-cache", help="persistent XLA compilation cache folder (default: the cache "
                      "folder's xla/, see ACESTEP_JAX_CACHE; '' disables)")
 
@@ -205,6 +215,12 @@ def main(argv=None) -> int:
 
 
 def run(args, params) -> int:
+    from acestep_jax import distributed
+
+    if distributed.requested(args.distributed):
+        distributed.initialize()
+    import jax
+
     from acestep_jax.codec import save_audio
     from acestep_jax.convert.core import CheckpointError
     from acestep_jax.files import write_json
@@ -216,7 +232,7 @@ def run(args, params) -> int:
     lyrics = Path(args.lyrics_file).read_text(encoding="utf-8") if args.lyrics_file else args.lyrics
     try:
         mesh = None
-        if args.shard:
+        if args.shard or jax.process_count() > 1:
             from acestep_jax.sharding import make_mesh
 
             mesh = make_mesh(data=-1)
@@ -241,7 +257,8 @@ def run(args, params) -> int:
             sample_rate=args.sample_rate, batch_size=args.batch, progress=not args.quiet,
         )
         paths = output_paths(args, result.audio.shape[0])
-        for path, audio, record in zip(paths, result.audio, result.params, strict=True):
+        mine = zip(paths, result.audio, result.params, strict=True) if jax.process_index() == 0 else ()
+        for path, audio, record in mine:  # every host has the whole batch: host 0 writes it
             save_audio(path, audio, result.sample_rate, output_format(args))
             record = {**record, "format": output_format(args), "src_audio": args.src_audio,
                       "checkpoint": None if args.tiny_random else args.checkpoint, "tiny_random": args.tiny_random,
@@ -253,7 +270,7 @@ def run(args, params) -> int:
         return 2
     seconds = result.audio.shape[-1] / result.sample_rate * result.audio.shape[0]
     gen_time = result.timings["diffusion"] + result.timings["decode"]
-    for path in paths:
+    for path in paths if jax.process_index() == 0 else ():
         print(path)
     log.info("%.1f s of audio in %.2f s (diffusion %.2f s, decode %.2f s): %.1fx real time",
              seconds, gen_time, result.timings["diffusion"], result.timings["decode"], seconds / max(gen_time, 1e-9))

@@ -175,10 +175,19 @@ def check_noise(noise: Noise, batch: int, frames: int) -> None:
             raise ValueError(f"Noise.{name} must hold {batch} keys, got shape {tuple(a.shape)}")
 
 
+def random_seeds(n: int) -> list[int]:
+    """``n`` fresh random seeds, the same on every process of a multi-host run."""
+    seeds = np.random.default_rng().integers(0, 2**31 - 1, n)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        seeds = multihost_utils.broadcast_one_to_all(seeds)
+    return [int(s) for s in seeds]
+
+
 def _as_noise(noise, batch: int) -> Noise:
     if noise is None:
-        seeds = np.random.SeedSequence().generate_state(batch)
-        return Noise.from_seeds([int(s) for s in seeds])
+        return Noise.from_seeds(random_seeds(batch))
     if isinstance(noise, Noise):
         return noise
     if isinstance(noise, (list, tuple, np.ndarray)) and not jnp.issubdtype(getattr(noise, "dtype", np.int64), jax.dtypes.prng_key):
@@ -218,7 +227,8 @@ def generate(
     ``noise``: a :class:`Noise`, per-item seeds, a ``[B]`` PRNG key array, or ``None``
     (fresh random seeds). ``mesh``: shard the batch over the mesh's ``data`` axis
     (the batch must divide it); the model is placed with
-    :func:`acestep_jax.sharding.shard_model`. ``progress``: report each step to the
+    :func:`acestep_jax.sharding.shard_model`. On a mesh spanning several processes
+    (hosts) every process passes the same inputs and receives the whole batch. ``progress``: report each step to the
     bar of :func:`acestep_jax.sampling.progress.step_bar` (compiles a separate program).
     """
     src_frames = None if cond.src_latents is None else int(cond.src_latents.shape[-1])
@@ -251,4 +261,9 @@ def generate(
             if k in inputs:
                 inputs[k] = _shard_batch(inputs[k], mesh)
         noise = _pad_step_noise(noise, inputs)
-        return run_loop(model, lc, cond, inputs, noise)[..., :frames]
+        out = run_loop(model, lc, cond, inputs, noise)[..., :frames]
+    if out.is_fully_addressable:
+        return out
+    from jax.experimental import multihost_utils
+
+    return jnp.asarray(multihost_utils.process_allgather(out, tiled=True))
