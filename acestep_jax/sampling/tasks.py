@@ -204,12 +204,14 @@ def _pad_step_noise(noise: Noise, inputs: dict) -> Noise:
 
 
 def _shard_batch(tree, mesh, axis: int = 0):
+    from acestep_jax.sharding import put_global
+
     def put(a):
         if a is None:
             return None
         spec = [None] * a.ndim
         spec[axis] = "data"
-        return jax.device_put(a, NamedSharding(mesh, P(*spec)))
+        return put_global(a, NamedSharding(mesh, P(*spec)))
 
     return jax.tree.map(put, tree)
 
