@@ -13,6 +13,7 @@ converts one target at a time (streaming: only one target's sources are in memor
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -170,21 +171,21 @@ class SafetensorsSource(TensorSource):
 
     Headers are parsed up front so shapes are known without reading data; a file
     whose header is unreadable or whose data is shorter than its header claims is
-    refused with a :class:`CheckpointError`.
+    refused with a :class:`CheckpointError`. A tensor is read with plain file reads into
+    its own array (no memory map), so reading a large file holds only the tensors in use.
     """
 
     def __init__(self, paths: str | os.PathLike | Sequence[str | os.PathLike]):
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
         self._where: dict[str, str] = {}
-        self._meta: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
+        self._meta: dict[str, tuple[tuple[int, ...], np.dtype, int]] = {}  # shape, dtype, file offset
         for path in map(str, paths):
-            for key, (shape, dtype) in _read_safetensors_header(path).items():
+            for key, meta in _read_safetensors_header(path).items():
                 if key in self._where:
                     raise CheckpointError(f"tensor {key!r} appears in both {self._where[key]} and {path}")
                 self._where[key] = path
-                self._meta[key] = (shape, dtype)
-        self._handles: dict[str, object] = {}
+                self._meta[key] = meta
 
     def keys(self):
         return self._meta.keys()
@@ -199,15 +200,21 @@ class SafetensorsSource(TensorSource):
         return self._meta[key][1]
 
     def get(self, key):
-        from safetensors import safe_open
+        shape, dtype, offset = self._meta[key]
+        out = np.empty(shape, dtype)
+        view = memoryview(out.reshape(-1).view(np.uint8))
+        with open(self._where[key], "rb", buffering=0) as f:
+            f.seek(offset)
+            done = 0
+            while done < len(view):
+                n = f.readinto(view[done:])
+                if not n:
+                    raise CheckpointError(f"{self._where[key]} ended while reading tensor {key!r}")
+                done += n
+        return out
 
-        path = self._where[key]
-        if path not in self._handles:
-            self._handles[path] = safe_open(path, framework="numpy")
-        return self._handles[path].get_tensor(key)
 
-
-def _read_safetensors_header(path: str) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+def _read_safetensors_header(path: str) -> dict[str, tuple[tuple[int, ...], np.dtype, int]]:
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint file not found: {path}")
     size = os.path.getsize(path)
@@ -231,7 +238,11 @@ def _read_safetensors_header(path: str) -> dict[str, tuple[tuple[int, ...], np.d
             )
         if info["dtype"] not in _ST_DTYPES:
             raise CheckpointError(f"{path}: tensor {key!r} has unsupported dtype {info['dtype']}")
-        out[key] = (tuple(info["shape"]), np.dtype(_ST_DTYPES[info["dtype"]]))
+        shape, dtype = tuple(info["shape"]), np.dtype(_ST_DTYPES[info["dtype"]])
+        if end - begin != math.prod(shape) * dtype.itemsize:
+            raise CheckpointError(f"{path}: tensor {key!r} spans {end - begin} bytes, its shape {list(shape)} "
+                                  f"of {info['dtype']} needs {math.prod(shape) * dtype.itemsize}")
+        out[key] = (shape, dtype, 8 + n + begin)
     return out
 
 
