@@ -126,6 +126,29 @@ def report(what: str, m: dict) -> None:
           f"{time.strftime('%Y-%m-%d')}")
 
 
+def load_stages(checkpoint: str) -> int:
+    """Load a converted checkpoint's components one by one in this process, printing host memory
+    (``RssAnon``) and the bytes of live jax arrays (the CPU "device" memory) after each."""
+    import jax
+
+    from acestep_jax.convert.checkpoint import load_component
+    from acestep_jax.convert.components import COMPONENTS
+
+    def line(what):
+        live = sum(a.nbytes for a in jax.live_arrays())
+        st = _status(os.getpid())
+        print(f"| {what} | {st['RssAnon'] / 1e9:.2f} | {st['VmHWM'] / 1e9:.2f} | {live / 1e9:.2f} |", flush=True)
+
+    print("| after | RssAnon GB | peak resident GB | live jax arrays GB |\n|---|---|---|---|")
+    line("imports")
+    models = []
+    for name, overrides in (("transformer", {"dtype": "bfloat16"}), ("text_encoder", {"dtype": "float32"}),
+                            ("dcae", {}), ("vocoder", {})):
+        models.append(load_component(Path(checkpoint) / name, COMPONENTS[name], **overrides))
+        line(f"load {name}")
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -137,6 +160,7 @@ def main(argv=None) -> int:
     c.add_argument("--dtype", default="bfloat16")
     ld = sub.add_parser("load", help="time and memory of sample.py --checkpoint (2 s, 1 step)")
     ld.add_argument("checkpoint")
+    ld.add_argument("--stages", action="store_true", help="load component by component in this process")
     args = p.parse_args(argv)
     if args.command == "build":
         build(args.root)
@@ -147,6 +171,8 @@ def main(argv=None) -> int:
         m = measure(cmd)
         report(f"convert_weights.py (--dtype {args.dtype})", m)
         return m["returncode"]
+    if args.stages:
+        return load_stages(args.checkpoint)
     out = Path(args.checkpoint).parent / "bench_load.wav"
     cmd = [sys.executable, "sample.py", "--checkpoint", args.checkpoint, "--duration", "2", "--steps", "1",
            "--out", str(out), "--compile-cache", "", "--quiet"]

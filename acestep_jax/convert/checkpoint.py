@@ -194,7 +194,7 @@ def write_component(
     bar = tqdm(total=len(variables), disable=not progress, desc=f"converting {component.name}", unit="tensor")
 
     def arrays_for(paths):
-        out = {t: a.astype(variables[t].dtype) for t, a in iter_converted(rules, source, plan, targets=paths)}
+        out = dict(iter_converted(rules, source, plan, targets=paths, dtypes={t: variables[t].dtype for t in paths}))
         bar.update(len(paths))
         return out
 

@@ -89,7 +89,9 @@ def stack_of(transform: Callable = identity) -> Transform:
             return tuple(inner_inverse(y[i]) for i in range(y.shape[0]))
 
     name = getattr(transform, "__name__", "transform")
-    return Transform(combine, inverse, name=f"stack_of({name})", part=getattr(transform, "part", (0, 1)))
+    stacked = Transform(combine, inverse, name=f"stack_of({name})", part=getattr(transform, "part", (0, 1)))
+    stacked.item = transform  # lets iter_converted fill the stack one layer at a time
+    return stacked
 
 
 # ----------------------------------------------------------------------------- rules
@@ -363,15 +365,30 @@ def listing(title: str, items: Sequence[str], limit: int = 40) -> str:
 
 
 def iter_converted(
-    rules: Sequence[Rule], source: TensorSource, plan: Plan, dtype=None, targets: Iterable[str] | None = None
+    rules: Sequence[Rule], source: TensorSource, plan: Plan, dtype=None, targets: Iterable[str] | None = None,
+    dtypes: Mapping[str, object] | None = None,
 ) -> Iterator[tuple[str, np.ndarray]]:
-    """Yield ``(target, array)`` one target at a time (numpy, host memory), optionally only ``targets``."""
+    """Yield ``(target, array)`` one target at a time (numpy, host memory), optionally only ``targets``.
+
+    Arrays are cast to ``dtype`` (or ``dtypes[target]``). A stacked target is filled one
+    layer at a time, so its source tensors are never all in memory at once.
+    """
     by_target = {r.target: r for r in rules}
     for target in plan.resolved if targets is None else targets:
         keys = plan.resolved[target]
-        arr = np.asarray(by_target[target].combine(*[source.get(k) for k in keys]))
-        if dtype is not None:
-            arr = arr.astype(dtype)
+        want = dtypes[target] if dtypes is not None else dtype
+        item = getattr(by_target[target].combine, "item", None)
+        if item is not None:
+            first = np.asarray(item(source.get(keys[0])))
+            arr = np.empty((len(keys), *first.shape), want if want is not None else first.dtype)
+            arr[0] = first
+            del first
+            for i, k in enumerate(keys[1:], 1):
+                arr[i] = np.asarray(item(source.get(k)))
+        else:
+            arr = np.asarray(by_target[target].combine(*[source.get(k) for k in keys]))
+            if want is not None:
+                arr = arr.astype(want, copy=False)
         yield target, arr
 
 
