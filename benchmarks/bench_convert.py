@@ -84,7 +84,9 @@ def build(root: Path) -> None:
         (out / "config.json").write_text(json.dumps(config, indent=2))
         total += write_random_safetensors(out / filename, manifest["tensors"], seed)
         print(f"{folder}: {len(manifest['tensors'])} tensors", flush=True)
-    from tests.fake_checkpoint import write_tiny_tokenizer  # a small prompt tokenizer with UMT5's special ids
+    from tests.fake_checkpoint import (
+        write_tiny_tokenizer,  # a small prompt tokenizer with UMT5's special ids
+    )
 
     write_tiny_tokenizer(root / "umt5-base")
     print(f"built {root}: {total / 1e9:.1f} GB of float32 weights in {time.perf_counter() - t0:.0f} s")

@@ -38,7 +38,7 @@ import sys
 import time
 from pathlib import Path
 
-if "--tpu" not in sys.argv:  # fake CPU devices; must be set before jax starts
+if __name__ == "__main__" and "--tpu" not in sys.argv:  # fake CPU devices, set before jax starts
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=64"
 
