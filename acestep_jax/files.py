@@ -30,6 +30,16 @@ def _umask() -> int:
         return mask
 
 
+def make_folder_beside(path: str | os.PathLike, prefix: str) -> Path:
+    """A new empty folder beside ``path`` named ``prefix`` + random characters, with the usual
+    permissions (``0o777`` less the umask; :func:`tempfile.mkdtemp` alone gives ``0o700``)."""
+    folder = Path(path).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=folder))
+    os.chmod(tmp, 0o777 & ~_umask())
+    return tmp
+
+
 def write_atomic(path: str | os.PathLike, write: Callable[[str], None], suffix: str = "") -> None:
     """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it over ``path``.
 

@@ -36,7 +36,7 @@ from acestep_jax.models.transformer import ACEStepTransformer
 from acestep_jax.sampling import Conditioning, Noise, SamplingParams, generate
 from acestep_jax.sampling.params import SOURCE_TASKS
 from acestep_jax.sampling.progress import step_bar
-from acestep_jax.sampling.tasks import item_frames, item_params
+from acestep_jax.sampling.tasks import item_frames, item_params, random_seeds
 from acestep_jax.text import PromptTokenizer, UMT5Encoder, umt5_erg_scales
 from acestep_jax.text.lyrics.tokenizer import check_length as check_lyric_length
 
@@ -251,10 +251,10 @@ class ACEStepPipeline:
         if params.task in SOURCE_TASKS and src_audio is None:
             raise ValueError(f"task {params.task!r} needs source audio (src_audio / --src-audio)")
         if seeds is None:
-            seeds = [int(s) for s in np.random.default_rng().integers(0, 2**31 - 1, b)]
+            seeds = random_seeds(b)
         seeds = _broadcast("seeds", [int(s) for s in seeds], b)
         if retake_seeds is None:
-            retake_seeds = [int(s) for s in np.random.default_rng().integers(0, 2**31 - 1, b)]
+            retake_seeds = random_seeds(b)
         retake_seeds = _broadcast("retake_seeds", [int(s) for s in retake_seeds], b)
 
         lyric_ids, lyric_mask = self.tokenize_lyrics(lyrics)  # checks the lengths before any model runs

@@ -157,8 +157,18 @@ def state_shardings(state: nnx.State, mesh: Mesh, rules: Rules | None = None):
 def shard_model(model: nnx.Module, mesh: Mesh, rules: Rules | None = None) -> nnx.Module:
     """Place a model's parameters on ``mesh`` according to their logical axes (in place)."""
     state = nnx.state(model)
-    nnx.update(model, jax.device_put(state, state_shardings(state, mesh, rules)))
+    nnx.update(model, jax.tree.map(put_global, state, state_shardings(state, mesh, rules)))
     return model
+
+
+def put_global(x, sharding: jax.sharding.Sharding) -> jax.Array:
+    """:func:`jax.device_put`, also from one process's array onto a sharding that spans other
+    processes (multi-host): every process passes the same value and keeps its own part."""
+    if sharding.is_fully_addressable or not isinstance(x, jax.Array) or not x.is_fully_addressable:
+        return jax.device_put(x, sharding)
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):  # key data gets one more (replicated) axis
+        return jax.random.wrap_key_data(put_global(jax.random.key_data(x), sharding), impl=jax.random.key_impl(x))
+    return jax.device_put(np.asarray(x), sharding)
 
 
 def constrain(x: jax.Array, axes: Sequence[str | None], rules: Rules | None = None) -> jax.Array:

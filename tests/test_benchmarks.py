@@ -25,3 +25,29 @@ def test_serving_benchmark_runs(capsys):
                              "--batch-sizes", "1,4", "--dtype", "float32"]) == 0
     out = capsys.readouterr().out
     assert "| sequential | 1 | 6 | 1.00 |" in out and "| batched | 1,4 |" in out and "batched / sequential:" in out
+
+
+def test_plan_batch_search_and_random_checkpoint_writer(tmp_path):
+    import numpy as np
+
+    from acestep_jax.convert.core import SafetensorsSource
+    from benchmarks.bench_convert import measure, write_random_safetensors
+    from benchmarks.plan_memory import Compiled, largest_fit
+
+    # the batch search: peak = 10 + 3 * batch (GB) fits 80 GB up to batch 23
+    calls = []
+
+    def fake(b):
+        calls.append(b)
+        return Compiled(10e9, 0, 0, 3e9 * b, 0.0, None)
+
+    assert largest_fit(fake, 80e9, 1) == (23, fake(23)) and len(calls) <= 5
+    assert largest_fit(fake, 5e9, 1)[0] is None
+
+    path = tmp_path / "w.safetensors"
+    write_random_safetensors(path, {"a": {"shape": [3, 5], "dtype": "float32"},
+                                    "b": {"shape": [7], "dtype": "float32"}}, seed=0)
+    src = SafetensorsSource(path)
+    assert src.shape("a") == (3, 5) and src.get("b").shape == (7,) and np.isfinite(src.get("a")).all()
+    m = measure(["python", "-c", "x = bytearray(50_000_000); import time; time.sleep(0.5)"])
+    assert m["returncode"] == 0 and m["RssAnon"] > 40e6

@@ -2,19 +2,28 @@
 
     convert_weights.py SRC DST [--dtype bfloat16]           # SRC: folder or Hub id
     convert_weights.py --to-reference CKPT OUT [--lora F]   # fine-tuned transformer → PyTorch layout
+
+Every argument and input file is checked before anything heavy runs; a problem is one
+``error: ...`` line naming the argument or file, exit status 2 (``--debug``: the traceback too).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import re
 import shutil
 import sys
 from pathlib import Path
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line instead of the usage block
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="convert_weights.py",
         description="Convert the ACE-Step v1 checkpoint (Hugging Face layout or Hub id) into sharded "
         "orbax checkpoints for acestep-jax, or export a (fine-tuned) JAX transformer back to the "
@@ -31,51 +40,83 @@ def build_parser() -> argparse.ArgumentParser:
                    help="export SRC's transformer to DST/ace_step_transformer/ (reference key names)")
     p.add_argument("--lora", help="with --to-reference: a LoRA file to copy beside the export (PEFT layout)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return p
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help, or an argument error already printed
+        return int(e.code or 0)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("jax").setLevel(logging.WARNING)
-    from acestep_jax.convert.core import CheckpointError
-
+    logging.getLogger("absl").setLevel(logging.WARNING)
     try:
-        if args.to_reference:
-            return _export(args)
-        from acestep_jax.convert.release import convert_checkpoint, counts_summary
-
-        manifest = convert_checkpoint(args.src, args.dst, param_dtype=args.dtype, names=args.components,
-                                      lyrics_vocab=args.lyrics_vocab, progress=not args.quiet,
-                                      overwrite=args.overwrite)
-    except (CheckpointError, FileNotFoundError, FileExistsError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        return _export(args) if args.to_reference else _convert(args)
+    except (ValueError, OSError) as e:  # CheckpointError and DownloadError are ValueErrors
+        if args.debug:
+            raise
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
+
+
+def one_line(error: BaseException) -> str:
+    """An error message on one line: a listing's lines joined, long ones cut (``--debug`` has it all)."""
+    lines = [re.sub(r"^\s*(- )?", "", line) for line in str(error).strip().splitlines() if line.strip()]
+    text = "".join(("" if i == 0 else " " if lines[i - 1].endswith(":") else "; ") + line
+                   for i, line in enumerate(lines)) or type(error).__name__
+    return text if len(text) <= 600 else text[:600] + " ... (--debug shows everything)"
+
+
+def _convert(args) -> int:
+    from acestep_jax.convert.release import convert_checkpoint, counts_summary
+
+    if args.lora:
+        raise ValueError("--lora goes with --to-reference")
+    manifest = convert_checkpoint(args.src, args.dst, param_dtype=args.dtype, names=args.components,
+                                  lyrics_vocab=args.lyrics_vocab, progress=not args.quiet,
+                                  overwrite=args.overwrite)
     print(f"converted {args.src} → {args.dst} ({args.dtype})\n{counts_summary(manifest)}")
     return 0
 
 
 def _export(args) -> int:
-    from acestep_jax.convert.checkpoint import load_component
+    from acestep_jax.convert.checkpoint import PARAMS_DIR, load_component
     from acestep_jax.convert.components import TRANSFORMER
-    from acestep_jax.convert.release import export_transformer_folder, is_converted
+    from acestep_jax.convert.release import (
+        check_export_destination,
+        export_transformer_folder,
+        is_converted,
+    )
 
+    for flag in ("components", "lyrics_vocab"):
+        if getattr(args, flag):
+            raise ValueError(f"--{flag.replace('_', '-')} does not go with --to-reference")
     src = Path(args.src)
+    if not src.is_dir():
+        raise FileNotFoundError(f"{src} is not a folder (a converted checkpoint or a transformer component)")
     folder = src / TRANSFORMER.name if is_converted(src) else src
-    model = load_component(folder, TRANSFORMER, param_dtype="float32")
-    out = export_transformer_folder(model, args.dst, overwrite=args.overwrite)
-    print(f"exported {folder} → {out}")
+    if not (folder / PARAMS_DIR).is_dir():
+        raise FileNotFoundError(f"{src} is neither a converted checkpoint nor a transformer component folder "
+                                f"(no {folder / PARAMS_DIR})")
+    check_export_destination(Path(args.dst) / TRANSFORMER.hf_folder, args.overwrite)
+    lora_files = []
     if args.lora:
         from acestep_jax.lora import ADAPTER_FILE, read_lora
 
-        read_lora(args.lora)  # refuse a file that is not a LoRA adapter
+        read_lora(args.lora)  # refuse a file that is not a LoRA adapter, before the model loads
         lora = Path(args.lora)
         lora_file = lora / ADAPTER_FILE if lora.is_dir() else lora
+        lora_files = [f for f in (lora_file, lora_file.with_name("adapter_config.json")) if f.is_file()]
+    model = load_component(folder, TRANSFORMER, param_dtype="float32")
+    out = export_transformer_folder(model, args.dst, overwrite=args.overwrite)
+    print(f"exported {folder} → {out}")
+    if lora_files:
         lora_out = Path(args.dst) / "lora"
         lora_out.mkdir(exist_ok=True)
-        for f in (lora_file, lora_file.with_name("adapter_config.json")):
-            if f.is_file():
-                shutil.copyfile(f, lora_out / f.name)
+        for f in lora_files:
+            shutil.copyfile(f, lora_out / f.name)
         print(f"copied LoRA adapter → {lora_out}")
     return 0
 

@@ -9,6 +9,14 @@ Each output (``NAME.FORMAT``, or ``NAME_i.FORMAT`` for a batch) gets a ``.json``
 generation parameter; ``--params-json`` reloads such a file (flags given on the
 command line win) and reruns the item's whole batch, which reproduces it exactly
 (guidance statistics are taken over the batch, as in the reference).
+
+Several hosts: run the same command on each with ``--distributed`` (or with
+``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID`` set; see
+:mod:`acestep_jax.distributed`); the batch is sharded over the devices of all
+hosts (``--batch`` a multiple of their number) and host 0 writes every output::
+
+    JAX_COORDINATOR_ADDRESS=host0:1234 JAX_NUM_PROCESSES=2 JAX_PROCESS_ID=0 \
+        sample.py --checkpoint ckpt --batch 16 --seeds 1 --out outputs/song.wav      # host 1: PROCESS_ID=1
 """
 
 from __future__ import annotations
@@ -66,8 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
                      "ACE-Step LoRAs); 'config': also the file's alpha / r (alpha / sqrt(r) with rsLoRA), "
                      "PEFT's scaling as trained. One for all --lora or one per --lora (default reference)")
     src.add_argument("--shard", action="store_true",
-                     help="shard the batch over all local devices (data axis); the batch must divide the device "
-                     "count, or with --batch-invariant is padded with filler items")
+                     help="shard the batch over all devices (data axis); the batch must divide the device count, "
+                     "or with --batch-invariant is padded with filler items")
+    src.add_argument("--distributed", action="store_true",
+                     help="join the other hosts' processes (multi-host; implies --shard)")
     src.add_argument("--compile-cache", help="persistent XLA compilation cache folder (default: the cache "
                      "folder's xla/, see ACESTEP_JAX_CACHE; '' disables)")
 
@@ -300,7 +310,7 @@ def validate(args, params) -> str:
 def _check_shard(batch: int, invariant: bool) -> None:
     import jax
 
-    devices = jax.local_device_count()
+    devices = jax.device_count()
     if batch % devices and not invariant:
         raise UsageError(
             f"--batch {batch} is not divisible by the {devices} devices of --shard; use a multiple of {devices}, "
@@ -353,6 +363,10 @@ def main(argv=None) -> int:
     try:
         args = parse_args(argv)
         setup_logging(args.verbose)
+        from acestep_jax import distributed
+
+        if distributed.requested(args.distributed):  # before anything touches a device
+            distributed.initialize()
         if args.jobs:
             from acestep_jax.serving.jobs_file import main as run_job_file
 
@@ -368,6 +382,8 @@ def main(argv=None) -> int:
 
 
 def run(args, params, lyrics: str) -> int:
+    import jax
+
     from acestep_jax.outputs import OutputWriter
     from acestep_jax.pipeline import ACEStepPipeline
     from acestep_jax.sampling import enable_compilation_cache
@@ -375,7 +391,7 @@ def run(args, params, lyrics: str) -> int:
     if args.compile_cache != "":
         enable_compilation_cache(args.compile_cache)
     mesh = None
-    if args.shard:
+    if args.shard or jax.process_count() > 1:
         from acestep_jax.sharding import make_mesh
 
         mesh = make_mesh(data=-1)
@@ -406,7 +422,7 @@ def run(args, params, lyrics: str) -> int:
     paths = output_paths(args, args.batch)
     fmt = output_format(args)
     with OutputWriter() as writer:
-        for i, path in enumerate(paths):
+        for i, path in enumerate(paths if jax.process_index() == 0 else ()):  # every host has the whole batch
             record = {**result.params[i], "format": fmt, "src_audio": args.src_audio,
                       "checkpoint": None if args.tiny_random else args.checkpoint, "tiny_random": args.tiny_random,
                       "dtype": args.dtype, "audio_path": str(path), "timings": {"load": load_time, **result.timings}}
@@ -414,7 +430,7 @@ def run(args, params, lyrics: str) -> int:
         writer.flush()
     seconds = sum(result.lengths[: args.batch]) / result.sample_rate
     gen_time = result.timings["diffusion"] + result.timings["decode"]
-    for path in paths:
+    for path in paths if jax.process_index() == 0 else ():
         print(path)
     log.info("%.1f s of audio in %.2f s (diffusion %.2f s, decode %.2f s): %.1fx real time",
              seconds, gen_time, result.timings["diffusion"], result.timings["decode"], seconds / max(gen_time, 1e-9))

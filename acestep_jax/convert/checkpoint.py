@@ -128,28 +128,44 @@ def _read_index(params_dir: str) -> dict[str, str]:
         raise CheckpointError(f"{params_dir} is not an acestep-jax parameter checkpoint ({e})") from None
 
 
-def _stored_shapes(params_dir: str, index: Mapping[str, str]) -> dict[str, tuple[int, ...]]:
+def _damaged(what: str, shard_dir: str, error: BaseException) -> CheckpointError:
+    """One line naming the component and shard that failed to read, its innermost error, and the fix."""
+    while error.__cause__ is not None or error.__context__ is not None:
+        error = error.__cause__ or error.__context__
+    lines = str(error).strip().splitlines() or [type(error).__name__]
+    reason = lines[0] if len(lines[0]) <= 300 else lines[0][:300] + "..."
+    return CheckpointError(f"{what}: parameter shard {shard_dir} is damaged or incomplete ({reason}); "
+                           "convert the checkpoint again (convert_weights.py SRC DST --overwrite)")
+
+
+def _stored_shapes(params_dir: str, index: Mapping[str, str], what: str) -> dict[str, tuple[int, ...]]:
     import orbax.checkpoint as ocp
 
     checkpointer = ocp.StandardCheckpointer()
     shapes = {}
     for shard in sorted(set(index.values())):
+        shard_dir = os.path.join(params_dir, shard)
         try:
-            tree = checkpointer.metadata(os.path.join(params_dir, shard)).item_metadata.tree
+            tree = checkpointer.metadata(shard_dir).item_metadata.tree
         except Exception as e:  # noqa: BLE001 - any failure here means a damaged shard
-            raise CheckpointError(f"unreadable parameter shard {params_dir}/{shard}: {e}") from None
+            raise _damaged(what, shard_dir, e) from None
         shapes.update({k: tuple(v.shape) for k, v in _flatten(tree).items()})
     return shapes
 
 
-def _restore_params(params_dir: str, index: Mapping[str, str], targets: Mapping[str, jax.ShapeDtypeStruct]) -> dict:
+def _restore_params(params_dir: str, index: Mapping[str, str], targets: Mapping[str, jax.ShapeDtypeStruct],
+                    what: str) -> dict:
     import orbax.checkpoint as ocp
 
     checkpointer = ocp.StandardCheckpointer()
     out = {}
     for shard in sorted(set(index.values())):
         wanted = {p: targets[p] for p, s in index.items() if s == shard}
-        out.update(_flatten(checkpointer.restore(os.path.join(params_dir, shard), _nest(wanted))))
+        shard_dir = os.path.join(params_dir, shard)
+        try:
+            out.update(_flatten(checkpointer.restore(shard_dir, _nest(wanted))))
+        except Exception as e:  # noqa: BLE001 - truncated or corrupted files surface as TensorStore errors
+            raise _damaged(what, shard_dir, e) from None
     return out
 
 
@@ -178,7 +194,7 @@ def write_component(
     bar = tqdm(total=len(variables), disable=not progress, desc=f"converting {component.name}", unit="tensor")
 
     def arrays_for(paths):
-        out = {t: a.astype(variables[t].dtype) for t, a in iter_converted(rules, source, plan, targets=paths)}
+        out = dict(iter_converted(rules, source, plan, targets=paths, dtypes={t: variables[t].dtype for t in paths}))
         bar.update(len(paths))
         return out
 
@@ -243,7 +259,7 @@ def load_component(
     abstract = component.abstract(cfg)
     state = nnx.state(abstract)
     expected = param_shapes(state)
-    stored = _stored_shapes(params_dir, index)
+    stored = _stored_shapes(params_dir, index, component.name)
     missing = sorted(set(expected) - set(stored))
     unexpected = sorted(set(stored) - set(expected))
     misshaped = sorted(
@@ -256,10 +272,10 @@ def load_component(
         raise CheckpointError(f"{component.name} checkpoint {folder} does not match its config:\n" + "\n".join(problems))
 
     if mesh is None:
-        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         shardings = dict.fromkeys(expected, device)
     else:
         shardings = {k: v.get_value() for k, v in _flat_state(state_shardings(state, mesh, rules)).items()}
     variables = _flat_state(state)
     targets = {k: jax.ShapeDtypeStruct(expected[k], variables[k].dtype, sharding=shardings[k]) for k in expected}
-    return load_flat(abstract, _restore_params(params_dir, index, targets))
+    return load_flat(abstract, _restore_params(params_dir, index, targets, component.name))

@@ -13,6 +13,7 @@ converts one target at a time (streaming: only one target's sources are in memor
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -88,7 +89,9 @@ def stack_of(transform: Callable = identity) -> Transform:
             return tuple(inner_inverse(y[i]) for i in range(y.shape[0]))
 
     name = getattr(transform, "__name__", "transform")
-    return Transform(combine, inverse, name=f"stack_of({name})", part=getattr(transform, "part", (0, 1)))
+    stacked = Transform(combine, inverse, name=f"stack_of({name})", part=getattr(transform, "part", (0, 1)))
+    stacked.item = transform  # lets iter_converted fill the stack one layer at a time
+    return stacked
 
 
 # ----------------------------------------------------------------------------- rules
@@ -170,21 +173,21 @@ class SafetensorsSource(TensorSource):
 
     Headers are parsed up front so shapes are known without reading data; a file
     whose header is unreadable or whose data is shorter than its header claims is
-    refused with a :class:`CheckpointError`.
+    refused with a :class:`CheckpointError`. A tensor is read with plain file reads into
+    its own array (no memory map), so reading a large file holds only the tensors in use.
     """
 
     def __init__(self, paths: str | os.PathLike | Sequence[str | os.PathLike]):
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
         self._where: dict[str, str] = {}
-        self._meta: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
+        self._meta: dict[str, tuple[tuple[int, ...], np.dtype, int]] = {}  # shape, dtype, file offset
         for path in map(str, paths):
-            for key, (shape, dtype) in _read_safetensors_header(path).items():
+            for key, meta in _read_safetensors_header(path).items():
                 if key in self._where:
                     raise CheckpointError(f"tensor {key!r} appears in both {self._where[key]} and {path}")
                 self._where[key] = path
-                self._meta[key] = (shape, dtype)
-        self._handles: dict[str, object] = {}
+                self._meta[key] = meta
 
     def keys(self):
         return self._meta.keys()
@@ -199,15 +202,21 @@ class SafetensorsSource(TensorSource):
         return self._meta[key][1]
 
     def get(self, key):
-        from safetensors import safe_open
+        shape, dtype, offset = self._meta[key]
+        out = np.empty(shape, dtype)
+        view = memoryview(out.reshape(-1).view(np.uint8))
+        with open(self._where[key], "rb", buffering=0) as f:
+            f.seek(offset)
+            done = 0
+            while done < len(view):
+                n = f.readinto(view[done:])
+                if not n:
+                    raise CheckpointError(f"{self._where[key]} ended while reading tensor {key!r}")
+                done += n
+        return out
 
-        path = self._where[key]
-        if path not in self._handles:
-            self._handles[path] = safe_open(path, framework="numpy")
-        return self._handles[path].get_tensor(key)
 
-
-def _read_safetensors_header(path: str) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+def _read_safetensors_header(path: str) -> dict[str, tuple[tuple[int, ...], np.dtype, int]]:
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint file not found: {path}")
     size = os.path.getsize(path)
@@ -231,7 +240,11 @@ def _read_safetensors_header(path: str) -> dict[str, tuple[tuple[int, ...], np.d
             )
         if info["dtype"] not in _ST_DTYPES:
             raise CheckpointError(f"{path}: tensor {key!r} has unsupported dtype {info['dtype']}")
-        out[key] = (tuple(info["shape"]), np.dtype(_ST_DTYPES[info["dtype"]]))
+        shape, dtype = tuple(info["shape"]), np.dtype(_ST_DTYPES[info["dtype"]])
+        if end - begin != math.prod(shape) * dtype.itemsize:
+            raise CheckpointError(f"{path}: tensor {key!r} spans {end - begin} bytes, its shape {list(shape)} "
+                                  f"of {info['dtype']} needs {math.prod(shape) * dtype.itemsize}")
+        out[key] = (shape, dtype, 8 + n + begin)
     return out
 
 
@@ -328,7 +341,7 @@ def check_rules(
             continue
         plan.resolved[r.target] = tuple(keys)
         plan.shapes[r.target] = jax.ShapeDtypeStruct(want, out.dtype)
-    unexpected = sorted(k for k in source.keys() if k not in consumed)
+    unexpected = sorted(k for k in source.keys() if k not in consumed)  # noqa: SIM118 - a Source, not a dict
     unmapped = sorted(t for t in targets if t not in seen_targets)
     if missing:
         problems.append(listing("missing tensors", list(dict.fromkeys(missing))))
@@ -352,15 +365,30 @@ def listing(title: str, items: Sequence[str], limit: int = 40) -> str:
 
 
 def iter_converted(
-    rules: Sequence[Rule], source: TensorSource, plan: Plan, dtype=None, targets: Iterable[str] | None = None
+    rules: Sequence[Rule], source: TensorSource, plan: Plan, dtype=None, targets: Iterable[str] | None = None,
+    dtypes: Mapping[str, object] | None = None,
 ) -> Iterator[tuple[str, np.ndarray]]:
-    """Yield ``(target, array)`` one target at a time (numpy, host memory), optionally only ``targets``."""
+    """Yield ``(target, array)`` one target at a time (numpy, host memory), optionally only ``targets``.
+
+    Arrays are cast to ``dtype`` (or ``dtypes[target]``). A stacked target is filled one
+    layer at a time, so its source tensors are never all in memory at once.
+    """
     by_target = {r.target: r for r in rules}
     for target in plan.resolved if targets is None else targets:
         keys = plan.resolved[target]
-        arr = np.asarray(by_target[target].combine(*[source.get(k) for k in keys]))
-        if dtype is not None:
-            arr = arr.astype(dtype)
+        want = dtypes[target] if dtypes is not None else dtype
+        item = getattr(by_target[target].combine, "item", None)
+        if item is not None:
+            first = np.asarray(item(source.get(keys[0])))
+            arr = np.empty((len(keys), *first.shape), want if want is not None else first.dtype)
+            arr[0] = first
+            del first
+            for i, k in enumerate(keys[1:], 1):
+                arr[i] = np.asarray(item(source.get(k)))
+        else:
+            arr = np.asarray(by_target[target].combine(*[source.get(k) for k in keys]))
+            if want is not None:
+                arr = arr.astype(want, copy=False)
         yield target, arr
 
 

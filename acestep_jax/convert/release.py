@@ -11,24 +11,26 @@ each with ``config.json`` and safetensors. A converted checkpoint holds::
 
 so ``sample.py --checkpoint DST`` needs nothing else. Conversion streams tensors
 shard by shard (bounded host memory) into a temporary folder beside ``DST`` that is
-renamed only when everything succeeded.
+renamed only when everything succeeded. A temporary folder left by a killed conversion
+is removed by the next conversion to the same destination.
 """
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import logging
 import os
 import re
 import shutil
-import tempfile
+import socket
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from acestep_jax.convert.checkpoint import Component, read_config, write_component
 from acestep_jax.convert.core import CheckpointError, open_source
-from acestep_jax.files import cache_root
+from acestep_jax.files import cache_root, make_folder_beside
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,7 @@ VERSION = 1
 TOKENIZER_DIR = "tokenizer"
 LYRICS_VOCAB = "lyrics_vocab.json"
 HUB_REPO = "ACE-Step/ACE-Step-v1-3.5B"
+OWNER_FILE = ".owner.json"  # inside a temporary folder: the host and process writing it
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -97,13 +100,26 @@ def looks_like_repo_id(spec: str) -> bool:
     return re.fullmatch(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*", spec) is not None and not Path(spec).exists()
 
 
+class DownloadError(ValueError):
+    """A file the conversion needs could not be downloaded (offline, blocked, unknown repo)."""
+
+
+def _reason(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0][:200]}" if text else type(error).__name__
+
+
 def download(repo_id: str = HUB_REPO, *, revision: str | None = None, cache_dir: str | None = None) -> Path:
     """Download (or reuse from the Hugging Face cache) the reference checkpoint's folders."""
     from huggingface_hub import snapshot_download
 
     patterns = [f"{c.hf_folder}/*" for c in components().values()]
     log.info("downloading %s from the Hugging Face Hub", repo_id)
-    return Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, allow_patterns=patterns))
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, allow_patterns=patterns))
+    except Exception as e:  # noqa: BLE001 - network, authorisation, unknown repo: all mean "not available"
+        raise DownloadError(f"could not download the checkpoint {repo_id} from the Hugging Face Hub "
+                            f"({_reason(e)}); pass a local checkpoint folder instead") from None
 
 
 # ----------------------------------------------------------------------------- conversion
@@ -123,19 +139,20 @@ def convert_checkpoint(
     first tensor is converted; ``dst`` appears only once complete. Returns the manifest.
     """
     dst = Path(dst)
-    if dst.exists() and not overwrite:
-        raise FileExistsError(f"output {dst} already exists (pass overwrite=True / --overwrite to replace it)")
+    _check_destination(dst, overwrite)
     if param_dtype not in ("float32", "bfloat16"):
         raise ValueError(f"param_dtype must be 'float32' or 'bfloat16', got {param_dtype!r}")
+    names = list(components()) if names is None else list(names)
+    unknown = sorted(set(names) - set(components()))
+    if unknown:
+        raise ValueError(f"unknown components {unknown}; choose from {sorted(components())}")
+    if lyrics_vocab is not None and not Path(lyrics_vocab).is_file():
+        raise FileNotFoundError(f"lyrics vocabulary {lyrics_vocab} does not exist")
     src_path = Path(src)
     if not src_path.exists():
         if not looks_like_repo_id(str(src)):
             raise FileNotFoundError(f"checkpoint folder {src} does not exist")
         src_path = download(str(src))
-    names = list(components()) if names is None else list(names)
-    unknown = sorted(set(names) - set(components()))
-    if unknown:
-        raise ValueError(f"unknown components {unknown}; choose from {sorted(components())}")
     _check_reference_folder(src_path, names)
 
     # validate every component before converting any (cheap: shapes only)
@@ -152,8 +169,7 @@ def convert_checkpoint(
         plans[name] = (cfg, source)
     vocab = _find_vocab(lyrics_vocab, src_path)
 
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
+    tmp = _temporary_folder(dst)
     try:
         counts = {}
         for name, (cfg, source) in plans.items():
@@ -171,13 +187,89 @@ def convert_checkpoint(
             "num_params": sum(counts.values()),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        if dst.exists():
-            shutil.rmtree(dst)
-        os.replace(tmp, dst)
+        _put_in_place(tmp, dst)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
+
+
+def _check_destination(dst: Path, overwrite: bool) -> None:
+    """Refuse an existing ``dst`` unless ``overwrite`` and it is a converted checkpoint."""
+    if not dst.exists():
+        return
+    if not overwrite:
+        raise FileExistsError(f"output {dst} already exists (pass overwrite=True / --overwrite to replace it)")
+    try:
+        read_manifest(dst)
+    except CheckpointError:
+        raise FileExistsError(
+            f"output {dst} exists and is not an acestep-jax checkpoint (no readable {MANIFEST}); "
+            "--overwrite replaces only converted checkpoints: remove it yourself or choose another output"
+        ) from None
+
+
+# ----------------------------------------------------------------------------- temporary folders
+def _temporary_folder(dst: Path) -> Path:
+    """A fresh hidden folder beside ``dst`` that records who writes it; stale ones are cleared first."""
+    clear_stale_temporaries(dst)
+    tmp = make_folder_beside(dst, f".{dst.name}.tmp-")
+    (tmp / OWNER_FILE).write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
+    return tmp
+
+
+def _put_in_place(tmp: Path, dst: Path) -> None:
+    """Rename the finished ``tmp`` to ``dst`` (an existing ``dst`` is moved aside, then deleted)."""
+    (tmp / OWNER_FILE).unlink(missing_ok=True)
+    old = None
+    if dst.exists():
+        old = make_folder_beside(dst, f".{dst.name}.old-")
+        os.replace(dst, old / dst.name)
+    os.replace(tmp, dst)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def clear_stale_temporaries(dst: str | os.PathLike) -> list[Path]:
+    """Remove the temporary folders an interrupted (killed) conversion to ``dst`` left behind.
+
+    A folder whose writer runs on this host is kept while that process lives; one written
+    from another host (shared storage) is only reported. Returns the folders removed.
+    """
+    dst = Path(dst)
+    removed = []
+    found = []
+    for kind in ("tmp", "old"):  # folders being written / a replaced destination being deleted
+        found += glob.glob(os.path.join(glob.escape(os.fspath(dst.parent)), glob.escape(f".{dst.name}.{kind}-") + "*"))
+    for path in map(Path, sorted(found)):
+        if not path.is_dir():
+            continue
+        try:
+            owner = json.loads((path / OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            owner = {}
+        host, pid = owner.get("host"), owner.get("pid")
+        if host == socket.gethostname() and isinstance(pid, int) and _process_alive(pid):
+            log.warning("%s is being written by another conversion (process %d); leaving it", path, pid)
+            continue
+        if host not in (None, socket.gethostname()):
+            log.warning("%s was left by a conversion on host %s; remove it once that conversion is over",
+                        path, host)
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        log.warning("removed %s, left by an interrupted conversion", path)
+        removed.append(path)
+    return removed
 
 
 def _copy_tokenizer(src: Path, out: Path) -> None:
@@ -210,10 +302,15 @@ def _find_vocab(explicit, src: Path):
         return src / LYRICS_VOCAB
     try:
         from acestep_jax.text.lyrics import find_lyrics_vocab
+        from acestep_jax.text.lyrics.vocab import VOCAB_URL
     except ImportError:  # the lyric tokenizer needs the `lyrics` extra; the vocabulary itself does not
         log.warning("lyric vocabulary not bundled (acestep_jax.text.lyrics unavailable)")
         return None
-    return find_lyrics_vocab()
+    try:
+        return find_lyrics_vocab()
+    except OSError as e:  # offline, DNS, TLS, HTTP errors
+        raise DownloadError(f"could not download the lyric vocabulary from {VOCAB_URL} ({_reason(e)}); "
+                            "pass a copy with --lyrics-vocab PATH (lyrics_vocab=) to convert offline") from None
 
 
 # ----------------------------------------------------------------------------- resolution for sampling
@@ -277,6 +374,7 @@ def counts_summary(manifest: Mapping) -> str:
 
 # ----------------------------------------------------------------------------- export to the reference
 JAX_ONLY_KEYS = ("dtype", "param_dtype", "remat", "inner_dim")
+EXPORT_FILES = ("config.json", "diffusion_pytorch_model.safetensors")
 
 
 def export_transformer_folder(model, out: str | os.PathLike, *, overwrite: bool = False) -> Path:
@@ -290,8 +388,7 @@ def export_transformer_folder(model, out: str | os.PathLike, *, overwrite: bool 
 
     out = Path(out)
     final = out / components()["transformer"].hf_folder
-    if final.exists() and not overwrite:
-        raise FileExistsError(f"{final} already exists (pass overwrite=True / --overwrite to replace it)")
+    check_export_destination(final, overwrite)
     tensors = export_transformer(model)
     cfg = model.cfg.to_dict()
     for k in JAX_ONLY_KEYS:
@@ -299,15 +396,23 @@ def export_transformer_folder(model, out: str | os.PathLike, *, overwrite: bool 
     if model.cfg.lyric_encoder == LyricEncoderConfig():
         cfg.pop("lyric_encoder")  # the reference hard-codes the released sizes
     cfg = {"_class_name": "ACEStepTransformer2DModel", **cfg}
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=out))
+    tmp = _temporary_folder(final)
     try:
-        save_file(tensors, str(tmp / "diffusion_pytorch_model.safetensors"), metadata={"format": "pt"})
-        (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        save_file(tensors, str(tmp / EXPORT_FILES[1]), metadata={"format": "pt"})
+        (tmp / EXPORT_FILES[0]).write_text(json.dumps(cfg, indent=2))
+        _put_in_place(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def check_export_destination(final: Path, overwrite: bool) -> None:
+    """Refuse an existing export folder unless ``overwrite`` and it holds only an export's files."""
+    if not final.exists():
+        return
+    if not overwrite:
+        raise FileExistsError(f"{final} already exists (pass overwrite=True / --overwrite to replace it)")
+    if not final.is_dir() or set(os.listdir(final)) - set(EXPORT_FILES):
+        raise FileExistsError(f"{final} holds files other than an export's {list(EXPORT_FILES)}; "
+                              "--overwrite will not delete them: remove it yourself or choose another output")

@@ -20,6 +20,8 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from acestep_jax.sharding import put_global
+
 
 def pad_frames(a: jax.Array, total: int) -> jax.Array:
     """Zero-pad the last (frame) axis of ``a`` to ``total``."""
@@ -28,12 +30,13 @@ def pad_frames(a: jax.Array, total: int) -> jax.Array:
 
 
 def shard_batch(tree, mesh, axis: int = 0):
-    """Place every array of ``tree`` on ``mesh`` split along ``axis`` over the ``data`` axis."""
+    """Place every array of ``tree`` on ``mesh`` split along ``axis`` over the ``data`` axis
+    (a mesh may span processes: each process passes the whole value)."""
 
     def put(a):
         spec = [None] * a.ndim
         spec[axis] = "data"
-        return jax.device_put(a, NamedSharding(mesh, P(*spec)))
+        return put_global(a, NamedSharding(mesh, P(*spec)))
 
     return jax.tree.map(put, tree)
 
@@ -104,5 +107,5 @@ class LoopInputs:
 
     def shard(self, mesh) -> LoopInputs:
         """Latents and per-item values split over ``mesh``'s ``data`` axis; the schedule replicated."""
-        replicated = jax.tree.map(lambda a: jax.device_put(a, NamedSharding(mesh, P())), self.schedule)
+        replicated = jax.tree.map(lambda a: put_global(a, NamedSharding(mesh, P())), self.schedule)
         return LoopInputs(shard_batch(self.latents, mesh), shard_batch(self.items, mesh), replicated)

@@ -213,10 +213,21 @@ def prepare(params: SamplingParams | Sequence[SamplingParams], cond: Conditionin
 
 
 # ---------------------------------------------------------------------------- generate
+
+
+def random_seeds(n: int) -> list[int]:
+    """``n`` fresh random seeds, the same on every process of a multi-host run."""
+    seeds = np.random.default_rng().integers(0, 2**31 - 1, n)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        seeds = multihost_utils.broadcast_one_to_all(seeds)
+    return [int(s) for s in seeds]
+
+
 def _as_noise(noise, batch: int) -> Noise:
     if noise is None:
-        seeds = np.random.SeedSequence().generate_state(batch)
-        return Noise.from_seeds([int(s) for s in seeds])
+        return Noise.from_seeds(random_seeds(batch))
     if isinstance(noise, Noise):
         return noise
     if isinstance(noise, (list, tuple, np.ndarray)) and not jnp.issubdtype(
@@ -241,7 +252,8 @@ def generate(
     the longest is zero past its own length). ``noise``: a :class:`Noise`, per-item
     seeds, a ``[B]`` PRNG key array, or ``None`` (fresh random seeds). ``mesh``: shard
     the batch over the mesh's ``data`` axis (the batch must divide it); the model is
-    placed with :func:`acestep_jax.sharding.shard_model`. ``progress``: report each
+    placed with :func:`acestep_jax.sharding.shard_model`; on a mesh spanning several
+    processes (hosts) every process passes the same inputs and receives the whole batch. ``progress``: report each
     step to the bar of :func:`acestep_jax.sampling.progress.step_bar` (compiles a
     separate program).
     """
@@ -264,4 +276,9 @@ def generate(
             inputs = inputs.shard(mesh)
         if inputs.frame_mask is not None:
             noise = noise.pad_frames(inputs.frame_mask.shape[-1])
-        return run_loop(model, dataclasses.replace(lc, progress=progress), cond, inputs, noise)[..., :frames]
+        out = run_loop(model, dataclasses.replace(lc, progress=progress), cond, inputs, noise)[..., :frames]
+    if out.is_fully_addressable:
+        return out
+    from jax.experimental import multihost_utils
+
+    return jnp.asarray(multihost_utils.process_allgather(out, tiled=True))

@@ -5,8 +5,8 @@
     train.py --config configs/train_lora.json --steps 100            # resumes from run.output_dir
 
 A run resumes from the latest checkpoint in ``<run.output_dir>/checkpoints`` unless
-``--no-resume``. Multi-host: ``--distributed`` (or ``JAX_COORDINATOR_ADDRESS`` in the
-environment) calls ``jax.distributed.initialize()`` first.
+``--no-resume``. Multi-host: run the same command on every host with ``--distributed``
+(or ``JAX_COORDINATOR_ADDRESS`` set); see :mod:`acestep_jax.distributed` for the variables.
 """
 
 from __future__ import annotations
@@ -71,10 +71,10 @@ def resolve_config(args):
 
 
 def _maybe_initialize_distributed(flag: bool) -> None:
-    import jax
+    from acestep_jax import distributed
 
-    if flag or os.environ.get("JAX_COORDINATOR_ADDRESS"):
-        jax.distributed.initialize()
+    if distributed.requested(flag):
+        distributed.initialize()
 
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")

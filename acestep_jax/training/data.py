@@ -112,29 +112,52 @@ def make_dataset(
     cfg: DataSection,
     *,
     batch_size: int,
+    micro_batches: int = 1,
     ssl_names: Sequence[str] = (),
     shard: grain.sharding.ShardOptions | None = None,
 ) -> grain.IterDataset:
-    """An endless, shuffled (new order each epoch) iterable of collated batches of ``batch_size``.
+    """An endless iterable of this host's collated batches of ``batch_size`` examples.
 
-    ``source`` is any random-access sequence of examples (e.g. :class:`RecordSource`);
-    ``shard`` selects this host's part (default: this JAX process's share).
+    ``source`` is any random-access sequence of examples (e.g. :class:`RecordSource`).
+    The examples form one global stream, shuffled with ``cfg.seed`` (a new order each
+    epoch) and randomly cropped per position. Each host's batch holds ``micro_batches``
+    micro-batches; a global micro-batch is the hosts' micro-batches side by side
+    (host 0 first), taken from consecutive stream positions. So every host reads only its
+    own examples, and the global batches are the same whatever the number of hosts.
+    ``shard`` names this host (default: this JAX process of all of them).
     """
     if shard is None:
         import jax
 
-        shard = grain.sharding.ShardOptions(jax.process_index(), jax.process_count(), drop_remainder=True)
-    ds = grain.MapDataset.source(source)
-    n = len(ds)
-    per = n // shard.shard_count
-    if per < 1:
-        raise ValueError(f"{n} examples cannot be split over {shard.shard_count} hosts")
-    ds = ds[shard.shard_index * per : (shard.shard_index + 1) * per]
-    ds = ds.shuffle(seed=cfg.seed).repeat(None)
-    ds = ds.random_map(lambda ex, rng: crop_example(ex, rng, cfg.max_frames), seed=cfg.seed + 1)
+        shard = grain.sharding.ShardOptions(jax.process_index(), jax.process_count())
+    if batch_size % micro_batches:
+        raise ValueError(f"batch size {batch_size} does not split into {micro_batches} micro-batches")
+    if len(source) < 1:
+        raise ValueError("the training data holds no examples")
+    stream = grain.MapDataset.source(source).shuffle(seed=cfg.seed).repeat(None)
+    stream = stream.random_map(lambda ex, rng: crop_example(ex, rng, cfg.max_frames), seed=cfg.seed + 1)
+    micro = batch_size // micro_batches  # per host
+    hosts, host = shard.shard_count, shard.shard_index
+
+    def stream_position(k: int) -> int:  # this host's k-th example → its global stream position
+        step, p = divmod(k, batch_size)
+        i, r = divmod(p, micro)
+        return (step * micro_batches + i) * micro * hosts + host * micro + r
+
+    ds = grain.MapDataset.range(len(stream) // hosts).map(lambda k: stream[stream_position(k)])
     ds = ds.batch(batch_size, drop_remainder=True, batch_fn=lambda exs: collate(exs, cfg, ssl_names))
     opts = grain.ReadOptions(num_threads=cfg.num_threads, prefetch_buffer_size=cfg.prefetch)
     return ds.to_iter_dataset(opts)
+
+
+def pad_batch(batch: dict, shapes: dict) -> dict:
+    """``batch`` zero-padded to ``shapes`` (key → shape, each dimension ≥ the batch's): masks
+    and lengths mark the padding, so the loss is unchanged. Hosts pad to a shape they agree on."""
+    out = {}
+    for k, x in batch.items():
+        pad = [(0, int(t) - s) for s, t in zip(x.shape, shapes[k], strict=True)]
+        out[k] = np.pad(x, pad) if any(p for _, p in pad) else x
+    return out
 
 
 def synthetic_examples(

@@ -319,12 +319,26 @@ class Trainer:
             from acestep_jax.training.data import make_dataset
 
             local = self.cfg.data.batch_size * self.cfg.optim.grad_accum // jax.process_count()
-            ds = make_dataset(self.source, self.cfg.data, batch_size=local, ssl_names=self.model.cfg.ssl_names)
+            ds = make_dataset(self.source, self.cfg.data, batch_size=local, micro_batches=self.cfg.optim.grad_accum,
+                              ssl_names=self.model.cfg.ssl_names)
             self._data_iter = iter(ds)
         return self._data_iter
 
     def _global_batch(self, local: dict) -> dict:
         accum = self.cfg.optim.grad_accum
+        if jax.process_count() > 1:  # hosts padded their batches apart: agree on the largest shapes
+            from jax.experimental import multihost_utils
+
+            from acestep_jax.training.data import pad_batch
+
+            keys = sorted(local)
+            dims = np.concatenate([np.shape(local[k]) for k in keys]).astype(np.int64)
+            agreed = np.max(multihost_utils.process_allgather(dims), axis=0)
+            shapes, at = {}, 0
+            for k in keys:
+                shapes[k] = agreed[at : at + np.ndim(local[k])]
+                at += np.ndim(local[k])
+            local = pad_batch(local, shapes)
 
         def put(x):
             x = np.asarray(x)

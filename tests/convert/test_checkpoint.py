@@ -42,7 +42,7 @@ def test_convert_restore_round_trip(converted):
 
 
 def test_many_shards_round_trip(converted, tmp_path, monkeypatch):
-    folder, cfg, tensors, _, io = converted
+    _, cfg, tensors, _, _ = converted
     monkeypatch.setattr(checkpoint, "SHARD_BYTES", 64 * 1024)
     write_component(tmp_path / "sharded", TRANSFORMER, cfg, DictSource(tensors))
     index = json.loads((tmp_path / "sharded" / "params" / "index.json").read_text())["arrays"]
@@ -53,7 +53,7 @@ def test_many_shards_round_trip(converted, tmp_path, monkeypatch):
 
 
 def test_restore_into_mesh_with_dtype_override(converted):
-    folder, _, _, _, io = converted
+    folder, _, _, _, _ = converted
     mesh = make_mesh(data=2, fsdp=2, tensor=2)
     model = load_component(folder, TRANSFORMER, mesh=mesh, param_dtype="bfloat16")
     kernel = model.blocks.cross_attn.to_k.kernel
@@ -65,7 +65,7 @@ def test_restore_into_mesh_with_dtype_override(converted):
 
 
 def test_save_component_of_modified_model(converted, tmp_path):
-    folder, cfg, _, _, io = converted
+    folder, cfg, _, _, _ = converted
     model = load_component(folder, TRANSFORMER)
     model.final_layer.linear.bias[...] = model.final_layer.linear.bias[...] + 1.0
     save_component(tmp_path / "tuned", model, cfg)

@@ -1,0 +1,416 @@
+"""Memory plans on paper: the full-size (3.5B) programs compiled ahead of time from abstract shapes.
+
+    python benchmarks/plan_memory.py                         # CPU compiler, 1 / 8 / 64 fake devices
+    python benchmarks/plan_memory.py --quick                 # fewer configurations (smoke test)
+    JAX_PLATFORMS=cpu python benchmarks/plan_memory.py --tpu v5e v5p v6e   # TPU compiler (pip install -e ".[plan-tpu]")
+
+Nothing is allocated: models are built with ``nnx.eval_shape``, inputs are
+``ShapeDtypeStruct``s, and each program is ``jit(...).lower(...).compile()``d for a mesh
+of fake CPU devices or of TPU chips described by ``jax.experimental.topologies`` (the TPU
+compiler runs here without a TPU). Programs:
+
+* ``train``: one optimizer step of :func:`acestep_jax.training.trainer.make_train_step`
+  (bf16 compute, float32 master weights, AdamW, clipping, REPA), full fine-tune or LoRA,
+  a remat policy, gradient accumulation; 240 s clips (2592 latent frames), 256 prompt
+  tokens, 1024 lyric tokens, MERT/mHuBERT targets at 75/50 Hz.
+* ``sample``: the whole guided sampling loop of :mod:`acestep_jax.sampling.sampler`
+  (APG, ERG tag/lyric/diffusion, Euler) for 240 s songs, bf16 weights, 64 prompt and
+  1024 lyric tokens.
+
+Per device: XLA's memory analysis (arguments, outputs, temporaries; peak = arguments +
+outputs - donated + temporaries), analytic transformer FLOPs, and the largest batch whose
+peak fits the device (found from the compiled sizes at two batches, then compiled to
+check). With ``--tpu`` also an estimated step time from the TPU cost model
+(``optimal_seconds``): XLA's cost analysis counts a ``while``/scanned body once, so the
+estimate compiles a twin of the program with every ``lax.scan`` unrolled (the 24 blocks,
+forward and backward) and, for sampling, one guided transformer call (cond + uncond)
+times the number of steps (27, guidance interval 0.5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+if __name__ == "__main__" and "--tpu" not in sys.argv:  # fake CPU devices, set before jax starts
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=64"
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from acestep_jax.models.transformer.flops import decode_flops
+from acestep_jax.presets import preset_config
+from acestep_jax.sharding import make_mesh, state_shardings
+
+GB = 1e9
+SECONDS = 240.0
+TRAIN_TEXT, TRAIN_LYRICS = 256, 1024
+SAMPLE_TEXT, SAMPLE_LYRICS = 64, 1024
+SSL_RATES = {"mert": 75.0, "m-hubert": 50.0}  # frames per second of the REPA targets
+STEPS = 27
+LORA = {"r": 64, "lora_alpha": 32,
+        "target_modules": ["to_q", "to_k", "to_v", "to_out.0", "linear_q", "linear_k", "linear_v", "linear_out"]}
+# TPU chips: (HBM bytes, bf16 peak FLOP/s), vendor figures
+TPU_CHIPS = {"v5e": (16e9, 197e12), "v5p": (95e9, 459e12), "v6e": (32e9, 918e12)}
+TPU_TOPOLOGIES = {"v5e": ("v5e:1x1", "v5e:2x4", "v5e:8x8"), "v5p": ("v5p:1x1x1", "v5p:2x2x2", "v5p:4x4x4"),
+                  "v6e": ("v6e:1x1", "v6e:2x4", "v6e:8x8")}
+
+
+def latent_frames(seconds: float) -> int:
+    return int(seconds * 44100 / 512 / 8)
+
+
+# ----------------------------------------------------------------------------- meshes
+@dataclasses.dataclass
+class Target:
+    """Where programs compile: a device list and the memory of one device."""
+
+    name: str
+    devices: list
+    memory: float
+    peak_flops: float | None = None
+
+
+def cpu_targets(sizes) -> list[Target]:
+    devices = jax.devices()
+    return [Target(f"cpu x{n}", devices[:n], 80 * GB) for n in sizes]
+
+
+def tpu_targets(specs) -> list[Target]:
+    """TPU chips this machine does not have: a generation (``v5e``: its 1, 8 and 64-chip
+    topologies) or a topology name (``v5p:2x2x1``)."""
+    from jax.experimental import topologies
+
+    names = [n for spec in specs for n in TPU_TOPOLOGIES.get(spec, (spec,))]
+    out = []
+    for name in names:
+        hbm, peak = TPU_CHIPS[name.split(":")[0]]
+        single = name.endswith(("1x1", "1x1x1"))
+        kw = {"chips_per_host_bounds": (1, 1, 1)} if single else {}
+        topo = topologies.get_topology_desc(topology_name=name, platform="tpu", **kw)
+        out.append(Target(name, list(topo.devices), hbm, peak))
+    return out
+
+
+def train_mesh(n: int, devices):
+    """FSDP within 8 devices, data parallel across groups of 8."""
+    fsdp = min(n, 8)
+    return make_mesh(n // fsdp, fsdp, 1, devices=devices)
+
+
+def sample_mesh(n: int, batch: int, devices):
+    """The batch over ``data`` as far as it divides; the remaining devices shard parameters (fsdp)."""
+    data = math.gcd(batch, n)
+    return make_mesh(data, n // data, 1, devices=devices)
+
+
+# ----------------------------------------------------------------------------- compiled facts
+@dataclasses.dataclass
+class Compiled:
+    arguments: float
+    outputs: float
+    aliased: float
+    temporaries: float
+    seconds: float  # compile time
+    xla_flops: float | None
+
+    @property
+    def peak(self) -> float:
+        return self.arguments + self.outputs - self.aliased + self.temporaries
+
+
+def compile_facts(lowered) -> tuple[Compiled, object]:
+    t0 = time.perf_counter()
+    compiled = lowered.compile()
+    seconds = time.perf_counter() - t0
+    m = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    facts = Compiled(m.argument_size_in_bytes, m.output_size_in_bytes, m.alias_size_in_bytes,
+                     m.temp_size_in_bytes, seconds, (cost or {}).get("flops"))
+    return facts, cost
+
+
+@contextlib.contextmanager
+def unrolled_scans():
+    """Every ``lax.scan`` traced inside unrolls (so cost analysis counts each iteration)."""
+    original = jax.lax.scan
+
+    def scan(*args, **kwargs):
+        kwargs["unroll"] = True
+        return original(*args, **kwargs)
+
+    jax.lax.scan = scan
+    try:
+        yield
+    finally:
+        jax.lax.scan = original
+
+
+def sds(shape, dtype, sharding=None):
+    return jax.ShapeDtypeStruct(tuple(shape), dtype, sharding=sharding)
+
+
+def with_shardings(tree, shardings):
+    return jax.tree.map(lambda x, s: sds(x.shape, x.dtype, s), tree, shardings)
+
+
+# ----------------------------------------------------------------------------- training
+def train_config(mode: str, remat: str, accum: int, global_batch: int):
+    from acestep_jax.training.config import TrainConfig
+
+    model = {"transformer": "configs/full/transformer.json", "dtype": "bfloat16", "param_dtype": "float32",
+             "remat": remat, "lora": LORA if mode == "lora" else None}
+    return TrainConfig.from_dict({"model": model, "data": {"batch_size": global_batch},
+                                  "optim": {"grad_accum": accum}})
+
+
+def lower_train(mode: str, remat: str, accum: int, per_device: int, mesh):
+    """The lowered train step for ``per_device`` examples per device and micro-batch."""
+    from acestep_jax.lora import LoraConfig, add_lora
+    from acestep_jax.models.transformer import ACEStepTransformer
+    from acestep_jax.training.optim import make_optimizer
+    from acestep_jax.training.trainer import BATCH_AXES, make_train_step, transformer_config
+
+    ways = math.prod(mesh.shape[a] for a in BATCH_AXES)
+    global_batch = per_device * ways
+    cfg = train_config(mode, remat, accum, global_batch)
+    tcfg = transformer_config(cfg)
+
+    def build():
+        model = ACEStepTransformer(tcfg, rngs=nnx.Rngs(0))
+        if mode == "lora":
+            add_lora(model, LoraConfig.from_dict(LORA), nnx.Rngs(1))
+        return model
+
+    model = nnx.eval_shape(build)
+    graphdef, params, frozen = nnx.split(model, nnx.LoRAParam if mode == "lora" else nnx.Param, ...)
+    tx = make_optimizer(cfg.optim)
+    replicated = NamedSharding(mesh, P())
+    param_sh, frozen_sh = state_shardings(params, mesh), state_shardings(frozen, mesh)
+    opt_abs = jax.eval_shape(tx.init, params)
+    opt_sh = optax.tree_map_params(tx, lambda _, s: s, opt_abs, param_sh, transform_non_params=lambda _: replicated,
+                                   is_leaf=lambda x: isinstance(x, NamedSharding))
+    state_sh = {"step": replicated, "params": param_sh, "opt_state": opt_sh, "key": replicated}
+    state = {"step": sds((), jnp.int32), "params": params, "opt_state": opt_abs, "key": sds((2,), jnp.uint32)}
+    batch = train_batch(accum, global_batch, tcfg)
+    batch_sh = NamedSharding(mesh, P(None, BATCH_AXES))
+    step = jax.jit(make_train_step(graphdef, cfg, tx), in_shardings=(state_sh, frozen_sh, batch_sh),
+                   out_shardings=(state_sh, replicated), donate_argnums=(0,))
+    with jax.set_mesh(mesh):
+        return step.lower(state, frozen, batch), tcfg
+
+
+def train_batch(accum: int, b: int, tcfg) -> dict:
+    t = -(-latent_frames(SECONDS) // 16) * 16
+    batch = {
+        "latents": sds((accum, b, 8, 16, t), jnp.float32), "frame_mask": sds((accum, b, t), jnp.int32),
+        "text_states": sds((accum, b, TRAIN_TEXT, tcfg.text_embedding_dim), jnp.float32),
+        "text_mask": sds((accum, b, TRAIN_TEXT), jnp.int32), "speaker": sds((accum, b, 512), jnp.float32),
+        "lyric_ids": sds((accum, b, TRAIN_LYRICS), jnp.int32), "lyric_mask": sds((accum, b, TRAIN_LYRICS), jnp.int32),
+    }
+    for name, dim in zip(tcfg.ssl_names, tcfg.ssl_latent_dims):
+        s = -(-int(SECONDS * SSL_RATES[name]) // 16) * 16
+        batch[f"ssl/{name}"] = sds((accum, b, s, dim), jnp.float32)
+        batch[f"ssl_len/{name}"] = sds((accum, b), jnp.int32)
+    return batch
+
+
+def train_flops(tcfg, remat: str, accum: int, global_batch: int) -> float:
+    """Transformer FLOPs of one step: forward, backward (2x forward) and the remat recompute."""
+    context = 1 + TRAIN_TEXT + TRAIN_LYRICS
+    forward = decode_flops(tcfg, 1, latent_frames(SECONDS), context)
+    passes = {"none": 3, "dots": 3, "full": 4}[remat]  # dots recomputes only elementwise work
+    return passes * forward * accum * global_batch
+
+
+# ----------------------------------------------------------------------------- sampling
+def lower_sample(batch: int, mesh):
+    """The lowered guided sampling loop (the reference's defaults) for ``batch`` songs."""
+    from acestep_jax.models.transformer import ACEStepTransformer
+    from acestep_jax.sampling import Conditioning, Noise, SamplingParams
+    from acestep_jax.sampling.sampler import text2music_loop
+    from acestep_jax.sampling.tasks import prepare
+
+    tcfg = preset_config("full", "transformer", dtype="bfloat16", param_dtype="bfloat16")
+    model = nnx.eval_shape(lambda: ACEStepTransformer(tcfg, rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(model)
+    params = SamplingParams(duration=SECONDS, infer_steps=STEPS)
+    by_batch = NamedSharding(mesh, P("data"))
+    d = tcfg.text_embedding_dim
+    cond = Conditioning(
+        text=sds((batch, SAMPLE_TEXT, d), jnp.float32), text_mask=sds((batch, SAMPLE_TEXT), jnp.int32),
+        lyric_ids=sds((batch, SAMPLE_LYRICS), jnp.int32), lyric_mask=sds((batch, SAMPLE_LYRICS), jnp.int32),
+        speaker=sds((batch, 512), jnp.float32), text_null=sds((batch, SAMPLE_TEXT, d), jnp.float32),
+    )
+    noise = Noise.from_seeds(list(range(batch)))
+    found = {}
+
+    def inputs_of(c, n):
+        lc, inputs, _ = prepare(params, c, n)
+        found["lc"] = lc
+        return inputs
+
+    inputs = jax.eval_shape(inputs_of, cond, noise)
+    lc = found["lc"]
+    in_sh = {k: by_batch if k in ("x", "x0", "z0", "repaint_mask") else NamedSharding(mesh, P()) for k in inputs}
+    fn = jax.jit(lambda s, c, i, n: text2music_loop(nnx.merge(graphdef, s), lc, c, i, n),
+                 in_shardings=(state_shardings(state, mesh), jax.tree.map(lambda _: by_batch, cond),
+                               in_sh, jax.tree.map(lambda _: by_batch, noise)),
+                 out_shardings=by_batch)
+    with jax.set_mesh(mesh):
+        return fn.lower(state, cond, inputs, jax.tree.map(lambda a: sds(a.shape, a.dtype), noise)), tcfg
+
+
+def lower_guided_decode(batch: int, mesh):
+    """One guided transformer call (cond + uncond: ``2 * batch`` items), as the sampling loop makes it."""
+    from acestep_jax.models.transformer import ACEStepTransformer
+
+    tcfg = preset_config("full", "transformer", dtype="bfloat16", param_dtype="bfloat16")
+    model = nnx.eval_shape(lambda: ACEStepTransformer(tcfg, rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(model)
+    n, t = 2 * batch, -(-latent_frames(SECONDS) // 128) * 128
+    ctx = 1 + SAMPLE_TEXT + SAMPLE_LYRICS
+    by_batch = NamedSharding(mesh, P(("data", "fsdp")))
+
+    def decode(s, x, mask, c, cm, ts):
+        return nnx.merge(graphdef, s).decode(x, mask, c, cm, ts, isolate_padding=True)
+
+    fn = jax.jit(decode, in_shardings=(state_shardings(state, mesh),) + (by_batch,) * 5, out_shardings=by_batch)
+    args = (sds((n, 8, 16, t), jnp.float32), sds((n, t), jnp.float32), sds((n, ctx, tcfg.inner_dim), jnp.bfloat16),
+            sds((n, ctx), jnp.float32), sds((n,), jnp.float32))
+    with jax.set_mesh(mesh):
+        return fn.lower(state, *args)
+
+
+def sample_flops(tcfg, batch: int) -> float:
+    """Transformer FLOPs of a whole generation: guided steps run 2x the batch, the rest 1x."""
+    from acestep_jax.sampling import SamplingParams
+    from benchmarks.bench_generate import transformer_calls
+
+    guided, plain = transformer_calls(SamplingParams(duration=SECONDS, infer_steps=STEPS))
+    per_item = decode_flops(tcfg, 1, latent_frames(SECONDS), 1 + SAMPLE_TEXT + SAMPLE_LYRICS)
+    return per_item * batch * (2 * guided + plain)
+
+
+# ----------------------------------------------------------------------------- largest batch
+def largest_fit(measure, limit: float, unit: int, cap: int = 4096) -> tuple[int | None, Compiled | None]:
+    """The largest multiple of ``unit`` whose compiled peak fits ``limit`` (``measure(b) -> Compiled``).
+
+    Peaks grow linearly in the batch: two compiles give the line, a third checks the
+    predicted batch (stepping down while it does not fit)."""
+    one = measure(unit)
+    if one.peak > limit:
+        return None, one
+    two = measure(2 * unit)
+    per = max(two.peak - one.peak, 1.0)
+    b = min(cap, unit * max(1, int((limit - one.peak) // per) + 1))
+    while b > 2 * unit:
+        facts = measure(b)
+        if facts.peak <= limit:
+            return b, facts
+        b -= unit * max(1, int((facts.peak - limit) // per) + 1)
+    return (2 * unit, two) if two.peak <= limit else (unit, one)
+
+
+# ----------------------------------------------------------------------------- reporting
+def fmt_gb(x: float) -> str:
+    return f"{x / GB:.2f}"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--tpu", nargs="+", metavar="GEN_OR_TOPOLOGY",
+                   help="TPU generations (v5e v5p v6e: 1, 8 and 64 chips) or topologies (v5p:2x2x1); needs libtpu")
+    p.add_argument("--devices", nargs="+", type=int, default=[1, 8, 64], help="CPU mesh sizes")
+    p.add_argument("--quick", action="store_true", help="one remat policy, no LoRA/accumulation variants")
+    p.add_argument("--no-fit", action="store_true", help="skip the largest-batch search")
+    args = p.parse_args(argv)
+    targets = tpu_targets(args.tpu) if args.tpu else cpu_targets(args.devices)
+    print(f"jax {jax.__version__}, {jax.devices()[0].platform} host, {time.strftime('%Y-%m-%d')}; "
+          f"compiler: {'TPU (libtpu)' if args.tpu else 'XLA CPU'}")
+    variants = [("full", "full", 1)]  # (mode, remat, accumulation); the largest batch for remat "full" only
+    if not args.quick:
+        variants += [("lora", "full", 1), ("full", "dots", 1), ("full", "full", 4)]
+
+    print("\n### Training step (per device; batch = examples per device per micro-batch)\n")
+    head = "| target | mesh | mode | remat | accum | batch | args GB | out GB | temp GB | peak GB | compile s | TFLOP/step |"
+    if args.tpu:
+        head += " est. step s |"
+    head += " largest batch |"
+    print(head + "\n" + "|---" * (head.count("|") - 1) + "|")
+    for target in targets:
+        n = len(target.devices)
+        mesh = train_mesh(n, target.devices)
+        shape = "x".join(f"{mesh.shape[a]}" for a in ("data", "fsdp", "tensor"))
+        for mode, remat, accum in variants:
+            def measure(b, mode=mode, remat=remat, accum=accum, mesh=mesh):
+                return compile_facts(lower_train(mode, remat, accum, b, mesh)[0])[0]
+
+            lowered, tcfg = lower_train(mode, remat, accum, 1, mesh)
+            facts, _ = compile_facts(lowered)
+            ways = mesh.shape["data"] * mesh.shape["fsdp"]
+            flops = train_flops(tcfg, remat, accum, ways)
+            row = (f"| {target.name} | {shape} | {mode} | {remat} | {accum} | 1 | {fmt_gb(facts.arguments)} | "
+                   f"{fmt_gb(facts.outputs)} | {fmt_gb(facts.temporaries)} | {fmt_gb(facts.peak)} | "
+                   f"{facts.seconds:.1f} | {flops / 1e12:.0f} |")
+            if args.tpu:
+                est = None
+                if accum == 1:
+                    with unrolled_scans():
+                        est = compile_facts(lower_train(mode, remat, accum, 1, mesh)[0])[1].get("optimal_seconds")
+                row += f" {est:.2f} |" if est else " - |"
+            searched = not args.no_fit and remat == "full" and accum == 1
+            fit = (largest_fit(measure, target.memory, 1)[0] or "none") if searched else "-"
+            print(row + f" {fit} |", flush=True)
+
+    print("\n### Guided sampling loop, 240 s (per device; batch = songs in all)\n")
+    head = "| target | mesh | batch | args GB | out GB | temp GB | peak GB | compile s | TFLOP/song set |"
+    if args.tpu:
+        head += f" est. {STEPS} steps s |"
+    head += " largest batch |"
+    print(head + "\n" + "|---" * (head.count("|") - 1) + "|")
+    for target in targets:
+        n = len(target.devices)
+        for batch in (1, 8, 32):
+            mesh = sample_mesh(n, batch, target.devices)
+            shape = "x".join(f"{mesh.shape[a]}" for a in ("data", "fsdp", "tensor"))
+            lowered, tcfg = lower_sample(batch, mesh)
+            facts, _ = compile_facts(lowered)
+            row = (f"| {target.name} | {shape} | {batch} | {fmt_gb(facts.arguments)} | {fmt_gb(facts.outputs)} | "
+                   f"{fmt_gb(facts.temporaries)} | {fmt_gb(facts.peak)} | {facts.seconds:.1f} | "
+                   f"{sample_flops(tcfg, batch) / 1e12:.0f} |")
+            if args.tpu:
+                from acestep_jax.sampling import SamplingParams
+                from benchmarks.bench_generate import transformer_calls
+
+                guided, plain = transformer_calls(SamplingParams(duration=SECONDS, infer_steps=STEPS))
+                with unrolled_scans():
+                    step = compile_facts(lower_guided_decode(batch, mesh))[1].get("optimal_seconds")
+                # unguided steps run half the items: counted as half a guided call
+                row += f" {step * (guided + plain / 2):.1f} |" if step else " - |"
+            fit = "-"
+            if batch == 32 and not args.no_fit:
+                def measure(b, n=n, target=target):
+                    return compile_facts(lower_sample(b, sample_mesh(n, b, target.devices))[0])[0]
+
+                fit = largest_fit(measure, target.memory, n)[0] or "none"
+            print(row + f" {fit} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
