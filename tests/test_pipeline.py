@@ -177,3 +177,17 @@ def test_items_decode_at_their_own_length(pipe):
     padded = pipe.decode(latents[1:2], 48000)[0, :, : shorter.shape[-1]]
     assert np.abs(padded - shorter[0]).max() > 1e-3  # what decoding at the batch's length would give
     np.testing.assert_array_equal(pipe.decode_items(latents[:1], [5], 48000), pipe.decode(latents[:1], 48000))
+
+
+def test_broken_config_in_a_checkpoint_is_one_line(converted, tmp_path, capsys):
+    import shutil
+
+    from acestep_jax.cli.sample import main
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(converted, ckpt)
+    (ckpt / "transformer" / "config.json").write_text('{"num_layers": 2,')
+    assert main(["--checkpoint", str(ckpt), "--duration", "1", "--steps", "2", "--out", str(tmp_path / "o.wav")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "transformer/config.json is not valid JSON" in err
+    assert "convert the checkpoint again" in err and not (tmp_path / "o.wav").exists()

@@ -30,6 +30,7 @@ from acestep_jax.convert.core import (
     listing,
     load_flat,
     param_shapes,
+    read_json,
 )
 from acestep_jax.files import write_json
 from acestep_jax.sharding import state_shardings
@@ -233,8 +234,7 @@ def read_config(folder: str | os.PathLike, component: Component, **overrides):
     path = os.path.join(os.fspath(folder), CONFIG_FILE)
     if not os.path.isfile(path):
         raise CheckpointError(f"{component.name}: no {CONFIG_FILE} in {folder}")
-    with open(path) as f:
-        return component.config_from_dict(json.load(f), **overrides)
+    return component.config_from_dict(read_json(path, "convert the checkpoint again"), **overrides)
 
 
 def load_component(

@@ -30,6 +30,16 @@ class CheckpointError(ValueError):
     """A checkpoint does not fit the model: lists every problem found."""
 
 
+def read_json(path: str | os.PathLike, fix: str = "convert or download it again"):
+    """A checkpoint's JSON file; a malformed one is a :class:`CheckpointError` naming it and ``fix``."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        where = f" at line {e.lineno} column {e.colno}" if isinstance(e, json.JSONDecodeError) else ""
+        raise CheckpointError(f"{path} is not valid JSON ({getattr(e, 'msg', e)}{where}); {fix}") from None
+
+
 # ----------------------------------------------------------------------------- transforms
 class Transform:
     """An array transform (numpy or traced arrays) with an optional inverse.

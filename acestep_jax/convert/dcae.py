@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 from flax import nnx
@@ -17,6 +16,7 @@ from acestep_jax.convert.core import (
     convert_into,
     linear_t,
     open_source,
+    read_json,
     rule,
 )
 
@@ -115,8 +115,7 @@ def load_music_codec(checkpoint_dir: str | os.PathLike, *, progress: bool = Fals
         config = os.path.join(checkpoint_dir, name, "config.json")
         if not os.path.isfile(config):
             raise FileNotFoundError(f"codec config not found: {config}")
-        with open(config) as f:
-            parts[name] = json.load(f)
+        parts[name] = read_json(config)
     dcae = load_dcae(
         os.path.join(checkpoint_dir, "music_dcae_f8c8"),
         DCAEConfig.from_dict(parts["music_dcae_f8c8"]),

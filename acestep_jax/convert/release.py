@@ -29,7 +29,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from acestep_jax.convert.checkpoint import Component, read_config, write_component
-from acestep_jax.convert.core import CheckpointError, open_source
+from acestep_jax.convert.core import CheckpointError, open_source, read_json
 from acestep_jax.files import cache_root, make_folder_beside
 
 log = logging.getLogger(__name__)
@@ -162,7 +162,8 @@ def convert_checkpoint(
     for name in names:
         comp = components()[name]
         folder = src_path / comp.hf_folder
-        cfg = comp.config_from_dict(json.loads((folder / "config.json").read_text()), param_dtype=param_dtype)
+        cfg = comp.config_from_dict(read_json(folder / "config.json", "download the reference checkpoint again"),
+                                    param_dtype=param_dtype)
         source = open_source(folder)
         check_rules(comp.rules(cfg), source, param_shapes(comp.abstract(cfg)), ignore=comp.ignore,
                     what=str(folder))

@@ -174,6 +174,6 @@ def test_lora_on_two_processes_equals_one(tmp_path, records, xla_cache):
 
     from acestep_jax.lora import read_lora
 
-    config_, pairs = read_lora(tmp_path / "run" / "lora" / "step_2")  # gathered from both, written by process 0
+    adapter = read_lora(tmp_path / "run" / "lora" / "step_2")  # gathered from both, written by process 0
     # to_q and to_v of attn and cross_attn in 2 blocks, linear_q in the lyric encoder's block
-    assert config_.r == LORA["r"] and len(pairs) == 2 * 4 + 1
+    assert adapter.rank == LORA["r"] and len(adapter.pairs) == 2 * 4 + 1
