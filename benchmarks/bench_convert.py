@@ -3,6 +3,7 @@
     python benchmarks/bench_convert.py build /scratch/ref          # a 16 GB reference-layout folder, random weights
     python benchmarks/bench_convert.py convert /scratch/ref /scratch/ckpt [--dtype bfloat16]
     python benchmarks/bench_convert.py load /scratch/ckpt          # sample.py --checkpoint (a 2 s, 1-step song)
+    python benchmarks/bench_convert.py load /scratch/ckpt --duration 240 --steps 2
 
 ``build`` writes the released checkpoint's layout (``ace_step_transformer/``,
 ``music_dcae_f8c8/``, ``music_vocoder/``, ``umt5-base/``) from the golden manifests
@@ -165,8 +166,10 @@ def main(argv=None) -> int:
     c.add_argument("src")
     c.add_argument("dst")
     c.add_argument("--dtype", default="bfloat16")
-    ld = sub.add_parser("load", help="time and memory of sample.py --checkpoint (2 s, 1 step)")
+    ld = sub.add_parser("load", help="time and memory of sample.py --checkpoint (a short song by default)")
     ld.add_argument("checkpoint")
+    ld.add_argument("--duration", type=float, default=2.0, help="seconds of audio")
+    ld.add_argument("--steps", type=int, default=1, help="sampling steps")
     ld.add_argument("--stages", action="store_true", help="load component by component in this process")
     args = p.parse_args(argv)
     if args.command == "build":
@@ -181,10 +184,10 @@ def main(argv=None) -> int:
     if args.stages:
         return load_stages(args.checkpoint)
     out = Path(args.checkpoint).parent / "bench_load.wav"
-    cmd = [sys.executable, "sample.py", "--checkpoint", args.checkpoint, "--duration", "2", "--steps", "1",
-           "--out", str(out), "--compile-cache", "", "--quiet"]
+    cmd = [sys.executable, "sample.py", "--checkpoint", args.checkpoint, "--duration", f"{args.duration:g}",
+           "--steps", str(args.steps), "--out", str(out), "--compile-cache", "", "--quiet"]
     m = measure(cmd, env={"JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu")})
-    report("sample.py --checkpoint (2 s, 1 step)", m)
+    report(f"sample.py --checkpoint ({args.duration:g} s, {args.steps} step{'s' * (args.steps > 1)})", m)
     return m["returncode"]
 
 

@@ -21,10 +21,11 @@ Per device: XLA's memory analysis (arguments, outputs, temporaries; peak = argum
 outputs - donated + temporaries), analytic transformer FLOPs, and the largest batch whose
 peak fits the device (found from the compiled sizes at two batches, then compiled to
 check). With ``--tpu`` also an estimated step time from the TPU cost model
-(``optimal_seconds``): XLA's cost analysis counts a ``while``/scanned body once, so the
-estimate compiles a twin of the program with every ``lax.scan`` unrolled (the 24 blocks,
-forward and backward) and, for sampling, one guided transformer call (cond + uncond)
-times the number of steps (27, guidance interval 0.5).
+(``optimal_seconds``): XLA's cost analysis counts a ``while``/scanned body once and the
+cost model gives no figure for programs with loops, so the estimate compiles two
+loop-free twins of the program with 1 and 2 blocks (every ``lax.scan`` unrolled) and
+extrapolates ``t1 + (24 - 1) * (t2 - t1)``; for sampling, one guided transformer call
+(cond + uncond) times the number of steps (27, guidance interval 0.5).
 """
 
 from __future__ import annotations
@@ -160,6 +161,16 @@ def unrolled_scans():
         jax.lax.scan = original
 
 
+def twin_seconds(lower, layers: int) -> float | None:
+    """The TPU cost model's time for a ``layers``-block program from its 1- and 2-block
+    loop-free twins (``lower(n)`` lowers the twin with ``n`` blocks); None without a figure."""
+    with unrolled_scans():
+        t1, t2 = [compile_facts(lower(n))[1].get("optimal_seconds") for n in (1, 2)]
+    if not t1 or not t2 or t1 <= 0 or t2 <= t1:
+        return None
+    return t1 + (layers - 1) * (t2 - t1)
+
+
 def sds(shape, dtype, sharding=None):
     return jax.ShapeDtypeStruct(tuple(shape), dtype, sharding=sharding)
 
@@ -172,14 +183,22 @@ def with_shardings(tree, shardings):
 def train_config(mode: str, remat: str, accum: int, global_batch: int):
     from acestep_jax.training.config import TrainConfig
 
-    model = {"transformer": "configs/full/transformer.json", "dtype": "bfloat16", "param_dtype": "float32",
+    model = {"transformer": "full", "dtype": "bfloat16", "param_dtype": "float32",
              "remat": remat, "lora": LORA if mode == "lora" else None}
     return TrainConfig.from_dict({"model": model, "data": {"batch_size": global_batch},
                                   "optim": {"grad_accum": accum}})
 
 
-def lower_train(mode: str, remat: str, accum: int, per_device: int, mesh):
-    """The lowered train step for ``per_device`` examples per device and micro-batch."""
+def with_layers(tcfg, layers: int | None):
+    """``tcfg`` cut to ``layers`` blocks (REPA heads on the first), for the step-time twins."""
+    if layers is None:
+        return tcfg
+    return dataclasses.replace(tcfg, num_layers=layers, ssl_encoder_depths=(0,) * len(tcfg.ssl_encoder_depths))
+
+
+def lower_train(mode: str, remat: str, accum: int, per_device: int, mesh, layers: int | None = None):
+    """The lowered train step for ``per_device`` examples per device and micro-batch
+    (``layers``: a twin with that many blocks)."""
     from acestep_jax.lora import LoraConfig, add_lora
     from acestep_jax.models.transformer import ACEStepTransformer
     from acestep_jax.training.optim import make_optimizer
@@ -188,7 +207,7 @@ def lower_train(mode: str, remat: str, accum: int, per_device: int, mesh):
     ways = math.prod(mesh.shape[a] for a in BATCH_AXES)
     global_batch = per_device * ways
     cfg = train_config(mode, remat, accum, global_batch)
-    tcfg = transformer_config(cfg)
+    tcfg = with_layers(transformer_config(cfg), layers)
 
     def build():
         model = ACEStepTransformer(tcfg, rngs=nnx.Rngs(0))
@@ -242,7 +261,8 @@ def lower_sample(batch: int, mesh):
     """The lowered guided sampling loop (the reference's defaults) for ``batch`` songs."""
     from acestep_jax.models.transformer import ACEStepTransformer
     from acestep_jax.sampling import Conditioning, Noise, SamplingParams
-    from acestep_jax.sampling.sampler import text2music_loop
+    from acestep_jax.sampling.inputs import LoopInputs
+    from acestep_jax.sampling.sampler import loop_compiler_options, text2music_loop
     from acestep_jax.sampling.tasks import prepare
 
     tcfg = preset_config("full", "transformer", dtype="bfloat16", param_dtype="bfloat16")
@@ -266,8 +286,12 @@ def lower_sample(batch: int, mesh):
 
     inputs = jax.eval_shape(inputs_of, cond, noise)
     lc = found["lc"]
-    in_sh = {k: by_batch if k in ("x", "x0", "z0", "repaint_mask") else NamedSharding(mesh, P()) for k in inputs}
+    replicated = NamedSharding(mesh, P())
+    in_sh = LoopInputs(jax.tree.map(lambda _: by_batch, inputs.latents), jax.tree.map(lambda _: by_batch, inputs.items),
+                       jax.tree.map(lambda _: replicated, inputs.schedule))
+    platform = mesh.devices.flat[0].platform
     fn = jax.jit(lambda s, c, i, n: text2music_loop(nnx.merge(graphdef, s), lc, c, i, n),
+                 compiler_options=loop_compiler_options(platform),
                  in_shardings=(state_shardings(state, mesh), jax.tree.map(lambda _: by_batch, cond),
                                in_sh, jax.tree.map(lambda _: by_batch, noise)),
                  out_shardings=by_batch)
@@ -275,11 +299,12 @@ def lower_sample(batch: int, mesh):
         return fn.lower(state, cond, inputs, jax.tree.map(lambda a: sds(a.shape, a.dtype), noise)), tcfg
 
 
-def lower_guided_decode(batch: int, mesh):
-    """One guided transformer call (cond + uncond: ``2 * batch`` items), as the sampling loop makes it."""
+def lower_guided_decode(batch: int, mesh, layers: int | None = None):
+    """One guided transformer call (cond + uncond: ``2 * batch`` items), as the sampling loop makes it
+    (``layers``: a twin with that many blocks)."""
     from acestep_jax.models.transformer import ACEStepTransformer
 
-    tcfg = preset_config("full", "transformer", dtype="bfloat16", param_dtype="bfloat16")
+    tcfg = with_layers(preset_config("full", "transformer", dtype="bfloat16", param_dtype="bfloat16"), layers)
     model = nnx.eval_shape(lambda: ACEStepTransformer(tcfg, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(model)
     n, t = 2 * batch, -(-latent_frames(SECONDS) // 128) * 128
@@ -338,6 +363,8 @@ def main(argv=None) -> int:
     p.add_argument("--devices", nargs="+", type=int, default=[1, 8, 64], help="CPU mesh sizes")
     p.add_argument("--quick", action="store_true", help="one remat policy, no LoRA/accumulation variants")
     p.add_argument("--no-fit", action="store_true", help="skip the largest-batch search")
+    p.add_argument("--programs", nargs="+", choices=("train", "sample"), default=["train", "sample"],
+                   help="which programs to plan")
     args = p.parse_args(argv)
     targets = tpu_targets(args.tpu) if args.tpu else cpu_targets(args.devices)
     print(f"jax {jax.__version__}, {jax.devices()[0].platform} host, {time.strftime('%Y-%m-%d')}; "
@@ -346,6 +373,14 @@ def main(argv=None) -> int:
     if not args.quick:
         variants += [("lora", "full", 1), ("full", "dots", 1), ("full", "full", 4)]
 
+    if "train" in args.programs:
+        plan_training(targets, variants, args)
+    if "sample" in args.programs:
+        plan_sampling(targets, args)
+    return 0
+
+
+def plan_training(targets, variants, args) -> None:
     print("\n### Training step (per device; batch = examples per device per micro-batch)\n")
     head = "| target | mesh | mode | remat | accum | batch | args GB | out GB | temp GB | peak GB | compile s | TFLOP/step |"
     if args.tpu:
@@ -370,13 +405,15 @@ def main(argv=None) -> int:
             if args.tpu:
                 est = None
                 if accum == 1:
-                    with unrolled_scans():
-                        est = compile_facts(lower_train(mode, remat, accum, 1, mesh)[0])[1].get("optimal_seconds")
+                    est = twin_seconds(lambda n, mode=mode, remat=remat, mesh=mesh:
+                                       lower_train(mode, remat, 1, 1, mesh, layers=n)[0], tcfg.num_layers)
                 row += f" {est:.2f} |" if est else " - |"
             searched = not args.no_fit and remat == "full" and accum == 1
             fit = (largest_fit(measure, target.memory, 1)[0] or "none") if searched else "-"
             print(row + f" {fit} |", flush=True)
 
+
+def plan_sampling(targets, args) -> None:
     print("\n### Guided sampling loop, 240 s (per device; batch = songs in all)\n")
     head = "| target | mesh | batch | args GB | out GB | temp GB | peak GB | compile s | TFLOP/song set |"
     if args.tpu:
@@ -398,8 +435,8 @@ def main(argv=None) -> int:
                 from benchmarks.bench_generate import transformer_calls
 
                 guided, plain = transformer_calls(SamplingParams(duration=SECONDS, infer_steps=STEPS))
-                with unrolled_scans():
-                    step = compile_facts(lower_guided_decode(batch, mesh))[1].get("optimal_seconds")
+                step = twin_seconds(lambda n, batch=batch, mesh=mesh: lower_guided_decode(batch, mesh, layers=n),
+                                    tcfg.num_layers)
                 # unguided steps run half the items: counted as half a guided call
                 row += f" {step * (guided + plain / 2):.1f} |" if step else " - |"
             fit = "-"
@@ -409,7 +446,6 @@ def main(argv=None) -> int:
 
                 fit = largest_fit(measure, target.memory, n)[0] or "none"
             print(row + f" {fit} |", flush=True)
-    return 0
 
 
 if __name__ == "__main__":

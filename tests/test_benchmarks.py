@@ -51,3 +51,31 @@ def test_plan_batch_search_and_random_checkpoint_writer(tmp_path):
     assert src.shape("a") == (3, 5) and src.get("b").shape == (7,) and np.isfinite(src.get("a")).all()
     m = measure(["python", "-c", "x = bytearray(50_000_000); import time; time.sleep(0.5)"])
     assert m["returncode"] == 0 and m["RssAnon"] > 40e6
+
+
+def test_plan_programs_lower_at_full_size():
+    """The planned full-size programs trace from abstract shapes (the plans compile them)."""
+    import jax
+
+    from acestep_jax.sharding import make_mesh
+    from benchmarks.plan_memory import lower_guided_decode, lower_sample, lower_train
+
+    mesh = make_mesh(1, 2, 1, devices=jax.devices()[:2])
+    for lowered in (lower_train("lora", "full", 2, 1, mesh)[0], lower_sample(2, mesh)[0], lower_guided_decode(1, mesh)):
+        assert "stablehlo" in lowered.as_text()[:10_000]
+
+
+def test_plan_step_time_extrapolates_from_one_and_two_block_twins():
+    from types import SimpleNamespace
+
+    from benchmarks.plan_memory import twin_seconds
+
+    def lowered(seconds):
+        memory = SimpleNamespace(argument_size_in_bytes=0, output_size_in_bytes=0, alias_size_in_bytes=0,
+                                 temp_size_in_bytes=0)
+        compiled = SimpleNamespace(memory_analysis=lambda: memory,
+                                   cost_analysis=lambda: {"optimal_seconds": seconds, "flops": 1.0})
+        return SimpleNamespace(compile=lambda: compiled)
+
+    assert abs(twin_seconds(lambda n: lowered(0.5 + 0.25 * n), 24) - 6.5) < 1e-9  # 0.75 + 23 * 0.25
+    assert twin_seconds(lambda n: lowered(-1.0), 24) is None  # the cost model's "no figure"

@@ -164,3 +164,24 @@ def test_step_progress_reports_every_step_and_changes_nothing(tiny_model, pipeli
         jax.effects_barrier()
         assert (bar.n, bar.total) == (params.infer_steps, params.infer_steps)
     np.testing.assert_array_equal(shown, plain)
+
+
+def test_cpu_loop_keeps_no_float32_copy_of_bfloat16_weights(golden, pipeline_golden):
+    """On CPU the bfloat16 weights are converted per use, not hoisted out of the step loop."""
+    from acestep_jax.models.transformer import ACEStepTransformer, TransformerConfig
+
+    cfg = dataclasses.replace(TransformerConfig.from_dict(golden("transformer").config),
+                              dtype="bfloat16", param_dtype="bfloat16")
+    model = ACEStepTransformer(cfg, rngs=nnx.Rngs(0))
+    cond, noise = pair(pipeline_golden.io), Noise.from_seeds([1, 2])
+    lc, inputs, _ = prepare(FAST.replace(scheduler_type="euler"), cond, noise)
+    graphdef, state = nnx.split(model)
+    weights = sum(x.size for x in jax.tree.leaves(state) if x.dtype == jax.numpy.bfloat16)
+    assert sampler.loop_compiler_options("cpu") and sampler.loop_compiler_options("gpu") is None
+
+    def temporaries(fn):
+        return fn.lower(state, cond, inputs, noise).compile().memory_analysis().temp_size_in_bytes
+
+    hoisting = jax.jit(lambda *a: sampler.text2music_loop(nnx.merge(graphdef, a[0]), lc, *a[1:]))
+    # the hoisted float32 copies (4 bytes per weight) outweigh the bfloat16 weights themselves
+    assert temporaries(hoisting) - temporaries(sampler._compiled(graphdef, lc)) > 2 * weights
