@@ -40,3 +40,11 @@ def lyrics_vocab_path() -> Path:
     if not p.is_file():
         raise RuntimeError(f"lyric vocabulary not found at {p}")
     return p
+
+
+@pytest.fixture(scope="session")
+def reference_dir(tmp_path_factory) -> Path:
+    """A tiny checkpoint in the released reference layout (tests read it, never change it for good)."""
+    from tests.fake_checkpoint import build_reference_folder
+
+    return build_reference_folder(tmp_path_factory.mktemp("hf") / "ACE-Step-v1-3.5B")

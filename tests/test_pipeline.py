@@ -17,15 +17,9 @@ from acestep_jax.models.transformer import TransformerConfig
 from acestep_jax.pipeline import ACEStepPipeline, LazyLyricTokenizer
 from acestep_jax.sampling import Conditioning, Noise, SamplingParams, generate
 from acestep_jax.text import PromptTokenizer, UMT5Config, umt5_erg_scales
-from tests.fake_checkpoint import build_reference_folder
 
 PROMPTS = ["rock guitar drums", "piano sad"]
 PARAMS = SamplingParams(duration=1.5, infer_steps=3, guidance_scale=7.0, scheduler_type="euler")
-
-
-@pytest.fixture(scope="module")
-def reference_dir(tmp_path_factory):
-    return build_reference_folder(tmp_path_factory.mktemp("hf") / "ckpt")
 
 
 @pytest.fixture(scope="module")

@@ -19,11 +19,6 @@ from tests.helpers import REPO
 
 
 @pytest.fixture(scope="module")
-def reference_dir(tmp_path_factory):
-    return build_reference_folder(tmp_path_factory.mktemp("hf") / "ACE-Step-v1-3.5B")
-
-
-@pytest.fixture(scope="module")
 def converted(reference_dir, tmp_path_factory, lyrics_vocab_path):
     dst = tmp_path_factory.mktemp("out") / "converted"
     release.convert_checkpoint(reference_dir, dst, names=["transformer"], lyrics_vocab=lyrics_vocab_path,
