@@ -1,13 +1,12 @@
 """Memory plans on paper: the full-size (3.5B) programs compiled ahead of time from abstract shapes.
 
-    python benchmarks/plan_memory.py                         # CPU compiler, 1 / 8 / 64 fake devices
-    python benchmarks/plan_memory.py --quick                 # fewer configurations (smoke test)
-    JAX_PLATFORMS=cpu python benchmarks/plan_memory.py --tpu v5e v5p v6e   # TPU compiler (pip install -e ".[plan-tpu]")
+    python benchmarks/plan_memory.py            # 1 / 8 / 64 fake CPU devices
+    python benchmarks/plan_memory.py --quick    # fewer configurations (smoke test)
 
 Nothing is allocated: models are built with ``nnx.eval_shape``, inputs are
 ``ShapeDtypeStruct``s, and each program is ``jit(...).lower(...).compile()``d for a mesh
-of fake CPU devices or of TPU chips described by ``jax.experimental.topologies`` (the TPU
-compiler runs here without a TPU). Programs:
+of fake CPU devices (``plan_tpu.py`` does the same for TPU chips with the TPU compiler).
+Programs:
 
 * ``train``: one optimizer step of :func:`acestep_jax.training.trainer.make_train_step`
   (bf16 compute, float32 master weights, AdamW, clipping, REPA), full fine-tune or LoRA,
@@ -20,18 +19,12 @@ compiler runs here without a TPU). Programs:
 Per device: XLA's memory analysis (arguments, outputs, temporaries; peak = arguments +
 outputs - donated + temporaries), analytic transformer FLOPs, and the largest batch whose
 peak fits the device (found from the compiled sizes at two batches, then compiled to
-check). With ``--tpu`` also an estimated step time from the TPU cost model
-(``optimal_seconds``): XLA's cost analysis counts a ``while``/scanned body once and the
-cost model gives no figure for programs with loops, so the estimate compiles two
-loop-free twins of the program with 1 and 2 blocks (every ``lax.scan`` unrolled) and
-extrapolates ``t1 + (24 - 1) * (t2 - t1)``; for sampling, one guided transformer call
-(cond + uncond) times the number of steps (27, guidance interval 0.5).
+check).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import math
 import os
@@ -39,7 +32,7 @@ import sys
 import time
 from pathlib import Path
 
-if __name__ == "__main__" and "--tpu" not in sys.argv:  # fake CPU devices, set before jax starts
+if __name__ == "__main__":  # fake CPU devices, set before jax starts
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=64"
 
@@ -64,10 +57,6 @@ SSL_RATES = {"mert": 75.0, "m-hubert": 50.0}  # frames per second of the REPA ta
 STEPS = 27
 LORA = {"r": 64, "lora_alpha": 32,
         "target_modules": ["to_q", "to_k", "to_v", "to_out.0", "linear_q", "linear_k", "linear_v", "linear_out"]}
-# TPU chips: (HBM bytes, bf16 peak FLOP/s), vendor figures
-TPU_CHIPS = {"v5e": (16e9, 197e12), "v5p": (95e9, 459e12), "v6e": (32e9, 918e12)}
-TPU_TOPOLOGIES = {"v5e": ("v5e:1x1", "v5e:2x4", "v5e:8x8"), "v5p": ("v5p:1x1x1", "v5p:2x2x2", "v5p:4x4x4"),
-                  "v6e": ("v6e:1x1", "v6e:2x4", "v6e:8x8")}
 
 
 def latent_frames(seconds: float) -> int:
@@ -82,28 +71,11 @@ class Target:
     name: str
     devices: list
     memory: float
-    peak_flops: float | None = None
 
 
 def cpu_targets(sizes) -> list[Target]:
     devices = jax.devices()
     return [Target(f"cpu x{n}", devices[:n], 80 * GB) for n in sizes]
-
-
-def tpu_targets(specs) -> list[Target]:
-    """TPU chips this machine does not have: a generation (``v5e``: its 1, 8 and 64-chip
-    topologies) or a topology name (``v5p:2x2x1``)."""
-    from jax.experimental import topologies
-
-    names = [n for spec in specs for n in TPU_TOPOLOGIES.get(spec, (spec,))]
-    out = []
-    for name in names:
-        hbm, peak = TPU_CHIPS[name.split(":")[0]]
-        single = name.endswith(("1x1", "1x1x1"))
-        kw = {"chips_per_host_bounds": (1, 1, 1)} if single else {}
-        topo = topologies.get_topology_desc(topology_name=name, platform="tpu", **kw)
-        out.append(Target(name, list(topo.devices), hbm, peak))
-    return out
 
 
 def train_mesh(n: int, devices):
@@ -145,32 +117,6 @@ def compile_facts(lowered) -> tuple[Compiled, object]:
     return facts, cost
 
 
-@contextlib.contextmanager
-def unrolled_scans():
-    """Every ``lax.scan`` traced inside unrolls (so cost analysis counts each iteration)."""
-    original = jax.lax.scan
-
-    def scan(*args, **kwargs):
-        kwargs["unroll"] = True
-        return original(*args, **kwargs)
-
-    jax.lax.scan = scan
-    try:
-        yield
-    finally:
-        jax.lax.scan = original
-
-
-def twin_seconds(lower, layers: int) -> float | None:
-    """The TPU cost model's time for a ``layers``-block program from its 1- and 2-block
-    loop-free twins (``lower(n)`` lowers the twin with ``n`` blocks); None without a figure."""
-    with unrolled_scans():
-        t1, t2 = [compile_facts(lower(n))[1].get("optimal_seconds") for n in (1, 2)]
-    if not t1 or not t2 or t1 <= 0 or t2 <= t1:
-        return None
-    return t1 + (layers - 1) * (t2 - t1)
-
-
 def sds(shape, dtype, sharding=None):
     return jax.ShapeDtypeStruct(tuple(shape), dtype, sharding=sharding)
 
@@ -190,7 +136,7 @@ def train_config(mode: str, remat: str, accum: int, global_batch: int):
 
 
 def with_layers(tcfg, layers: int | None):
-    """``tcfg`` cut to ``layers`` blocks (REPA heads on the first), for the step-time twins."""
+    """``tcfg`` cut to ``layers`` blocks (REPA heads on the first), for the TPU plans' shallow programs."""
     if layers is None:
         return tcfg
     return dataclasses.replace(tcfg, num_layers=layers, ssl_encoder_depths=(0,) * len(tcfg.ssl_encoder_depths))
@@ -198,7 +144,7 @@ def with_layers(tcfg, layers: int | None):
 
 def lower_train(mode: str, remat: str, accum: int, per_device: int, mesh, layers: int | None = None):
     """The lowered train step for ``per_device`` examples per device and micro-batch
-    (``layers``: a twin with that many blocks)."""
+    (``layers``: with that many blocks)."""
     from acestep_jax.lora import LoraConfig, add_lora
     from acestep_jax.models.transformer import ACEStepTransformer
     from acestep_jax.training.optim import make_optimizer
@@ -301,7 +247,7 @@ def lower_sample(batch: int, mesh):
 
 def lower_guided_decode(batch: int, mesh, layers: int | None = None):
     """One guided transformer call (cond + uncond: ``2 * batch`` items), as the sampling loop makes it
-    (``layers``: a twin with that many blocks)."""
+    (``layers``: with that many blocks)."""
     from acestep_jax.models.transformer import ACEStepTransformer
 
     tcfg = with_layers(preset_config("full", "transformer", dtype="bfloat16", param_dtype="bfloat16"), layers)
@@ -358,17 +304,15 @@ def fmt_gb(x: float) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--tpu", nargs="+", metavar="GEN_OR_TOPOLOGY",
-                   help="TPU generations (v5e v5p v6e: 1, 8 and 64 chips) or topologies (v5p:2x2x1); needs libtpu")
     p.add_argument("--devices", nargs="+", type=int, default=[1, 8, 64], help="CPU mesh sizes")
     p.add_argument("--quick", action="store_true", help="one remat policy, no LoRA/accumulation variants")
     p.add_argument("--no-fit", action="store_true", help="skip the largest-batch search")
     p.add_argument("--programs", nargs="+", choices=("train", "sample"), default=["train", "sample"],
                    help="which programs to plan")
     args = p.parse_args(argv)
-    targets = tpu_targets(args.tpu) if args.tpu else cpu_targets(args.devices)
+    targets = cpu_targets(args.devices)
     print(f"jax {jax.__version__}, {jax.devices()[0].platform} host, {time.strftime('%Y-%m-%d')}; "
-          f"compiler: {'TPU (libtpu)' if args.tpu else 'XLA CPU'}")
+          "compiler: XLA CPU")
     variants = [("full", "full", 1)]  # (mode, remat, accumulation); the largest batch for remat "full" only
     if not args.quick:
         variants += [("lora", "full", 1), ("full", "dots", 1), ("full", "full", 4)]
@@ -382,10 +326,8 @@ def main(argv=None) -> int:
 
 def plan_training(targets, variants, args) -> None:
     print("\n### Training step (per device; batch = examples per device per micro-batch)\n")
-    head = "| target | mesh | mode | remat | accum | batch | args GB | out GB | temp GB | peak GB | compile s | TFLOP/step |"
-    if args.tpu:
-        head += " est. step s |"
-    head += " largest batch |"
+    head = ("| target | mesh | mode | remat | accum | batch | args GB | out GB | temp GB | peak GB | compile s | "
+            "TFLOP/step | largest batch |")
     print(head + "\n" + "|---" * (head.count("|") - 1) + "|")
     for target in targets:
         n = len(target.devices)
@@ -402,12 +344,6 @@ def plan_training(targets, variants, args) -> None:
             row = (f"| {target.name} | {shape} | {mode} | {remat} | {accum} | 1 | {fmt_gb(facts.arguments)} | "
                    f"{fmt_gb(facts.outputs)} | {fmt_gb(facts.temporaries)} | {fmt_gb(facts.peak)} | "
                    f"{facts.seconds:.1f} | {flops / 1e12:.0f} |")
-            if args.tpu:
-                est = None
-                if accum == 1:
-                    est = twin_seconds(lambda n, mode=mode, remat=remat, mesh=mesh:
-                                       lower_train(mode, remat, 1, 1, mesh, layers=n)[0], tcfg.num_layers)
-                row += f" {est:.2f} |" if est else " - |"
             searched = not args.no_fit and remat == "full" and accum == 1
             fit = (largest_fit(measure, target.memory, 1)[0] or "none") if searched else "-"
             print(row + f" {fit} |", flush=True)
@@ -415,10 +351,8 @@ def plan_training(targets, variants, args) -> None:
 
 def plan_sampling(targets, args) -> None:
     print("\n### Guided sampling loop, 240 s (per device; batch = songs in all)\n")
-    head = "| target | mesh | batch | args GB | out GB | temp GB | peak GB | compile s | TFLOP/song set |"
-    if args.tpu:
-        head += f" est. {STEPS} steps s |"
-    head += " largest batch |"
+    head = ("| target | mesh | batch | args GB | out GB | temp GB | peak GB | compile s | TFLOP/song set | "
+            "largest batch |")
     print(head + "\n" + "|---" * (head.count("|") - 1) + "|")
     for target in targets:
         n = len(target.devices)
@@ -430,15 +364,6 @@ def plan_sampling(targets, args) -> None:
             row = (f"| {target.name} | {shape} | {batch} | {fmt_gb(facts.arguments)} | {fmt_gb(facts.outputs)} | "
                    f"{fmt_gb(facts.temporaries)} | {fmt_gb(facts.peak)} | {facts.seconds:.1f} | "
                    f"{sample_flops(tcfg, batch) / 1e12:.0f} |")
-            if args.tpu:
-                from acestep_jax.sampling import SamplingParams
-                from benchmarks.bench_generate import transformer_calls
-
-                guided, plain = transformer_calls(SamplingParams(duration=SECONDS, infer_steps=STEPS))
-                step = twin_seconds(lambda n, batch=batch, mesh=mesh: lower_guided_decode(batch, mesh, layers=n),
-                                    tcfg.num_layers)
-                # unguided steps run half the items: counted as half a guided call
-                row += f" {step * (guided + plain / 2):.1f} |" if step else " - |"
             fit = "-"
             if batch == 32 and not args.no_fit:
                 def measure(b, n=n, target=target):

@@ -65,17 +65,41 @@ def test_plan_programs_lower_at_full_size():
         assert "stablehlo" in lowered.as_text()[:10_000]
 
 
-def test_plan_step_time_extrapolates_from_one_and_two_block_twins():
-    from types import SimpleNamespace
+def test_tpu_plan_extrapolates_depth_and_batch_from_recorded_compiles(tmp_path):
+    """Memory from scanned 2- and 4-block programs and time from 1- and 2-block twins reach 24
+    blocks linearly; twice the batch gives the largest batch; records resume from the file."""
+    import jax
 
-    from benchmarks.plan_memory import twin_seconds
+    from benchmarks import plan_tpu
 
-    def lowered(seconds):
-        memory = SimpleNamespace(argument_size_in_bytes=0, output_size_in_bytes=0, alias_size_in_bytes=0,
-                                 temp_size_in_bytes=0)
-        compiled = SimpleNamespace(memory_analysis=lambda: memory,
-                                   cost_analysis=lambda: {"optimal_seconds": seconds, "flops": 1.0})
-        return SimpleNamespace(compile=lambda: compiled)
+    assert plan_tpu.at_depth({1: 0.75, 2: 1.0}) == 6.5  # 0.75 + 23 * 0.25
+    assert plan_tpu.at_depth({2: 3.0, 4: 5.0}) == 25.0 and plan_tpu.at_depth({24: 7.0}) == 7.0
+    assert plan_tpu.at_depth({1: -1.0, 2: -2.0}) is None  # the cost model's "no figure"
 
-    assert abs(twin_seconds(lambda n: lowered(0.5 + 0.25 * n), 24) - 6.5) < 1e-9  # 0.75 + 23 * 0.25
-    assert twin_seconds(lambda n: lowered(-1.0), 24) is None  # the cost model's "no figure"
+    top = plan_tpu.Topology("v5p:2x2x2", tuple(jax.devices()[:8]))
+    path = tmp_path / "plans.jsonl"
+
+    def record(kind, layers, unit, peak, seconds=None):
+        plan_tpu.append(path, {"topology": top.name, "program": "lora", "kind": kind, "layers": layers,
+                               "unit": unit, "arguments": peak / 2, "temporaries": peak / 2, "peak": peak,
+                               "optimal_seconds": seconds, "compile_seconds": 10.0})
+
+    # per chip: 4 GB + 1 GB per block at one example; each further example adds 0.5 GB per block
+    record("scan", 2, 1, 6e9), record("scan", 4, 1, 8e9), record("scan", 2, 2, 7e9), record("scan", 4, 2, 10e9)
+    record("twin", 1, 1, 1e9, 0.02), record("twin", 2, 1, 2e9, 0.03)
+    records = plan_tpu.load(path)
+    assert {j.key for j in plan_tpu.jobs(top, "lora", fit=True)} == set(records)
+
+    plan = plan_tpu.plan_of(records, top.name, "lora")
+    assert abs(plan.peak - 28e9) < 1 and abs(plan.arguments - 14e9) < 1 and abs(plan.per_unit - 12e9) < 1
+    assert abs(plan.seconds - 0.25) < 1e-12 and plan.compile_seconds == 60.0
+    assert plan.largest_units(95e9) == 6 and plan.largest_units(20e9) is None  # 28 + 5 * 12 <= 95 < 28 + 6 * 12
+    row = plan_tpu.table(records, [top], ["lora"]).splitlines()[2]
+    assert "| 1x8x1 | 14.00 / 14.00 / 28.00 | 60 | 0.250 |" in row and row.endswith("| 6 |")
+
+    plan_tpu.append(path, {"topology": top.name, "program": "full", "kind": "scan", "layers": 4, "unit": 1,
+                           "arguments": None, "temporaries": None, "peak": None, "optimal_seconds": None,
+                           "compile_seconds": 5.0, "error": "RESOURCE_EXHAUSTED: out of HBM"})
+    records = plan_tpu.load(path)
+    assert plan_tpu.plan_of(records, top.name, "full") is None
+    assert "compiler refused: RESOURCE_EXHAUSTED" in plan_tpu.table(records, [top], ["full"])
