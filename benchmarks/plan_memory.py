@@ -203,15 +203,16 @@ def train_flops(tcfg, remat: str, accum: int, global_batch: int) -> float:
 
 
 # ----------------------------------------------------------------------------- sampling
-def lower_sample(batch: int, mesh):
-    """The lowered guided sampling loop (the reference's defaults) for ``batch`` songs."""
+def lower_sample(batch: int, mesh, layers: int | None = None):
+    """The lowered guided sampling loop (the reference's defaults) for ``batch`` songs
+    (``layers``: with that many blocks)."""
     from acestep_jax.models.transformer import ACEStepTransformer
     from acestep_jax.sampling import Conditioning, Noise, SamplingParams
     from acestep_jax.sampling.inputs import LoopInputs
     from acestep_jax.sampling.sampler import loop_compiler_options, text2music_loop
     from acestep_jax.sampling.tasks import prepare
 
-    tcfg = preset_config("full", "transformer", dtype="bfloat16", param_dtype="bfloat16")
+    tcfg = with_layers(preset_config("full", "transformer", dtype="bfloat16", param_dtype="bfloat16"), layers)
     model = nnx.eval_shape(lambda: ACEStepTransformer(tcfg, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(model)
     params = SamplingParams(duration=SECONDS, infer_steps=STEPS)

@@ -89,13 +89,14 @@ def test_tpu_plan_extrapolates_depth_and_batch_from_recorded_compiles(tmp_path):
     record("twin", 1, 1, 1e9, 0.02), record("twin", 2, 1, 2e9, 0.03)
     records = plan_tpu.load(path)
     assert {j.key for j in plan_tpu.jobs(top, "lora", fit=True)} == set(records)
+    assert {(j.kind, j.layers) for j in plan_tpu.jobs(top, "loop", fit=False)} == {("scan", 2), ("scan", 4)}
 
     plan = plan_tpu.plan_of(records, top.name, "lora")
     assert abs(plan.peak - 28e9) < 1 and abs(plan.arguments - 14e9) < 1 and abs(plan.per_unit - 12e9) < 1
     assert abs(plan.seconds - 0.25) < 1e-12 and plan.compile_seconds == 60.0
     assert plan.largest_units(95e9) == 6 and plan.largest_units(20e9) is None  # 28 + 5 * 12 <= 95 < 28 + 6 * 12
     row = plan_tpu.table(records, [top], ["lora"]).splitlines()[2]
-    assert "| 1x8x1 | 14.00 / 14.00 / 28.00 | 60 | 0.250 |" in row and row.endswith("| 6 |")
+    assert "| 1x8x1 | 14.00 / 14.00 / 28.00 | 60 | 0.250 |" in row and row.endswith("| 6 (48 examples in all) |")
 
     plan_tpu.append(path, {"topology": top.name, "program": "full", "kind": "scan", "layers": 4, "unit": 1,
                            "arguments": None, "temporaries": None, "peak": None, "optimal_seconds": None,
