@@ -8,10 +8,11 @@ Chips this machine lacks are described by ``jax.experimental.topologies`` and pr
 ``jit(...).lower(abstract shapes).compile()``d for meshes over them. Two kinds of compile:
 
 * memory: the program as it runs (blocks in a ``lax.scan``), XLA's per-chip memory analysis.
-  The guided sampling call compiles at full depth in seconds; the training steps take this
-  compiler tens of minutes at 24 blocks on a small host, so they compile with 2 and 4
-  blocks and each figure is extrapolated linearly to 24 (stacked parameters, optimizer
-  state and saved block inputs all grow by one block's worth per block). Compiling again at
+  The guided sampling call compiles at full depth in seconds; the training steps and the
+  whole sampling loop can take this compiler tens of minutes at 24 blocks on a small host,
+  so they compile with 2 and 4 blocks and each figure is extrapolated linearly to 24
+  (stacked parameters, optimizer state and saved block inputs all grow by one block's
+  worth per block). Compiling again at
   twice the batch gives the memory per batch unit, hence the largest batch that fits HBM.
 * time: the cost model's ``optimal_seconds``. XLA's cost analysis counts a ``while`` body
   once and the cost model gives no figure for programs with loops, so the time comes from
@@ -22,11 +23,13 @@ Chips this machine lacks are described by ``jax.experimental.topologies`` and pr
 
 Programs: ``sample``, one guided transformer call (cond + uncond) of the 240 s sampling
 loop, one song per chip (a whole generation is 27 steps: 14 guided calls and 13 plain ones
-of half the items); ``lora`` / ``full``, one optimizer step of the training program (bf16
+of half the items); ``loop``, that whole sampling loop (memory only: its time is its calls');
+``lora`` / ``full``, one optimizer step of the training program (bf16
 compute, float32 master weights, AdamW, REPA, remat "full"), one 240 s example per chip.
 
 Each compile is appended to ``--results`` (JSON lines) as it finishes and skipped when the
-plan runs again, so a long plan can stop and resume; the table is printed from the file.
+plan runs again, so a long plan can stop and resume; the table is printed from the file
+(``benchmarks/tpu_plans.jsonl`` holds the compiles behind RESULTS.md).
 """
 
 from __future__ import annotations
