@@ -8,8 +8,10 @@
     out.audio  # [B, 2, N] float32 at out.sample_rate
 
 Prompt and lyric lengths are padded to buckets (:data:`TEXT_BUCKET`,
-:data:`LYRIC_BUCKET`, masked, which leaves the result unchanged) so new inputs
-reuse compiled programs; durations are bucketed with ``SamplingParams(bucket=True)``.
+:data:`LYRIC_BUCKET`) so new inputs reuse compiled programs; the padding is masked and
+the conditions keep the positions they have unpadded (the transformer's
+``context_positions``), so it leaves the result unchanged. Durations are bucketed
+with ``SamplingParams(bucket=True)``.
 """
 
 from __future__ import annotations

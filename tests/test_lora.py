@@ -35,8 +35,9 @@ TARGETS = ("to_q", "to_out.0", "linear_v", "speaker_embedder")
 
 @pytest.fixture(scope="module")
 def base(golden):
-    g = golden("transformer")
-    return TransformerConfig.from_dict(g.config), load_file(g.path("weights.safetensors")), g.io
+    g = golden("transformer")  # its prompts are padded to the batch's longest: the "batch" positions
+    cfg = TransformerConfig.from_dict(g.config, context_positions="batch")
+    return cfg, load_file(g.path("weights.safetensors")), g.io
 
 
 @nnx.jit

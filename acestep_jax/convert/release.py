@@ -374,7 +374,7 @@ def counts_summary(manifest: Mapping) -> str:
 
 
 # ----------------------------------------------------------------------------- export to the reference
-JAX_ONLY_KEYS = ("dtype", "param_dtype", "remat", "inner_dim")
+JAX_ONLY_KEYS = ("dtype", "param_dtype", "remat", "context_positions", "inner_dim")
 EXPORT_FILES = ("config.json", "diffusion_pytorch_model.safetensors")
 
 

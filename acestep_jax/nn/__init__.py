@@ -8,6 +8,7 @@ from acestep_jax.nn.layers import (
     GroupNorm,
     LayerNorm,
     RMSNorm,
+    dropout,
     make_param,
     rms_norm,
 )
@@ -19,6 +20,7 @@ __all__ = [
     "GroupNorm",
     "LayerNorm",
     "RMSNorm",
+    "dropout",
     "make_param",
     "resolve_dtype",
     "rms_norm",

@@ -154,6 +154,15 @@ class Embed(nnx.Module):
         return jnp.take(self.embedding[...], ids, axis=0).astype(self.dtype)
 
 
+def dropout(x: jax.Array, key: jax.Array | None, rate: float) -> jax.Array:
+    """Inverted dropout: each element is zeroed with probability ``rate`` and the rest scaled
+    by ``1 / (1 - rate)``; the identity without a ``key`` (inference) or at rate 0."""
+    if key is None or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+
+
 def rms_norm(x: jax.Array, eps: float) -> jax.Array:
     """Root-mean-square normalisation over the last axis, computed in float32."""
     x32 = x.astype(jnp.float32)

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from acestep_jax.models.transformer import layer_scales
+from acestep_jax.models.transformer import Context, layer_scales
 from acestep_jax.sampling import guidance as G
 from acestep_jax.sampling.inputs import LoopInputs
 from acestep_jax.sampling.params import Conditioning, Noise, draw
@@ -78,7 +78,7 @@ def _speaker(model, cond: Conditioning, target: bool = False):
     return spk
 
 
-def _decode(model, x, frame_mask, ctx, ctx_mask, t, query_scales=None):
+def _decode(model, x, frame_mask, ctx: Context, t, query_scales=None):
     """One decode of ``x [n, 8, 16, T]``; ``frame_mask [B, T]`` (n a multiple of B) masks padding."""
     n, length = x.shape[0], x.shape[-1]
     if frame_mask is None:
@@ -86,20 +86,22 @@ def _decode(model, x, frame_mask, ctx, ctx_mask, t, query_scales=None):
     else:
         mask = jnp.tile(frame_mask, (n // frame_mask.shape[0], 1))
     out = model.decode(
-        x, mask, ctx, ctx_mask, jnp.full((n,), t, jnp.float32), query_scales=query_scales,
-        isolate_padding=frame_mask is not None,
+        x, mask, ctx.states, ctx.mask, jnp.full((n,), t, jnp.float32), context_positions=ctx.positions,
+        query_scales=query_scales, isolate_padding=frame_mask is not None,
     ).astype(jnp.float32)
     return out if frame_mask is None else out * mask[:, None, None, :]
 
 
-def _pad_context(states, mask, length):
-    pad = length - states.shape[1]
-    if pad == 0:
-        return states, mask
-    return (
-        jnp.pad(states, ((0, 0), (0, pad), (0, 0))),
-        jnp.pad(mask, ((0, 0), (0, pad))),
-    )
+def _pad_context(ctx: Context, length: int) -> Context:
+    """``ctx`` with masked rows appended up to ``length`` (the mask as float32)."""
+    pad = length - ctx.states.shape[1]
+    rows = lambda a: jnp.pad(a, ((0, 0), (0, pad)) + ((0, 0),) * (a.ndim - 2))
+    return Context(rows(ctx.states), rows(ctx.mask.astype(jnp.float32)), rows(ctx.positions))
+
+
+def _join(contexts) -> Context:
+    """Contexts of equal length stacked along the batch axis."""
+    return Context(*(jnp.concatenate(parts) for parts in zip(*contexts, strict=True)))
 
 
 # ---------------------------------------------------------------------------- text2music
@@ -113,34 +115,34 @@ def _encode_t2m(model, lc: LoopConfig, cond: Conditioning, inputs: LoopInputs):
     items = inputs.items
     spk = _speaker(model, cond)
     text, tmask, lyr, lmask = cond.text, cond.text_mask, cond.lyric_ids, cond.lyric_mask
-    enc, enc_mask = model.encode(text, tmask, spk, lyr, lmask)
+    enc = model.encode(text, tmask, spk, lyr, lmask)
     if lc.guidance == "none":
-        return enc, enc_mask, None, None
+        return enc, None, None
     lq = _erg_scales(model.cfg.lyric_encoder.num_blocks, ERG_LYRIC_LAYERS)
 
-    def per_item(erg, plain):
-        return jnp.where(_items(items.erg_lyric, erg), erg, plain)
+    def per_item(erg: Context, plain: Context) -> Context:  # the masks and positions are enc's
+        return enc._replace(states=jnp.where(_items(items.erg_lyric, erg.states), erg.states, plain.states))
 
     null_text = _zeros(text)
     if cond.text_null is not None:
         null_text = jnp.where(_items(items.erg_tag, text), cond.text_null, null_text)
     null = per_item(
-        model.encode(null_text, tmask, _zeros(spk), lyr, lmask, lyric_query_scales=lq)[0],
-        model.encode(_zeros(text), tmask, _zeros(spk), _zeros(lyr), lmask)[0],
+        model.encode(null_text, tmask, _zeros(spk), lyr, lmask, lyric_query_scales=lq),
+        model.encode(_zeros(text), tmask, _zeros(spk), _zeros(lyr), lmask),
     )
     text_only = None
     if lc.guidance == "double":
         text_only = per_item(
-            model.encode(text, tmask, _zeros(spk), lyr, lmask, lyric_query_scales=lq)[0],
-            model.encode(text, tmask, _zeros(spk), _zeros(lyr), lmask)[0],
+            model.encode(text, tmask, _zeros(spk), lyr, lmask, lyric_query_scales=lq),
+            model.encode(text, tmask, _zeros(spk), _zeros(lyr), lmask),
         )
-    return enc, enc_mask, null, text_only
+    return enc, null, text_only
 
 
 def text2music_loop(model, lc: LoopConfig, cond: Conditioning, inputs: LoopInputs, noise: Noise):
     """Run the text2music-family loop (text2music, retake, repaint, extend, audio2audio)
     on the inputs :func:`acestep_jax.sampling.tasks.prepare` builds."""
-    enc, enc_mask, null, text_only = _encode_t2m(model, lc, cond, inputs)
+    enc, null, text_only = _encode_t2m(model, lc, cond, inputs)
     items, sched, lat = inputs.items, inputs.schedule, inputs.latents
     timesteps, sigmas = sched.timesteps, sched.sigmas
     n = timesteps.shape[0]
@@ -149,22 +151,21 @@ def text2music_loop(model, lc: LoopConfig, cond: Conditioning, inputs: LoopInput
     b, shape = x.shape[0], x.shape[1:]
 
     def plain(x, i, buf):
-        return _decode(model, x, fm, enc, enc_mask, timesteps[i]), buf
+        return _decode(model, x, fm, enc, timesteps[i]), buf
 
     # loop-invariant inputs of the batched guided decode: [cond; (text only;) uncond]
     double = lc.guidance == "double"
     k = 3 if double else 2
-    g_ctx = g_mask = g_qs = None
+    g_ctx = g_qs = None
     if lc.guidance != "none":
-        g_ctx = jnp.concatenate([enc, text_only, null] if double else [enc, null])
-        g_mask = jnp.concatenate([enc_mask] * k)
+        g_ctx = _join([enc, text_only, null] if double else [enc, null])
         layers = model.cfg.num_layers
         erg = _erg_scales(layers, ERG_DIFFUSION_LAYERS)  # [layers]
         uncond = jnp.where(items.erg_diffusion[None, :], erg[:, None], 1.0)  # [layers, B]
         g_qs = jnp.concatenate([jnp.ones((layers, (k - 1) * b)), uncond], axis=1)[:, :, None, None]
 
     def guided(x, i, buf):
-        out = _decode(model, jnp.concatenate([x] * k), fm, g_ctx, g_mask, timesteps[i], g_qs)
+        out = _decode(model, jnp.concatenate([x] * k), fm, g_ctx, timesteps[i], g_qs)
         parts = jnp.split(out, k)
         scale = _items(items.scale[:, i], x)
         if double:
@@ -228,11 +229,10 @@ def edit_loop(model, lc: LoopConfig, cond: Conditioning, inputs: LoopInputs, noi
     """
     cfg_on = lc.guidance != "none"
     spk, tspk = _speaker(model, cond), _speaker(model, cond, target=True)
-    src_c, src_m = model.encode(cond.text, cond.text_mask, spk, cond.lyric_ids, cond.lyric_mask)
-    tar_c, tar_m = model.encode(
+    src = [model.encode(cond.text, cond.text_mask, spk, cond.lyric_ids, cond.lyric_mask)]
+    tar = [model.encode(
         cond.target_text, cond.target_text_mask, tspk, cond.target_lyric_ids, cond.target_lyric_mask
-    )
-    src, tar = [(src_c, src_m)], [(tar_c, tar_m)]
+    )]
     if cfg_on:
         src.append(model.encode(
             _zeros(cond.text), cond.text_mask, _zeros(spk), _zeros(cond.lyric_ids), _zeros(cond.lyric_mask)
@@ -241,9 +241,9 @@ def edit_loop(model, lc: LoopConfig, cond: Conditioning, inputs: LoopInputs, noi
             _zeros(cond.target_text), cond.target_text_mask, _zeros(tspk),
             _zeros(cond.target_lyric_ids), _zeros(cond.target_lyric_mask),
         ))
-    length = max(s.shape[1] for s, _ in src + tar)
-    src = [_pad_context(s, m.astype(jnp.float32), length) for s, m in src]
-    tar = [_pad_context(s, m.astype(jnp.float32), length) for s, m in tar]
+    length = max(c.states.shape[1] for c in src + tar)
+    src = [_pad_context(c, length) for c in src]
+    tar = [_pad_context(c, length) for c in tar]
 
     sched = inputs.schedule
     timesteps, sigmas = sched.timesteps, sched.sigmas
@@ -257,15 +257,12 @@ def edit_loop(model, lc: LoopConfig, cond: Conditioning, inputs: LoopInputs, noi
         t = timesteps[i]
         return t, t / 1000, next_t(timesteps, i)
 
-    def joined(conds):
-        return jnp.concatenate([c for c, _ in conds]), jnp.concatenate([m for _, m in conds])
-
     # loop-invariant contexts: editing phase [src; (src null;) tar; (tar null)], then target only
-    ctx_all, ctx_tar = joined(src + tar), joined(tar)
+    ctx_all, ctx_tar = _join(src + tar), _join(tar)
 
     def predict(zs, ctx, t):
         """One decode over the latents ``zs`` against the joined contexts ``ctx``."""
-        return jnp.split(_decode(model, jnp.concatenate(zs), None, *ctx, t), len(zs))
+        return jnp.split(_decode(model, jnp.concatenate(zs), None, ctx, t), len(zs))
 
     def phase1(i, carry):
         zt_edit, buf = carry

@@ -57,6 +57,9 @@ class DataSection:
 
 @dataclass(frozen=True)
 class LossSection:
+    """The objective. ``lyric_encoder_dropout``: the lyric encoder trains with its dropout on,
+    at the rates of the model config (0.1, as the reference's train mode)."""
+
     num_train_timesteps: int = 1000
     shift: float = 3.0
     logit_mean: float = 0.0
@@ -65,6 +68,7 @@ class LossSection:
     text_drop: float = 0.15
     speaker_drop: float = 0.5
     lyric_drop: float = 0.15
+    lyric_encoder_dropout: bool = True
 
 
 @dataclass(frozen=True)

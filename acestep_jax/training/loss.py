@@ -9,6 +9,8 @@ and optionally ``ssl/<name> [B, S, D]`` with ``ssl_len/<name> [B]`` per REPA tar
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -27,30 +29,56 @@ def shifted_schedule(num_train_timesteps: int = 1000, shift: float = 3.0) -> tup
     return (sigmas * np.float32(n)).astype(np.float32), sigmas
 
 
-def sample_timesteps(key: jax.Array, batch_size: int, cfg: LossSection) -> tuple[jax.Array, jax.Array]:
-    """Logit-normal draw ``u = sigmoid(N(mean, std))`` mapped to a table index ``floor(u * N)``.
+class Draws(NamedTuple):
+    """Every random value of one training step, so a step can replay recorded draws.
 
-    Returns ``(timesteps [B] on the 0..1000 scale, sigmas [B])``.
+    ``noise [B, 8, 16, T]``; ``z_timestep [B]`` standard normals (→ :func:`map_timesteps`);
+    ``u_text``, ``u_speaker``, ``u_lyric [B]`` uniforms on [0, 1): a condition is dropped
+    where its draw is below its probability; ``dropout``: the PRNG key of the lyric
+    encoder's dropout (``None``: off).
     """
+
+    noise: jax.Array
+    z_timestep: jax.Array
+    u_text: jax.Array
+    u_speaker: jax.Array
+    u_lyric: jax.Array
+    dropout: jax.Array | None = None
+
+
+def draw(key: jax.Array, latents_shape: tuple[int, ...], cfg: LossSection, *, train: bool = True) -> Draws:
+    """Fresh draws for a batch of ``latents_shape``. Without ``train`` no condition is dropped
+    and the lyric encoder runs without dropout (evaluation)."""
+    k_noise, k_t, k_text, k_spk, k_lyr, k_drop = jax.random.split(key, 6)
+    b = latents_shape[0]
+    uniform = (lambda k: jax.random.uniform(k, (b,))) if train else (lambda k: jnp.ones((b,)))
+    return Draws(
+        noise=jax.random.normal(k_noise, latents_shape, jnp.float32),
+        z_timestep=jax.random.normal(k_t, (b,), jnp.float32),
+        u_text=uniform(k_text), u_speaker=uniform(k_spk), u_lyric=uniform(k_lyr),
+        dropout=k_drop if train and cfg.lyric_encoder_dropout else None,
+    )
+
+
+def map_timesteps(z: jax.Array, cfg: LossSection) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """Logit-normal timesteps from standard normals ``z``: ``u = sigmoid(mean + std * z)``, table
+    index ``floor(u * N)``; returns ``(u, indices, timesteps on the 0..1000 scale, sigmas)``."""
     timesteps, sigmas = shifted_schedule(cfg.num_train_timesteps, cfg.shift)
-    u = jax.nn.sigmoid(cfg.logit_mean + cfg.logit_std * jax.random.normal(key, (batch_size,), jnp.float32))
+    u = jax.nn.sigmoid(cfg.logit_mean + cfg.logit_std * z.astype(jnp.float32))
     idx = jnp.clip((u * cfg.num_train_timesteps).astype(jnp.int32), 0, cfg.num_train_timesteps - 1)
-    return jnp.asarray(timesteps)[idx], jnp.asarray(sigmas)[idx]
+    return u, idx, jnp.asarray(timesteps)[idx], jnp.asarray(sigmas)[idx]
 
 
-def drop_conditions(key: jax.Array, batch: dict, cfg: LossSection) -> dict:
+def drop_conditions(batch: dict, draws: Draws, cfg: LossSection) -> dict:
     """Zero conditions per item for CFG training, as the reference does.
 
-    Prompt states are zeroed with probability ``text_drop`` (their mask is kept), the speaker
-    embedding with ``speaker_drop``, lyric ids and lyric mask together with ``lyric_drop``.
+    Prompt states are zeroed where ``u_text < text_drop`` (their mask is kept), the speaker
+    embedding where ``u_speaker < speaker_drop``, lyric ids and lyric mask together where
+    ``u_lyric < lyric_drop``.
     """
-    k_text, k_spk, k_lyr = jax.random.split(key, 3)
-    b = batch["latents"].shape[0]
-
-    def keep(k, p):
-        return jax.random.uniform(k, (b,)) >= p
-
-    text_keep, spk_keep, lyr_keep = keep(k_text, cfg.text_drop), keep(k_spk, cfg.speaker_drop), keep(k_lyr, cfg.lyric_drop)
+    text_keep, spk_keep, lyr_keep = (
+        draws.u_text >= cfg.text_drop, draws.u_speaker >= cfg.speaker_drop, draws.u_lyric >= cfg.lyric_drop
+    )
     out = dict(batch)
     out["text_states"] = jnp.where(text_keep[:, None, None], batch["text_states"], 0)
     out["speaker"] = jnp.where(spk_keep[:, None], batch["speaker"], 0)
@@ -101,36 +129,41 @@ def ssl_targets(batch: dict, ssl_names) -> list[str]:
     return [n for n in ssl_names if f"ssl/{n}" in batch]
 
 
-def flow_matching_loss(model, batch: dict, key: jax.Array, cfg: LossSection, *, train: bool = True):
-    """Loss of one micro-batch; returns ``(loss, metrics)``.
-
-    ``x_t = sigma * noise + (1 - sigma) * x0``; the model's velocity ``v`` gives
-    ``x0_hat = x_t - sigma * v``, and the denoising loss is the mean squared error of
-    ``x0_hat`` against ``x0`` over each item's valid frames, averaged over items. REPA losses
-    (mean over the SSL targets present) are added with weight ``ssl_coeff``.
-    """
-    k_noise, k_t, k_drop = jax.random.split(key, 3)
-    x0 = batch["latents"].astype(jnp.float32)
+def denoising_per_item(x0_hat: jax.Array, x0: jax.Array, frame_mask: jax.Array) -> jax.Array:
+    """Per item, the mean squared error of ``x0_hat`` against ``x0 [B, C, H, T]`` over the
+    valid frames of ``frame_mask [B, T]`` (the reference's ``mse.mean(1)`` without padding)."""
     b = x0.shape[0]
-    if train:
-        batch = drop_conditions(k_drop, batch, cfg)
-    noise = jax.random.normal(k_noise, x0.shape, jnp.float32)
-    timesteps, sigmas = sample_timesteps(k_t, b, cfg)
+    m = jnp.broadcast_to(frame_mask[:, None, None, :].astype(jnp.float32), x0.shape)
+    sq = jnp.square((x0_hat - x0) * m).reshape(b, -1)
+    return jnp.sum(sq, 1) / jnp.maximum(jnp.sum(m.reshape(b, -1), 1), 1.0)
+
+
+def flow_matching_loss(model, batch: dict, draws: Draws, cfg: LossSection):
+    """Loss of one micro-batch with the given :class:`Draws`; returns ``(loss, metrics)``.
+
+    Conditions are dropped (:func:`drop_conditions`), then ``x_t = sigma * noise +
+    (1 - sigma) * x0``; the model's velocity ``v`` gives ``x0_hat = x_t - sigma * v``, and
+    the denoising loss is the mean squared error of ``x0_hat`` against ``x0`` over each
+    item's valid frames, averaged over items. REPA losses (mean over the SSL targets
+    present) are added with weight ``ssl_coeff``. Padded frames are isolated
+    (``isolate_padding``) and condition positions follow the model's
+    ``context_positions``, so padding a batch changes nothing.
+    """
+    x0 = batch["latents"].astype(jnp.float32)
+    batch = drop_conditions(batch, draws, cfg)
+    _, _, timesteps, sigmas = map_timesteps(draws.z_timestep, cfg)
     s = sigmas[:, None, None, None]
-    noisy = s * noise + (1.0 - s) * x0
+    noisy = s * draws.noise.astype(jnp.float32) + (1.0 - s) * x0
 
     names = ssl_targets(batch, model.cfg.ssl_names)
     frame_mask = batch["frame_mask"].astype(jnp.float32)
     out = model(
         noisy, frame_mask, batch["text_states"], batch["text_mask"], batch["speaker"],
         batch["lyric_ids"], batch["lyric_mask"], timesteps, return_repa=bool(names),
+        isolate_padding=True, dropout_key=draws.dropout,
     )
     pred, projected = out if names else (out, [])
-    x0_hat = noisy - s * pred.astype(jnp.float32)
-    m = jnp.broadcast_to(frame_mask[:, None, None, :], x0.shape)
-    sq = jnp.square((x0_hat - x0) * m).reshape(b, -1)
-    per_item = jnp.sum(sq, 1) / jnp.maximum(jnp.sum(m.reshape(b, -1), 1), 1.0)
-    denoise = jnp.mean(per_item)
+    denoise = jnp.mean(denoising_per_item(noisy - s * pred.astype(jnp.float32), x0, frame_mask))
 
     metrics = {"denoising_loss": denoise}
     loss = denoise

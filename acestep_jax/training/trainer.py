@@ -30,7 +30,7 @@ from acestep_jax.models.transformer import ACEStepTransformer, TransformerConfig
 from acestep_jax.profiling import StepTrace
 from acestep_jax.sharding import axis_rules, make_mesh, rules_with, shard_model, state_shardings
 from acestep_jax.training.config import TrainConfig
-from acestep_jax.training.loss import flow_matching_loss
+from acestep_jax.training.loss import draw, flow_matching_loss
 from acestep_jax.training.optim import lr_schedule, make_optimizer
 
 log = logging.getLogger("acestep_jax.training")
@@ -150,7 +150,7 @@ def make_train_step(graphdef, cfg: TrainConfig, tx: optax.GradientTransformation
 
     def loss_fn(params, frozen, micro, key):
         model = nnx.merge(graphdef, params, frozen)
-        return flow_matching_loss(model, micro, key, cfg.loss)
+        return flow_matching_loss(model, micro, draw(key, micro["latents"].shape, cfg.loss), cfg.loss)
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 

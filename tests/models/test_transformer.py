@@ -13,15 +13,17 @@ from acestep_jax.models.transformer import (
     ACEStepTransformer,
     TransformerConfig,
     layer_scales,
-    repa_loss,
 )
+from acestep_jax.training.loss import masked_repa_loss
 from tests.helpers import assert_close, padded_items
 
 
 @pytest.fixture(scope="module")
 def tiny(golden):
+    """The golden model; its inputs are the reference's batched layout (prompts padded to the
+    batch's longest), so its conditions are positioned the ``"batch"`` way."""
     g = golden("transformer")
-    cfg = TransformerConfig.from_dict(g.config)
+    cfg = TransformerConfig.from_dict(g.config, context_positions="batch")
     return load_transformer(g.path("weights.safetensors"), cfg), g.io, g.extra
 
 
@@ -31,12 +33,43 @@ def _dist(a, b):
 
 def test_encode(tiny):
     model, io, _ = tiny
-    states, mask = model.encode(
+    states, mask, positions = model.encode(
         io["text_hidden_states"], io["text_attention_mask"], io["speaker_embeds"],
         io["lyric_token_idx"], io["lyric_mask"],
     )
     assert_close(states, io["encoder_hidden_states"], what="encoder_hidden_states")
     np.testing.assert_array_equal(np.asarray(mask), io["encoder_hidden_mask"])
+    rows = np.broadcast_to(np.arange(states.shape[1]), mask.shape)
+    np.testing.assert_array_equal(np.asarray(positions), rows)  # the golden's widest prompt fills its width
+
+
+def _forward(model, io, items, text_len=None, lyric_len=None, **kw):
+    """The whole forward on ``items`` of the golden batch, prompts and lyrics cut to the given widths."""
+    text_len = text_len or io["text_attention_mask"].shape[1]
+    lyric_len = lyric_len or io["lyric_mask"].shape[1]
+    return np.asarray(model(
+        io["hidden_states"][items], io["attention_mask"][items], io["text_hidden_states"][items, :text_len],
+        io["text_attention_mask"][items, :text_len], io["speaker_embeds"][items],
+        io["lyric_token_idx"][items, :lyric_len], io["lyric_mask"][items, :lyric_len], io["timestep"][items], **kw,
+    ))
+
+
+def test_item_positions_equal_each_item_alone(tiny):
+    """``context_positions="item"``: each item of the padded batch equals the item run alone
+    with no padding at all (the reference's batch of one); the ``"batch"`` layout does not."""
+    model, io, _ = tiny
+    item_model = nnx.merge(nnx.graphdef(_with_cfg(model, context_positions="item")), nnx.state(model))
+    batched = _forward(item_model, io, slice(None))
+    for i in range(io["hidden_states"].shape[0]):
+        alone = _forward(model, io, [i], int(io["text_attention_mask"][i].sum()), int(io["lyric_mask"][i].sum()))
+        assert_close(batched[i : i + 1], alone, rtol=1e-5, atol=1e-5, what=f"item {i} in the batch vs alone")
+    padded = int(np.argmin(io["text_attention_mask"].sum(1)))  # the item whose prompt the batch pads
+    assert _dist(io["forward_out"][padded], batched[padded]) > 1e-3
+
+
+def _with_cfg(model, **changes):
+    cfg = dataclasses.replace(model.cfg, **changes)
+    return nnx.eval_shape(lambda: ACEStepTransformer(cfg, rngs=nnx.Rngs(0)))
 
 
 def test_decode_and_forward(tiny):
@@ -90,8 +123,8 @@ def test_erg_lyric_null_condition(tiny, golden):
         jnp.zeros_like(io["text_hidden_states"]), io["text_attention_mask"],
         jnp.zeros_like(io["speaker_embeds"]), io["lyric_token_idx"], io["lyric_mask"],
     )
-    states, _ = model.encode(*args, lyric_query_scales=scales)
-    plain, _ = model.encode(*args)
+    states = model.encode(*args, lyric_query_scales=scales).states
+    plain = model.encode(*args).states
     expected = io["encoder_hidden_states_erg_null"]
     assert_close(states, expected, what="ERG null condition")
     assert _dist(states, expected) < 0.1 * _dist(plain, expected)
@@ -118,7 +151,8 @@ def test_repa_losses(tiny):
     assert_close(out, io["decode_out"], rtol=1e-3, atol=1e-3, what="decode with REPA taps")
     for proj, prefix, name in zip(projected, ("ssl_mert", "ssl_mhubert"), model.cfg.ssl_names):
         padded, lengths = padded_items(io, prefix, io["hidden_states"].shape[0])
-        loss = repa_loss(proj, padded, lengths)
+        frames = np.full((proj.shape[0],), proj.shape[1])
+        loss = masked_repa_loss(proj, frames, padded, lengths)
         np.testing.assert_allclose(float(loss), extra["repa_proj_losses"][name], rtol=1e-4, atol=1e-5)
 
 
@@ -144,9 +178,7 @@ def test_jit_and_scan_compile_once(tiny):
 @pytest.mark.parametrize("remat", ["full", "dots", "outputs"])
 def test_remat_gradients_match(tiny, remat):
     model, io, _ = tiny
-    cfg = dataclasses.replace(model.cfg, remat=remat)
-    abstract = nnx.eval_shape(lambda: ACEStepTransformer(cfg, rngs=nnx.Rngs(0)))
-    remat_model = nnx.merge(nnx.graphdef(abstract), nnx.state(model))
+    remat_model = nnx.merge(nnx.graphdef(_with_cfg(model, remat=remat)), nnx.state(model))
 
     def loss(m):
         out = m.decode(io["hidden_states"], io["attention_mask"], io["encoder_hidden_states"],

@@ -150,12 +150,16 @@ def test_training_steps_with_repa_from_the_records(ssl_run):
     from acestep_jax.training.trainer import Trainer
     from tests.training.test_trainer import make_cfg, single_mesh, tiny_transformer
 
-    transformer = dict(tiny_transformer(), ssl_latent_dims=[32, 32], lyric_encoder_vocab_size=6693)
+    # the projectors must give the encoders' widths, read from the SSL golden set (not the transformer's)
+    widths = [json.loads((golden_root() / "ssl" / name / "config.json").read_text())["hidden_size"]
+              for name in (GOLDEN_MERT, GOLDEN_MHUBERT)]
+    transformer = dict(tiny_transformer(), ssl_latent_dims=widths, lyric_encoder_vocab_size=6693)
     cfg = make_cfg(ssl_run["rec"].parent, model={"transformer": transformer},
                    data={"path": str(ssl_run["rec"]), "batch_size": 2, "max_frames": 32})
     trainer = Trainer(cfg, mesh=single_mesh(), checkpoints=False)
     batch = next(trainer.data_iter)
-    assert batch["ssl/mert"].shape[-1] == 32 and batch["ssl_len/m-hubert"].min() > 0
+    assert batch["ssl/mert"].shape[-1] == widths[0] and batch["ssl/m-hubert"].shape[-1] == widths[1]
+    assert batch["ssl_len/m-hubert"].min() > 0
     history = trainer.fit(2)
     assert len(history) == 2
     for m in history:

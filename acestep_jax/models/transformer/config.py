@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 REMAT_MODES = ("none", "full", "dots", "outputs")  # see TransformerConfig.remat
+CONTEXT_POSITIONS = ("item", "batch")  # see TransformerConfig.context_positions
 
 
 @dataclass(frozen=True)
@@ -17,10 +18,15 @@ class LyricEncoderConfig:
     linear_units: int = 4096
     num_blocks: int = 6
     static_chunk_size: int = 0  # full-context attention; the transformer always uses 0
+    dropout_rate: float = 0.1  # training only: the input embedding and every residual branch
+    positional_dropout_rate: float = 0.1  # training only: the relative position encodings
 
     def __post_init__(self):
         if self.static_chunk_size != 0:
             raise ValueError("only full-context lyric encoding (static_chunk_size=0) is supported")
+        for name in ("dropout_rate", "positional_dropout_rate"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"lyric encoder {name} must be in [0, 1), got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
@@ -31,6 +37,13 @@ class TransformerConfig:
     is ``"none"``, ``"full"`` (recompute each block), ``"dots"`` (keep matmul
     outputs without a batch dimension) or ``"outputs"`` (keep each block's
     self-attention, cross-attention and feed-forward outputs).
+
+    ``context_positions`` places the condition tokens ``[speaker; prompt; lyrics]`` for
+    the cross-attention's rotary embedding. ``"item"``: each item as the reference places
+    it when run alone (speaker 0, prompt tokens 1..Lp, lyrics from Lp + 1), whatever its
+    padding and batch. ``"batch"``: lyrics start after the batch's longest prompt, as in
+    the reference's batches of several prompts padded to the longest (its trainer at batch
+    size > 1); bucket padding still changes nothing, but the batch does.
     """
 
     in_channels: int = 8
@@ -55,6 +68,7 @@ class TransformerConfig:
     dtype: str = "float32"
     param_dtype: str = "float32"
     remat: str = "none"
+    context_positions: str = "item"
 
     @property
     def inner_dim(self) -> int:
@@ -73,6 +87,8 @@ class TransformerConfig:
             raise ValueError(f"ssl_encoder_depths {self.ssl_encoder_depths} outside 0..{self.num_layers - 1}")
         if self.remat not in REMAT_MODES:
             raise ValueError(f"remat must be one of {REMAT_MODES}, got {self.remat!r}")
+        if self.context_positions not in CONTEXT_POSITIONS:
+            raise ValueError(f"context_positions must be one of {CONTEXT_POSITIONS}, got {self.context_positions!r}")
         if self.lyric_encoder.output_size % self.lyric_encoder.attention_heads:
             raise ValueError("lyric encoder output_size must be divisible by attention_heads")
 

@@ -25,16 +25,26 @@ def rope_tables(length: int, dim: int, theta: float) -> tuple[np.ndarray, np.nda
     return np.cos(emb), np.sin(emb)
 
 
-def apply_rope(x: jax.Array, cos: np.ndarray, sin: np.ndarray) -> jax.Array:
+def rope_at(positions: jax.Array, dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
+    """Per-item ``cos``/``sin`` tables ``[B, S, dim]`` at ``positions [B, S]`` (each in ``0..S-1``),
+    gathered from :func:`rope_tables` so that a position has the same values wherever it is."""
+    cos, sin = rope_tables(positions.shape[1], dim, theta)
+    return jnp.asarray(cos)[positions], jnp.asarray(sin)[positions]
+
+
+def apply_rope(x: jax.Array, cos, sin) -> jax.Array:
     """Rotate ``x [B, S, H, D]`` by position: adjacent pairs ``(a, b) -> (-b, a)``.
 
+    ``cos``/``sin`` are ``[S, D]`` (shared positions) or ``[B, S, D]`` (per item).
     Pairs are adjacent elements while ``cos``/``sin`` repeat their frequencies over
     the two halves; this pairing is the reference's and is kept for parity.
     """
     pairs = x.reshape(*x.shape[:-1], -1, 2)
     rotated = jnp.stack([-pairs[..., 1], pairs[..., 0]], axis=-1).reshape(x.shape)
-    cos = jnp.asarray(cos)[None, :, None, :]
-    sin = jnp.asarray(sin)[None, :, None, :]
+    cos, sin = jnp.asarray(cos), jnp.asarray(sin)
+    if cos.ndim == 2:
+        cos, sin = cos[None], sin[None]
+    cos, sin = cos[:, :, None, :], sin[:, :, None, :]
     out = x.astype(jnp.float32) * cos + rotated.astype(jnp.float32) * sin
     return out.astype(x.dtype)
 

@@ -16,7 +16,7 @@ import numpy as np
 from flax import nnx
 
 from acestep_jax.models.transformer.config import LyricEncoderConfig
-from acestep_jax.nn import Dense, LayerNorm, make_param
+from acestep_jax.nn import Dense, LayerNorm, dropout, make_param
 
 QUERY_BLOCK = 512  # lyric-encoder queries per attention block (memory ∝ block × length)
 
@@ -102,7 +102,11 @@ def _skew(scores, t: int):
 
 
 class ConformerLayer(nnx.Module):
-    """Pre-norm block: ``x += attn(LN(x))``; ``x += FF(LN(x))`` with a Swish FF."""
+    """Pre-norm block: ``x += attn(LN(x))``; ``x += FF(LN(x))`` with a Swish FF.
+
+    With ``keys`` (three PRNG keys: training) dropout at ``cfg.dropout_rate`` hits the
+    attention branch, the FF's hidden units and the FF branch, as the reference's train mode.
+    """
 
     def __init__(self, cfg: LyricEncoderConfig, *, dtype, param_dtype, rngs):
         d = cfg.output_size
@@ -112,10 +116,13 @@ class ConformerLayer(nnx.Module):
         self.w_2 = Dense(cfg.linear_units, d, axes=("mlp", "embed"), **kw)
         self.norm_mha = LayerNorm(d, eps=1e-5, param_dtype=param_dtype, rngs=rngs)
         self.norm_ff = LayerNorm(d, eps=1e-5, param_dtype=param_dtype, rngs=rngs)
+        self.rate = cfg.dropout_rate
 
-    def __call__(self, x, key_mask, pos_emb, q_scale, query_block: int = QUERY_BLOCK):
-        x = x + self.self_attn(self.norm_mha(x), key_mask, pos_emb, q_scale, query_block)
-        return x + self.w_2(nnx.silu(self.w_1(self.norm_ff(x))))
+    def __call__(self, x, key_mask, pos_emb, q_scale, query_block: int = QUERY_BLOCK, keys=None):
+        k_attn, k_hidden, k_ff = (None,) * 3 if keys is None else keys
+        x = x + dropout(self.self_attn(self.norm_mha(x), key_mask, pos_emb, q_scale, query_block), k_attn, self.rate)
+        hidden = dropout(nnx.silu(self.w_1(self.norm_ff(x))), k_hidden, self.rate)
+        return x + dropout(self.w_2(hidden), k_ff, self.rate)
 
 
 class LyricEncoder(nnx.Module):
@@ -136,23 +143,31 @@ class LyricEncoder(nnx.Module):
         self.layers = make_layers(rngs)
         self.dtype = dtype
 
-    def __call__(self, x, mask, query_scales=None, query_block: int = QUERY_BLOCK):
+    def __call__(self, x, mask, query_scales=None, query_block: int = QUERY_BLOCK, *, dropout_key=None):
         """``x [B, T, input_size]``, ``mask [B, T]`` → ``[B, T, output_size]``.
 
         ``query_scales [num_blocks]`` multiplies each block's query projection (ERG).
         ``query_block`` queries attend at a time (memory linear in ``T``; same result).
+        ``dropout_key`` applies the reference's training dropout: twice on the input embedding
+        (after its LayerNorm and after the ``sqrt(d)`` scale), once on the relative position
+        encodings (one mask for the whole batch) and in every block (:class:`ConformerLayer`).
         """
+        cfg = self.cfg
         t = x.shape[1]
-        x = self.embed_norm(self.embed(x)) * math.sqrt(self.cfg.output_size)
-        pos_emb = jnp.asarray(relative_positions(t, self.cfg.output_size), self.dtype)
+        keys = [None] * 4 if dropout_key is None else list(jax.random.split(dropout_key, 4))
+        x = dropout(self.embed_norm(self.embed(x)), keys[0], cfg.dropout_rate) * math.sqrt(cfg.output_size)
+        x = dropout(x, keys[1], cfg.dropout_rate)
+        pos_emb = jnp.asarray(relative_positions(t, cfg.output_size), self.dtype)
+        pos_emb = dropout(pos_emb, keys[2], cfg.positional_dropout_rate)
         key_mask = mask.astype(bool)
         if query_scales is None:
-            query_scales = jnp.ones((self.cfg.num_blocks,), jnp.float32)
+            query_scales = jnp.ones((cfg.num_blocks,), jnp.float32)
+        layer_keys = None if dropout_key is None else jax.random.split(keys[3], (cfg.num_blocks, 3))
         graphdef, state = nnx.split(self.layers)
 
         def body(h, xs):
-            layer_state, scale = xs
-            return nnx.merge(graphdef, layer_state)(h, key_mask, pos_emb, scale, query_block), None
+            layer_state, scale, k = xs
+            return nnx.merge(graphdef, layer_state)(h, key_mask, pos_emb, scale, query_block, k), None
 
-        x, _ = jax.lax.scan(body, x, (state, jnp.asarray(query_scales, jnp.float32)))
+        x, _ = jax.lax.scan(body, x, (state, jnp.asarray(query_scales, jnp.float32), layer_keys))
         return self.after_norm(x)

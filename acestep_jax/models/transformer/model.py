@@ -9,6 +9,7 @@ block), optionally rematerialised.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +22,7 @@ from acestep_jax.models.transformer.embeddings import (
     FinalLayer,
     PatchEmbed,
     TimestepEmbedder,
+    rope_at,
     rope_tables,
 )
 from acestep_jax.models.transformer.lyric_encoder import LyricEncoder
@@ -111,6 +113,33 @@ def layer_scales(num_layers: int, layers: Sequence[int] = (), tau: float = 1.0) 
     return scales
 
 
+class Context(NamedTuple):
+    """The condition sequence ``[speaker; prompt; lyrics]`` that cross-attention reads:
+    ``states [B, N, D]``, ``mask [B, N]`` and rotary ``positions [B, N]`` (int32)."""
+
+    states: jax.Array
+    mask: jax.Array
+    positions: jax.Array
+
+
+def context_positions(text_mask: jax.Array, lyric_length: int, layout: str = "item") -> jax.Array:
+    """Rotary positions ``[B, 1 + Lt + Ll]`` of ``[speaker; prompt; lyrics]``.
+
+    The speaker is at 0 and prompt row ``i`` at ``1 + i``; lyric row ``j`` is at
+    ``1 + Lp + j`` where ``Lp`` is the item's own prompt length (``layout="item"``) or the
+    batch's longest (``"batch"``), never the padded width, so bucket padding changes no
+    valid token's position. Padded prompt rows are masked; their positions do not matter.
+    """
+    b, lt = text_mask.shape
+    prompt = jnp.sum(text_mask.astype(jnp.int32), axis=1)
+    if layout == "batch":
+        prompt = jnp.broadcast_to(jnp.max(prompt), (b,))
+    speaker = jnp.zeros((b, 1), jnp.int32)
+    text = jnp.broadcast_to(1 + jnp.arange(lt, dtype=jnp.int32), (b, lt))
+    lyrics = 1 + prompt[:, None] + jnp.arange(lyric_length, dtype=jnp.int32)
+    return jnp.concatenate([speaker, text, lyrics], axis=1)
+
+
 class ACEStepTransformer(nnx.Module):
     """Flow-matching transformer of ACE-Step v1 (see :class:`TransformerConfig`)."""
 
@@ -148,10 +177,11 @@ class ACEStepTransformer(nnx.Module):
         self.final_layer = FinalLayer(d, cfg.out_channels, cfg.max_height, **kw)
 
     # ------------------------------------------------------------------ conditions
-    def encode_lyrics(self, lyric_token_idx, lyric_mask, lyric_query_scales=None):
-        """Lyric ids ``[B, L]`` → projected lyric states ``[B, L, D]``."""
+    def encode_lyrics(self, lyric_token_idx, lyric_mask, lyric_query_scales=None, dropout_key=None):
+        """Lyric ids ``[B, L]`` → projected lyric states ``[B, L, D]`` (``dropout_key``: the
+        lyric encoder's training dropout, see :class:`LyricEncoder`)."""
         x = self.lyric_embs(lyric_token_idx)
-        return self.lyric_proj(self.lyric_encoder(x, lyric_mask, lyric_query_scales))
+        return self.lyric_proj(self.lyric_encoder(x, lyric_mask, lyric_query_scales, dropout_key=dropout_key))
 
     def encode(
         self,
@@ -161,16 +191,20 @@ class ACEStepTransformer(nnx.Module):
         lyric_token_idx,
         lyric_mask,
         lyric_query_scales=None,
-    ):
-        """Concatenate ``[speaker; prompt; lyrics]`` states and their mask.
+        *,
+        dropout_key=None,
+    ) -> Context:
+        """Concatenate ``[speaker; prompt; lyrics]`` states, their mask and positions.
 
-        Returns ``(encoder_hidden_states [B, 1+Lt+Ll, D], encoder_hidden_mask [B, 1+Lt+Ll])``.
-        ``lyric_query_scales [num_lyric_blocks]`` scales the lyric encoder's queries (ERG).
+        Returns a :class:`Context` of ``1 + Lt + Ll`` rows, positioned by
+        ``cfg.context_positions`` (:func:`context_positions`).
+        ``lyric_query_scales [num_lyric_blocks]`` scales the lyric encoder's queries (ERG);
+        ``dropout_key`` turns on the lyric encoder's training dropout.
         """
         b = encoder_text_hidden_states.shape[0]
         speaker = self.speaker_embedder(speaker_embeds)[:, None]
         text = self.genre_embedder(encoder_text_hidden_states)
-        lyrics = self.encode_lyrics(lyric_token_idx, lyric_mask, lyric_query_scales)
+        lyrics = self.encode_lyrics(lyric_token_idx, lyric_mask, lyric_query_scales, dropout_key)
         states = jnp.concatenate([speaker, text, lyrics], axis=1)
         mask = jnp.concatenate(
             [
@@ -180,7 +214,8 @@ class ACEStepTransformer(nnx.Module):
             ],
             axis=1,
         )
-        return states, mask
+        positions = context_positions(text_attention_mask, lyric_mask.shape[1], self.cfg.context_positions)
+        return Context(states, mask, positions)
 
     # ------------------------------------------------------------------ denoiser
     def decode(
@@ -191,6 +226,7 @@ class ACEStepTransformer(nnx.Module):
         encoder_hidden_mask,
         timestep,
         *,
+        context_positions: jax.Array | None = None,
         output_length: int | None = None,
         query_scales=None,
         return_repa: bool = False,
@@ -198,6 +234,8 @@ class ACEStepTransformer(nnx.Module):
     ):
         """Velocity for latents ``hidden_states [B, C, 16, T]`` at ``timestep [B]`` (0..1000).
 
+        ``context_positions [B, N]`` are the condition rows' rotary positions
+        (:attr:`Context.positions`); without them row ``n`` is at ``n``.
         ``query_scales [num_layers]`` multiplies the self- and cross-attention query
         projections of each block (ERG). With ``return_repa`` also returns the
         projector outputs ``[B, T, ssl_dim]`` at ``ssl_encoder_depths``.
@@ -216,7 +254,10 @@ class ACEStepTransformer(nnx.Module):
         x = constrain(self.proj_in(hidden_states.astype(self.dtype), frame_mask), _ACT)
         context = encoder_hidden_states.astype(self.dtype)
         rope = rope_tables(x.shape[1], cfg.attention_head_dim, cfg.rope_theta)
-        context_rope = rope_tables(context.shape[1], cfg.attention_head_dim, cfg.rope_theta)
+        if context_positions is None:
+            context_rope = rope_tables(context.shape[1], cfg.attention_head_dim, cfg.rope_theta)
+        else:
+            context_rope = rope_at(context_positions, cfg.attention_head_dim, cfg.rope_theta)
         mask = attention_mask.astype(jnp.float32)
         context_mask = encoder_hidden_mask.astype(jnp.float32)
         if query_scales is None:
@@ -257,44 +298,16 @@ class ACEStepTransformer(nnx.Module):
         timestep,
         *,
         return_repa: bool = False,
+        isolate_padding: bool = False,
+        dropout_key=None,
     ):
-        """``encode`` then ``decode`` (the reference's ``forward``)."""
-        states, mask = self.encode(
-            encoder_text_hidden_states, text_attention_mask, speaker_embeds, lyric_token_idx, lyric_mask
+        """``encode`` then ``decode`` (the reference's ``forward``); ``dropout_key`` is the
+        lyric encoder's training dropout, ``isolate_padding`` as in :meth:`decode`."""
+        ctx = self.encode(
+            encoder_text_hidden_states, text_attention_mask, speaker_embeds, lyric_token_idx, lyric_mask,
+            dropout_key=dropout_key,
         )
         return self.decode(
-            hidden_states, attention_mask, states, mask, timestep, return_repa=return_repa
+            hidden_states, attention_mask, ctx.states, ctx.mask, timestep, context_positions=ctx.positions,
+            return_repa=return_repa, isolate_padding=isolate_padding,
         )
-
-
-def _interpolate_linear(x: jax.Array, out_len: jax.Array, max_len: int) -> jax.Array:
-    """Resample ``x [T, D]`` to ``out_len`` frames (half-pixel centres, like
-    ``F.interpolate(mode="linear", align_corners=False)``), padded to ``max_len``."""
-    t = x.shape[0]
-    i = jnp.arange(max_len, dtype=jnp.float32)
-    src = jnp.maximum((i + 0.5) * (t / out_len.astype(jnp.float32)) - 0.5, 0.0)
-    lo = jnp.minimum(jnp.floor(src).astype(jnp.int32), t - 1)
-    hi = jnp.minimum(lo + 1, t - 1)
-    w = (src - lo)[:, None]
-    return x[lo] * (1 - w) + x[hi] * w
-
-
-def repa_loss(projected: jax.Array, ssl: jax.Array, ssl_lengths: jax.Array) -> jax.Array:
-    """REPA cosine loss between projector output and SSL features.
-
-    ``projected [B, T, D]`` is resampled per item to that item's SSL length;
-    ``ssl [B, S, D]`` is padded past ``ssl_lengths [B]``. Per item the loss is the
-    mean of ``1 - cos``; the result is the mean over items.
-    """
-    max_len = ssl.shape[1]
-
-    def one(p, z, n):
-        z_tilde = _interpolate_linear(p.astype(jnp.float32), n, max_len)
-        z = z.astype(jnp.float32)
-        unit = lambda v: v / jnp.maximum(jnp.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
-        a, b = unit(z), unit(z_tilde)
-        cos = jnp.sum(a * b, -1) / jnp.sqrt((jnp.sum(a * a, -1) + 1e-12) * (jnp.sum(b * b, -1) + 1e-12))
-        valid = jnp.arange(max_len) < n
-        return jnp.sum(jnp.where(valid, 1 - cos, 0.0)) / n
-
-    return jnp.mean(jax.vmap(one)(projected, ssl, ssl_lengths))
