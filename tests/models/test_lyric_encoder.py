@@ -1,5 +1,6 @@
 """The lyric encoder's block-wise relative-position attention equals the full attention."""
 
+import dataclasses
 import math
 
 import jax
@@ -94,3 +95,36 @@ def test_gradients_equal_full_attention():
     full = nnx.grad(loss(lambda m, x: full_attention(m, x, mask, pos)), argnums=(0, 1))(attn, x)
     for got, expect in zip(jax.tree.leaves(blocked), jax.tree.leaves(full), strict=True):
         assert_close(got, expect, rtol=1e-5, atol=1e-5, what="gradient")
+
+
+def test_dropout_layer():
+    from acestep_jax.nn import dropout
+
+    x = jnp.ones((200, 500))
+    np.testing.assert_array_equal(np.asarray(dropout(x, None, 0.1)), 1.0)  # inference: identity
+    np.testing.assert_array_equal(np.asarray(dropout(x, jax.random.key(0), 0.0)), 1.0)
+    out = np.asarray(dropout(x, jax.random.key(0), 0.1))
+    assert set(np.unique(out)) == {0.0, np.float32(1 / 0.9)}
+    assert abs((out == 0).mean() - 0.1) < 0.005
+
+
+def test_training_dropout_in_the_golden_encoder(golden):
+    """With a key the lyric encoder drops units (a different output, the same for the same key);
+    at rate 0 a key changes nothing; without a key it is the reference's eval mode."""
+    g = golden("transformer")
+    cfg = TransformerConfig.from_dict(g.config)
+    model = load_transformer(g.path("weights.safetensors"), cfg)
+    x, mask = model.lyric_embs(jnp.asarray(g.io["lyric_token_idx"])), jnp.asarray(g.io["lyric_mask"])
+    plain = np.asarray(model.lyric_encoder(x, mask))
+    a = np.asarray(model.lyric_encoder(x, mask, dropout_key=jax.random.key(1)))
+    b = np.asarray(model.lyric_encoder(x, mask, dropout_key=jax.random.key(1)))
+    c = np.asarray(model.lyric_encoder(x, mask, dropout_key=jax.random.key(2)))
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a - plain).max() > 1e-2 and np.abs(a - c).max() > 1e-2
+    off = dataclasses.replace(cfg.lyric_encoder, dropout_rate=0.0, positional_dropout_rate=0.0)
+    silent = nnx.merge(nnx.graphdef(nnx.eval_shape(lambda: LyricEncoder(cfg.lyric_hidden_size, off, dtype=jnp.float32,
+                                                                         param_dtype=jnp.float32, rngs=nnx.Rngs(0)))),
+                       nnx.state(model.lyric_encoder))
+    np.testing.assert_array_equal(np.asarray(silent(x, mask, dropout_key=jax.random.key(1))), plain)
+    with pytest.raises(ValueError, match="dropout_rate"):
+        LyricEncoderConfig(dropout_rate=1.0)

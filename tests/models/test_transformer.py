@@ -202,3 +202,15 @@ def test_bfloat16_compute_close(tiny, golden):
     assert out.dtype == jnp.bfloat16
     rel = np.abs(np.asarray(out, np.float32) - io["decode_out"]).mean() / np.abs(io["decode_out"]).mean()
     assert rel < 0.05
+
+
+def test_context_positions_rule():
+    from acestep_jax.models.transformer import context_positions
+
+    text_mask = np.array([[1, 1, 1, 0], [1, 0, 0, 0]])
+    item = np.asarray(context_positions(text_mask, 2, "item"))
+    np.testing.assert_array_equal(item, [[0, 1, 2, 3, 4, 4, 5], [0, 1, 2, 3, 4, 2, 3]])
+    batch = np.asarray(context_positions(text_mask, 2, "batch"))
+    np.testing.assert_array_equal(batch, [[0, 1, 2, 3, 4, 4, 5], [0, 1, 2, 3, 4, 4, 5]])
+    with pytest.raises(ValueError, match="context_positions"):
+        TransformerConfig(context_positions="rows")
