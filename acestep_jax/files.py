@@ -9,6 +9,8 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from acestep_jax.errors import UsageError
+
 
 def cache_root() -> Path:
     """``$ACESTEP_JAX_CACHE`` or ``~/.cache/acestep_jax`` (converted checkpoints, lyric vocabulary, XLA cache)."""
@@ -69,3 +71,17 @@ def write_json(path: str | os.PathLike, data, **kwargs) -> None:
             json.dump(data, f, indent=2, ensure_ascii=False, **kwargs)
 
     write_atomic(path, write, suffix=".json")
+
+
+def read_text(path: str | os.PathLike, what: str) -> str:
+    """A UTF-8 text file's contents; a missing or undecodable file is a :class:`UsageError` naming ``what``."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"{what} {path} does not exist") from None
+    except IsADirectoryError:
+        raise UsageError(f"{what} {path} is a folder, not a file") from None
+    except UnicodeDecodeError as e:
+        raise UsageError(
+            f"{what} {path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); save it as UTF-8"
+        ) from None

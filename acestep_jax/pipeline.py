@@ -32,7 +32,7 @@ import numpy as np
 from flax import nnx
 
 from acestep_jax.codec import MusicCodec, frames_to_seconds, load_audio
-from acestep_jax.codec.codec import FRAME_SAMPLES, SAMPLE_RATE
+from acestep_jax.codec.codec import FRAME_SAMPLES, OUTPUT_SAMPLE_RATE, SAMPLE_RATE
 from acestep_jax.codec.resample import resampled_length
 from acestep_jax.models.transformer import ACEStepTransformer
 from acestep_jax.sampling import Conditioning, Noise, SamplingParams, generate
@@ -49,7 +49,6 @@ log = logging.getLogger(__name__)
 
 TEXT_BUCKET = 32
 LYRIC_BUCKET = 64
-OUTPUT_SAMPLE_RATE = 48000  # the reference writes 48 kHz files
 OVERLAP_DECODE_SECONDS = 48  # longer outputs are decoded in overlapping windows
 DECODE_WINDOW_FRAMES = 128
 

@@ -6,7 +6,9 @@ top-level ``configs/`` is a link to the same folder). ``tiny`` runs the whole st
 anywhere in seconds (``sample.py --tiny-random``, ``train.py --tiny-random``, tests,
 CPU benchmarks); ``full`` holds the released checkpoint's sizes (benchmarks with random
 weights). The tiny prompt tokenizer is byte-level and built in memory, so nothing is
-downloaded.
+downloaded. The REPA feature extractors have their released configs here too
+(``configs/ssl/``): ``mert`` is MERT-v1-330M (24 kHz, 1024 wide, 24 pre-LN layers),
+``m-hubert`` is mHuBERT-147 (16 kHz, 768 wide, 12 post-LN layers).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from flax import nnx
 
 PRESETS = ("tiny", "full")
 BYTE_VOCAB_SPECIALS = ("<pad>", "</s>", "<unk>")
+SSL_CONFIGS = {"mert": "mert-v1-330m.json", "m-hubert": "mhubert-147.json"}  # the encoders' Hub config.json
 
 
 def packaged_config(name: str):
@@ -49,6 +52,22 @@ def preset_config(preset: str, name: str, **overrides):
 
     classes = {"transformer": TransformerConfig, "dcae": DCAEConfig, "vocoder": VocoderConfig, "umt5": UMT5Config}
     return classes[name].from_dict(preset_dict(preset, name), **overrides)
+
+
+def released_ssl_config(name: str, **overrides):
+    """The released config of SSL encoder ``name`` (``mert`` or ``m-hubert``) with ``overrides`` (e.g. dtypes)."""
+    from acestep_jax.models.ssl import HubertConfig
+
+    if name not in SSL_CONFIGS:
+        raise ValueError(f"unknown SSL model {name!r}; choose from {sorted(SSL_CONFIGS)}")
+    return HubertConfig.from_dict(json.loads(packaged_config(f"ssl/{SSL_CONFIGS[name]}").read_text()), **overrides)
+
+
+def random_ssl_model(cfg, seed: int = 0):
+    """A :class:`~acestep_jax.models.ssl.HubertModel` of ``cfg`` with host-generated random weights."""
+    from acestep_jax.models.ssl import HubertModel
+
+    return random_weights(nnx.eval_shape(lambda: HubertModel(cfg, rngs=nnx.Rngs(0))), seed)
 
 
 def byte_tokenizer(max_length: int = 256):

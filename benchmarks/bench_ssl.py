@@ -25,7 +25,8 @@ import jax
 import numpy as np
 from flax import nnx
 
-from acestep_jax.models.ssl import HubertConfig, random_model, released_config
+from acestep_jax.models.ssl import HubertConfig
+from acestep_jax.presets import random_ssl_model, released_ssl_config
 from acestep_jax.training.ssl_features import INPUT_RATE, RECIPES, SSLFeatureExtractor
 
 
@@ -33,12 +34,12 @@ def _config(name: str, args) -> HubertConfig:
     if args.config:
         return HubertConfig.from_dict(json.loads(Path(args.config).read_text()), dtype=args.dtype,
                                       param_dtype=args.dtype)
-    return released_config(name, dtype=args.dtype, param_dtype=args.dtype)
+    return released_ssl_config(name, dtype=args.dtype, param_dtype=args.dtype)
 
 
 def bench(name: str, args) -> dict:
     cfg = _config(name, args)
-    model = random_model(cfg, seed=0)
+    model = random_ssl_model(cfg, seed=0)
     params = sum(math.prod(v.shape) for _, v in nnx.to_flat_state(nnx.state(model)))
     recipe = RECIPES[name]
     extractor = SSLFeatureExtractor(model, recipe, chunk_batch=args.chunk_batch)

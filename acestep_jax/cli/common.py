@@ -1,8 +1,10 @@
-"""What the command lines share: one-line user errors, quiet library logs, help text, path checks.
+"""What the command lines share: one-line user errors, quiet library logs, help text, path checks,
+the model flags.
 
 The rule for every command line: validate everything (arguments, files, paths, output
 locations, limits) before loading models; a user error is one ``error: ...`` line naming
-the argument or file and what to do, with exit code 2; ``--debug`` adds the traceback.
+the argument or file and what to do, with exit code 2 (:func:`report`, the one place that
+prints it; argument errors too, see :class:`Parser`); ``--debug`` adds the traceback.
 Anything else is a bug and keeps its traceback.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 import traceback
 from pathlib import Path
@@ -29,14 +32,32 @@ def user_errors() -> tuple[type[BaseException], ...]:
     return (*USER_ERRORS, CheckpointError)
 
 
-def report(error: BaseException, debug: bool = False) -> int:
+def report(error: BaseException | str, debug: bool = False) -> int:
     """Print ``error`` as one ``error: ...`` line (``debug``: the traceback first); returns exit code 2."""
-    if debug:
+    if debug and isinstance(error, BaseException):
         traceback.print_exception(error)
-    lines = str(error).strip().splitlines() or [type(error).__name__]
-    more = f" (+{len(lines) - 1} more lines with --debug)" if len(lines) > 1 and not debug else ""
-    print(f"error: {lines[0]}{more}", file=sys.stderr)
+    print(f"error: {one_line(error)}", file=sys.stderr)
     return 2
+
+
+def one_line(error: BaseException | str, limit: int = 600) -> str:
+    """A message on one line: a listing's lines joined, a long one cut (``--debug`` has it all)."""
+    lines = [re.sub(r"^\s*(- )?", "", line) for line in str(error).strip().splitlines() if line.strip()]
+    text = "".join(("" if i == 0 else " " if lines[i - 1].endswith(":") else "; ") + line
+                   for i, line in enumerate(lines)) or type(error).__name__
+    return text if len(text) <= limit else text[:limit] + " ... (--debug shows everything)"
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one :func:`report` line (exit code 2), not the usage block."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message):
+        report(f"{message} (see {self.prog} --help)")
+        self.exit(2)
 
 
 def setup_logging(verbose: bool = False, fmt: str = "%(levelname)s %(name)s: %(message)s") -> None:
@@ -51,6 +72,36 @@ def add_common_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
 
 
+def add_model_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags of :class:`~acestep_jax.loading.ModelOptions` (and ``--distributed``)."""
+    from acestep_jax.convert.hub import HUB_REPO
+    from acestep_jax.loading import DTYPES
+
+    g = parser.add_argument_group("model")
+    g.add_argument("--checkpoint", default=HUB_REPO,
+                   help="converted checkpoint folder, reference-layout folder (converted once and cached) or Hub id")
+    g.add_argument("--tiny-random", action="store_true", help="tiny random models instead of a checkpoint (demo)")
+    g.add_argument("--dtype", choices=DTYPES, default="bfloat16", help="transformer compute dtype")
+    g.add_argument("--param-dtype", choices=DTYPES, help="transformer storage dtype (default: as converted)")
+    g.add_argument("--lyrics-vocab", help="lyric vocabulary (default: in the checkpoint, else downloaded)")
+    g.add_argument("--transformer", help="a fine-tuned transformer folder (train.py's RUN/transformer) "
+                   "replacing the checkpoint's")
+    g.add_argument("--shard", action="store_true",
+                   help="shard each batch over all devices (data axis); several processes always do")
+    g.add_argument("--distributed", action="store_true",
+                   help="join the other hosts' processes (multi-host; see acestep_jax.distributed)")
+    g.add_argument("--compile-cache", help="persistent XLA compilation cache folder (default: the cache "
+                   "folder's xla/, see ACESTEP_JAX_CACHE; '' disables)")
+
+
+def start_distributed(flag: bool) -> None:
+    """Join the other processes when asked (``--distributed`` or the ``JAX_*`` variables), before any device use."""
+    from acestep_jax import distributed
+
+    if distributed.requested(flag):
+        distributed.initialize()
+
+
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows a default only where it informs: not for flags, unset options, or help that names one."""
 
@@ -59,20 +110,6 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if "default" in text or default is None or isinstance(default, bool) or default in ("", [], argparse.SUPPRESS):
             return text
         return super()._get_help_string(action)
-
-
-def read_text(path: str | os.PathLike, what: str) -> str:
-    """A UTF-8 text file's contents; a missing or undecodable file is a :class:`UsageError` naming ``what``."""
-    try:
-        return Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UsageError(f"{what} {path} does not exist") from None
-    except IsADirectoryError:
-        raise UsageError(f"{what} {path} is a folder, not a file") from None
-    except UnicodeDecodeError as e:
-        raise UsageError(
-            f"{what} {path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); save it as UTF-8"
-        ) from None
 
 
 def check_output_file(path: str | os.PathLike, what: str) -> None:

@@ -2,6 +2,7 @@
 
     convert_weights.py SRC DST [--dtype bfloat16]           # SRC: folder or Hub id
     convert_weights.py --to-reference CKPT OUT [--lora F]   # fine-tuned transformer → PyTorch layout
+    convert_weights.py --ssl mert m-a-p/MERT-v1-330M OUT    # a REPA feature extractor (mert, m-hubert)
 
 Every argument and input file is checked before anything heavy runs; a problem is one
 ``error: ...`` line naming the argument or file, exit status 2 (``--debug``: the traceback too).
@@ -10,20 +11,23 @@ Every argument and input file is checked before anything heavy runs; a problem i
 from __future__ import annotations
 
 import argparse
-import logging
-import re
 import shutil
 import sys
 from pathlib import Path
 
+from acestep_jax.cli.common import (
+    Parser,
+    add_common_flags,
+    report,
+    setup_logging,
+    user_errors,
+)
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line instead of the usage block
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+SSL_NAMES = ("mert", "m-hubert")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = Parser(
         prog="convert_weights.py",
         description="Convert the ACE-Step v1 checkpoint (Hugging Face layout or Hub id) into sharded "
         "orbax checkpoints for acestep-jax, or export a (fine-tuned) JAX transformer back to the "
@@ -39,34 +43,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to-reference", action="store_true",
                    help="export SRC's transformer to DST/ace_step_transformer/ (reference key names)")
     p.add_argument("--lora", help="with --to-reference: a LoRA file to copy beside the export (PEFT layout)")
+    p.add_argument("--ssl", choices=SSL_NAMES, help="SRC is this REPA feature extractor (a HuBERT-family model "
+                   "folder or Hub id: m-a-p/MERT-v1-330M, utter-project/mHuBERT-147), not the ACE-Step checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    add_common_flags(p)
     return p
 
 
 def main(argv=None) -> int:
     try:
         args = build_parser().parse_args(argv)
-    except SystemExit as e:  # --help, or an argument error already printed
+    except SystemExit as e:  # --help, or an argument error already reported
         return int(e.code or 0)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("jax").setLevel(logging.WARNING)
-    logging.getLogger("absl").setLevel(logging.WARNING)
+    setup_logging(args.verbose)
     try:
-        return _export(args) if args.to_reference else _convert(args)
-    except (ValueError, OSError) as e:  # CheckpointError and DownloadError are ValueErrors
-        if args.debug:
-            raise
-        print(f"error: {one_line(e)}", file=sys.stderr)
-        return 2
+        return _ssl(args) if args.ssl else _export(args) if args.to_reference else _convert(args)
+    except (*user_errors(), ValueError) as e:  # DownloadError is a ValueError
+        return report(e, args.debug)
 
 
-def one_line(error: BaseException) -> str:
-    """An error message on one line: a listing's lines joined, long ones cut (``--debug`` has it all)."""
-    lines = [re.sub(r"^\s*(- )?", "", line) for line in str(error).strip().splitlines() if line.strip()]
-    text = "".join(("" if i == 0 else " " if lines[i - 1].endswith(":") else "; ") + line
-                   for i, line in enumerate(lines)) or type(error).__name__
-    return text if len(text) <= 600 else text[:600] + " ... (--debug shows everything)"
+def _ssl(args) -> int:
+    from acestep_jax.convert.ssl import SSL_COMPONENTS, convert_ssl
+
+    for flag in ("components", "lyrics_vocab", "lora", "to_reference"):
+        if getattr(args, flag):
+            raise ValueError(f"--{flag.replace('_', '-')} does not go with --ssl")
+    count = convert_ssl(args.src, args.dst, SSL_COMPONENTS[args.ssl], param_dtype=args.dtype,
+                        progress=not args.quiet, overwrite=args.overwrite)
+    print(f"converted {args.src} → {args.dst} ({args.dtype}, {count:,} parameters)")
+    return 0
 
 
 def _convert(args) -> int:

@@ -20,12 +20,15 @@ import signal
 import sys
 
 from acestep_jax.cli.common import (
-    USER_ERRORS,
-    HelpFormatter,
+    Parser,
     add_common_flags,
+    add_model_flags,
     report,
     setup_logging,
+    start_distributed,
+    user_errors,
 )
+from acestep_jax.errors import UsageError
 from acestep_jax.serving.batching import BATCH_SIZES
 
 log = logging.getLogger("acestep_jax.serve")
@@ -34,11 +37,8 @@ API_KEY_ENV = "ACESTEP_API_KEY"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from acestep_jax.serving.loading import add_model_arguments
-
-    p = argparse.ArgumentParser(prog="serve.py", description=__doc__.split("\n\n")[0],
-                                formatter_class=HelpFormatter)
-    add_model_arguments(p)
+    p = Parser(prog="serve.py", description=__doc__.split("\n\n")[0])
+    add_model_flags(p)
     h = p.add_argument_group("HTTP")
     h.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     h.add_argument("--port", type=int, default=8000)
@@ -67,35 +67,37 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _config(args):
     """Everything the flags say, checked before any model loads."""
+    import dataclasses
+
+    from acestep_jax.cli.jobs import batch_sizes
+    from acestep_jax.loading import ModelOptions
     from acestep_jax.serving.app import AppConfig
-    from acestep_jax.serving.batching import check_batch_sizes
-    from acestep_jax.serving.loading import ModelOptions
-    from acestep_jax.serving.requests import SERVER_TASKS, Limits, parse_request
+    from acestep_jax.serving.requests import SERVER_LIMITS, parse_request
     from acestep_jax.serving.scheduler import SchedulerConfig
 
     options = ModelOptions.from_args(args)
     options.validate()
     if not 0 < args.port < 65536:
-        raise ValueError(f"--port must be in 1..65535, got {args.port}")
-    try:
-        sizes = check_batch_sizes(int(s) for s in args.batch_sizes.split(",") if s.strip())
-    except ValueError as e:
-        raise ValueError(f"--batch-sizes: {e}") from None
+        raise UsageError(f"--port must be in 1..65535, got {args.port}")
+    sizes = batch_sizes(args.batch_sizes)
     for name in ("max_queue", "keep_jobs", "max_body_kb"):
         if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.max_wait_ms < 0 or args.sync_timeout <= 0:
-        raise ValueError("--max-wait-ms must be >= 0 and --sync-timeout > 0")
-    limits = Limits(max_duration=args.max_duration, max_steps=args.max_steps, max_outputs=args.max_outputs,
-                    max_lyrics_chars=args.max_lyrics_chars, tasks=SERVER_TASKS, local_paths=False)
+        raise UsageError("--max-wait-ms must be >= 0 and --sync-timeout > 0")
+    try:
+        limits = dataclasses.replace(SERVER_LIMITS, max_duration=args.max_duration, max_steps=args.max_steps,
+                                     max_outputs=args.max_outputs, max_lyrics_chars=args.max_lyrics_chars)
+    except ValueError as e:
+        raise UsageError(f"limits: {e}") from None
     if args.max_outputs > args.max_queue:
-        raise ValueError(f"--max-outputs ({args.max_outputs}) exceeds --max-queue ({args.max_queue})")
+        raise UsageError(f"--max-outputs ({args.max_outputs}) exceeds --max-queue ({args.max_queue})")
     warmup = None
     if args.warmup:
         try:
             warmup = parse_request(json.loads(args.warmup), limits)
         except ValueError as e:
-            raise ValueError(f"--warmup: {e}") from None
+            raise UsageError(f"--warmup: {e}") from None
     scheduler = SchedulerConfig(batch_sizes=sizes, max_wait_s=args.max_wait_ms / 1000, max_queue=args.max_queue,
                                 keep_jobs=args.keep_jobs)
     app = AppConfig(api_key=args.api_key or None, max_body_bytes=args.max_body_kb * 1024,
@@ -109,23 +111,23 @@ def main(argv=None) -> int:
     logging.getLogger().setLevel(args.log_level.upper())
     try:
         options, limits, scheduler_config, app_config, warmup = _config(args)
+        start_distributed(args.distributed)
         from acestep_jax.serving.journal import JobStore
 
         store = JobStore(args.state_dir)
-    except (*USER_ERRORS, ValueError) as e:
+    except (*user_errors(), ValueError) as e:
         return report(e, args.debug)
 
     import uvicorn
 
-    from acestep_jax.convert.core import CheckpointError
+    from acestep_jax.loading import load_pipeline
     from acestep_jax.serving.app import create_app
-    from acestep_jax.serving.loading import load_pipeline
     from acestep_jax.serving.scheduler import Scheduler
 
     try:
         pipe = load_pipeline(options)
         scheduler = Scheduler(pipe, store, scheduler_config, limits, model_info=options.record())
-    except (ValueError, OSError, CheckpointError, ImportError) as e:  # ValueError: sizes that do not fit the mesh
+    except (*user_errors(), ValueError) as e:  # ValueError: sizes that do not fit the mesh
         return report(e, args.debug)
     if warmup is not None:
         scheduler.warmup(warmup)

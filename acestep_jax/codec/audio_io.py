@@ -8,13 +8,15 @@ import numpy as np
 
 from acestep_jax.files import write_atomic
 
+# output format (file extension) → soundfile's major format and subtype, and the HTTP media type
 _FORMATS = {
-    "wav": ("WAV", "FLOAT"),
-    "flac": ("FLAC", "PCM_24"),
-    "ogg": ("OGG", "VORBIS"),
-    "mp3": ("MP3", "MPEG_LAYER_III"),
+    "wav": ("WAV", "FLOAT", "audio/wav"),
+    "flac": ("FLAC", "PCM_24", "audio/flac"),
+    "ogg": ("OGG", "VORBIS", "audio/ogg"),
+    "mp3": ("MP3", "MPEG_LAYER_III", "audio/mpeg"),
 }
-FORMATS = tuple(_FORMATS)  # output formats (file extensions) save_audio writes
+FORMATS = tuple(_FORMATS)  # output formats save_audio writes
+MEDIA_TYPES = {fmt: media for fmt, (_, _, media) in _FORMATS.items()}
 
 
 def load_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
@@ -61,7 +63,7 @@ def resolve_format(path: str | os.PathLike, format: str | None = None) -> str:
     fmt = (format or os.path.splitext(path)[1].lstrip(".")).lower()
     if fmt not in _FORMATS:
         raise ValueError(f"unsupported audio format {fmt!r} for {path}; use one of {sorted(_FORMATS)}")
-    major, subtype = _FORMATS[fmt]
+    major, subtype, _ = _FORMATS[fmt]
     if major not in sf.available_formats() or not sf.check_format(major, subtype):
         raise ValueError(f"this libsndfile ({sf.__libsndfile_version__}) cannot write {fmt}; use wav or flac")
     return fmt
@@ -88,7 +90,7 @@ def save_audio(path: str | os.PathLike, audio, sample_rate: int, format: str | N
 
     path = os.fspath(path)
     fmt = resolve_format(path, format)
-    major, subtype = _FORMATS[fmt]
+    major, subtype, _ = _FORMATS[fmt]
     audio = as_channels(audio)
     if fmt != "wav":
         audio = np.clip(audio, -1.0, 1.0)

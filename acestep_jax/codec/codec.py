@@ -38,7 +38,10 @@ from acestep_jax.codec.logmel import log_mel_spectrogram
 from acestep_jax.codec.resample import resample, resampled_length
 from acestep_jax.codec.vocoder import Vocoder
 
-SAMPLE_RATE = 44100
+SAMPLE_RATE = 44100  # the codec's own rate
+OUTPUT_SAMPLE_RATE = 48000  # the rate of generated files unless asked otherwise (the reference writes 48 kHz)
+LATENT_CHANNELS = 8  # latents are [B, LATENT_CHANNELS, LATENT_HEIGHT, frames]
+LATENT_HEIGHT = 16
 HOP = 512
 SCALE_FACTOR = 0.1786
 SHIFT_FACTOR = -1.9091

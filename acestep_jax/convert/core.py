@@ -86,6 +86,17 @@ def _xp(arrays):
     return np if all(isinstance(a, np.ndarray) for a in arrays) else jnp
 
 
+def fold_weight_norm(g, v, axis: int = 0):
+    """A weight-normalised tensor ``g * v / ||v||`` as one weight; the norm runs over every axis but
+    ``axis`` (PyTorch ``weight_norm(dim=axis)``). ``(w, w)`` (equal shapes: a plain weight) gives ``w``."""
+    if tuple(g.shape) == tuple(v.shape):
+        return v
+    xp = _xp((g, v))
+    v32 = v.astype(xp.float32)
+    norm = xp.sqrt(xp.sum(v32 * v32, axis=tuple(i for i in range(v.ndim) if i != axis % v.ndim), keepdims=True))
+    return (g.astype(xp.float32) * v32 / norm).astype(v.dtype)
+
+
 def stack_of(transform: Callable = identity) -> Transform:
     """Combine per-layer tensors by transforming each and stacking on a new leading axis."""
 

@@ -18,11 +18,9 @@ is removed by the next conversion to the same destination.
 from __future__ import annotations
 
 import glob
-import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import socket
 from collections.abc import Iterable, Mapping
@@ -30,7 +28,16 @@ from pathlib import Path
 
 from acestep_jax.convert.checkpoint import Component, read_config, write_component
 from acestep_jax.convert.core import CheckpointError, open_source, read_json
-from acestep_jax.files import cache_root, make_folder_beside
+from acestep_jax.convert.hub import (
+    HUB_REPO,
+    DownloadError,
+    cached_conversion,
+    files_stamp,
+    looks_like_repo_id,
+    reason,
+    snapshot,
+)
+from acestep_jax.files import make_folder_beside
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +46,6 @@ FORMAT = "acestep-jax-checkpoint"
 VERSION = 1
 TOKENIZER_DIR = "tokenizer"
 LYRICS_VOCAB = "lyrics_vocab.json"
-HUB_REPO = "ACE-Step/ACE-Step-v1-3.5B"
 OWNER_FILE = ".owner.json"  # inside a temporary folder: the host and process writing it
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -94,32 +100,10 @@ def _check_reference_folder(src: Path, names: Iterable[str]) -> None:
         raise CheckpointError(f"{src} is not a complete ACE-Step checkpoint folder:\n" + "\n".join(problems))
 
 
-# ----------------------------------------------------------------------------- Hub
-def looks_like_repo_id(spec: str) -> bool:
-    """``owner/name`` with Hub-legal characters (and not an existing path)."""
-    return re.fullmatch(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*", spec) is not None and not Path(spec).exists()
-
-
-class DownloadError(ValueError):
-    """A file the conversion needs could not be downloaded (offline, blocked, unknown repo)."""
-
-
-def _reason(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0][:200]}" if text else type(error).__name__
-
-
 def download(repo_id: str = HUB_REPO, *, revision: str | None = None, cache_dir: str | None = None) -> Path:
     """Download (or reuse from the Hugging Face cache) the reference checkpoint's folders."""
-    from huggingface_hub import snapshot_download
-
     patterns = [f"{c.hf_folder}/*" for c in components().values()]
-    log.info("downloading %s from the Hugging Face Hub", repo_id)
-    try:
-        return Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, allow_patterns=patterns))
-    except Exception as e:  # noqa: BLE001 - network, authorisation, unknown repo: all mean "not available"
-        raise DownloadError(f"could not download the checkpoint {repo_id} from the Hugging Face Hub "
-                            f"({_reason(e)}); pass a local checkpoint folder instead") from None
+    return snapshot(repo_id, patterns, "checkpoint", revision=revision, cache_dir=cache_dir)
 
 
 # ----------------------------------------------------------------------------- conversion
@@ -310,7 +294,7 @@ def _find_vocab(explicit, src: Path):
     try:
         return find_lyrics_vocab()
     except OSError as e:  # offline, DNS, TLS, HTTP errors
-        raise DownloadError(f"could not download the lyric vocabulary from {VOCAB_URL} ({_reason(e)}); "
+        raise DownloadError(f"could not download the lyric vocabulary from {VOCAB_URL} ({reason(e)}); "
                             "pass a copy with --lyrics-vocab PATH (lyrics_vocab=) to convert offline") from None
 
 
@@ -328,32 +312,16 @@ def resolve_checkpoint(spec: str | os.PathLike, *, param_dtype: str = "float32",
             f"checkpoint folder (no {', '.join(c.hf_folder for c in components().values())})"
         )
     if path.is_dir():
-        stamp = _folder_stamp(path)
+        folders = [path / c.hf_folder for c in components().values() if (path / c.hf_folder).is_dir()]
+        stamp = files_stamp((f for folder in folders for f in folder.iterdir()), path)
     elif path.exists() or not looks_like_repo_id(str(spec)):
         raise FileNotFoundError(f"checkpoint {spec} is not a folder (nor a Hub repo id such as {HUB_REPO})")
     else:
         path = download(str(spec))
         stamp = str(spec)
-    key = hashlib.sha256(f"{path.resolve()}|{stamp}|{param_dtype}".encode()).hexdigest()[:16]
-    cached = cache_root() / "converted" / f"{path.name}-{param_dtype}-{key}"
-    if is_converted(cached):
-        log.info("using the cached conversion %s", cached)
-        return cached
-    log.info("converting %s into %s (once; later runs reuse it)", path, cached)
-    convert_checkpoint(path, cached, param_dtype=param_dtype, progress=progress, overwrite=True)
-    return cached
-
-
-def _folder_stamp(path: Path) -> str:
-    """Names, sizes and modification times of the reference folder's weight/config files."""
-    entries = []
-    for c in components().values():
-        folder = path / c.hf_folder
-        if folder.is_dir():
-            for f in sorted(folder.iterdir()):
-                st = f.stat()
-                entries.append(f"{c.hf_folder}/{f.name}:{st.st_size}:{st.st_mtime_ns}")
-    return ";".join(entries)
+    return cached_conversion(
+        f"{path.name}-{param_dtype}", path, f"{stamp}|{param_dtype}", is_converted,
+        lambda out: convert_checkpoint(path, out, param_dtype=param_dtype, progress=progress, overwrite=True))
 
 
 def component_folder(ckpt: str | os.PathLike, name: str) -> Path:

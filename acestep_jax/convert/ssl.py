@@ -11,23 +11,17 @@ into one kernel ``g * v / ||v||`` (norm over the output and input channels of ea
 kernel tap). The converted folder is a component folder (``config.json`` +
 ``params/``, see :mod:`acestep_jax.convert.checkpoint`).
 
-    python -m acestep_jax.convert.ssl m-a-p/MERT-v1-330M checkpoints/mert --dtype bfloat16
+    convert_weights.py --ssl mert m-a-p/MERT-v1-330M checkpoints/mert --dtype bfloat16
 """
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 import json
 import logging
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
-
-import jax.numpy as jnp
-import numpy as np
 
 from acestep_jax.convert.checkpoint import (
     CONFIG_FILE,
@@ -44,14 +38,15 @@ from acestep_jax.convert.core import (
     TensorSource,
     check_rules,
     conv_t,
+    fold_weight_norm,
     linear_t,
     param_shapes,
     rule,
     stack_of,
     stacked_rule,
 )
+from acestep_jax.convert.hub import cached_conversion, files_stamp, looks_like_repo_id, snapshot
 from acestep_jax.convert.torch_pickle import TorchBinSource
-from acestep_jax.files import cache_root
 from acestep_jax.models.ssl import HubertConfig, HubertModel
 
 log = logging.getLogger(__name__)
@@ -65,22 +60,8 @@ IGNORED = ("masked_spec_embed", "encoder.pos_conv_embed.batch_norm.num_batches_t
 _POS_CONV = "encoder.pos_conv_embed.conv"
 
 
-def _xp(*arrays):
-    return np if all(isinstance(a, np.ndarray) for a in arrays) else jnp
-
-
-def fold_weight_norm_dim2(g, v):
-    """``g * v / ||v||`` with the norm over axes 0 and 1 (``weight_norm(dim=2)``); ``(w, w)`` gives ``w``."""
-    if tuple(g.shape) == tuple(v.shape):
-        return v
-    xp = _xp(g, v)
-    v32 = v.astype(xp.float32)
-    norm = xp.sqrt(xp.sum(v32 * v32, axis=(0, 1), keepdims=True))
-    return (g.astype(xp.float32) * v32 / norm).astype(v.dtype)
-
-
 def _folded_conv(g, v):
-    return conv_t(fold_weight_norm_dim2(g, v))
+    return conv_t(fold_weight_norm(g, v, axis=2))
 
 
 def _norm(src: str, dst: str) -> list[Rule]:
@@ -198,20 +179,11 @@ def is_converted(path: str | os.PathLike) -> bool:
     return (Path(path) / PARAMS_DIR / INDEX_FILE).is_file()
 
 
-def looks_like_repo_id(spec: str) -> bool:
-    from acestep_jax.convert.release import looks_like_repo_id as check
-
-    return check(spec)
-
-
 def download(repo_id: str) -> Path:
     """``config.json`` and the weights of a Hub model (safetensors when it has them, else ``.bin``)."""
-    from huggingface_hub import snapshot_download
-
-    log.info("downloading %s from the Hugging Face Hub", repo_id)
-    path = Path(snapshot_download(repo_id, allow_patterns=[CONFIG_FILE, "*.safetensors"]))
+    path = snapshot(repo_id, [CONFIG_FILE, "*.safetensors"], "model")
     if not list(path.glob("*.safetensors")):
-        path = Path(snapshot_download(repo_id, allow_patterns=[CONFIG_FILE, "pytorch_model*.bin"]))
+        path = snapshot(repo_id, [CONFIG_FILE, "pytorch_model*.bin"], "model")
     return path
 
 
@@ -257,22 +229,15 @@ def resolve_ssl(spec: str | os.PathLike, component: Component, *, progress: bool
         if not (path / CONFIG_FILE).is_file():
             raise CheckpointError(f"{path} is neither a converted SSL model (no {PARAMS_DIR}/{INDEX_FILE}) "
                                   f"nor a model folder (no {CONFIG_FILE})")
-        stamp = ";".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in sorted(path.iterdir())
-                         if f.is_file())
+        stamp = files_stamp((f for f in path.iterdir() if f.is_file()), path)
     elif path.exists() or not looks_like_repo_id(str(spec)):
         raise FileNotFoundError(f"{component.name} model {spec} is not a folder (nor a Hub repo id such as "
                                 f"{component.hf_folder})")
     else:
         path = download(str(spec))
         stamp = str(spec)
-    key = hashlib.sha256(f"{path.resolve()}|{stamp}".encode()).hexdigest()[:16]
-    cached = cache_root() / "converted" / f"{component.name}-{key}"
-    if is_converted(cached):
-        log.info("using the cached conversion %s", cached)
-        return cached
-    log.info("converting %s into %s (once; later runs reuse it)", path, cached)
-    convert_ssl(path, cached, component, progress=progress, overwrite=True)
-    return cached
+    return cached_conversion(component.name, path, stamp, is_converted,
+                             lambda out: convert_ssl(path, out, component, progress=progress, overwrite=True))
 
 
 def load_ssl(spec: str | os.PathLike, component: Component, *, dtype: str = "float32",
@@ -281,30 +246,3 @@ def load_ssl(spec: str | os.PathLike, component: Component, *, dtype: str = "flo
     ``param_dtype`` storage (cast on restore)."""
     folder = resolve_ssl(spec, component, progress=progress)
     return load_component(folder, component, mesh=mesh, dtype=dtype, param_dtype=param_dtype)
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m acestep_jax.convert.ssl",
-                                description="Convert a HuBERT-family encoder (MERT, mHuBERT) for REPA preprocessing.")
-    p.add_argument("src", help=f"model folder or Hub id ({MERT_REPO}, {MHUBERT_REPO})")
-    p.add_argument("dst", help="output component folder (must not exist unless --overwrite)")
-    p.add_argument("--name", choices=sorted(SSL_COMPONENTS), default="mert", help="which REPA target it is")
-    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="parameter storage dtype")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for name in ("jax", "absl"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    try:
-        count = convert_ssl(args.src, args.dst, SSL_COMPONENTS[args.name], param_dtype=args.dtype,
-                            progress=not args.quiet, overwrite=args.overwrite)
-    except (CheckpointError, FileNotFoundError, FileExistsError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"converted {args.src} → {args.dst} ({args.dtype}, {count:,} parameters)")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

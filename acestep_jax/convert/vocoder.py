@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -30,6 +29,7 @@ from acestep_jax.convert.core import (
     Transform,
     conv_t,
     convert_into,
+    fold_weight_norm,
     identity,
     linear_t,
     open_source,
@@ -38,20 +38,6 @@ from acestep_jax.convert.core import (
 
 MEL_BUFFERS = ("mel_transform.spectrogram.window", "mel_transform.mel_scale.fb")
 """Reference buffers that conversion ignores (recomputed by :mod:`acestep_jax.codec.logmel`)."""
-
-
-def _xp(*arrays):
-    return np if all(isinstance(a, np.ndarray) for a in arrays) else jnp
-
-
-def fold_weight_norm(g, v):
-    """``g * v / ||v||``, the norm over every axis but the first; ``(w, w)`` (a plain weight) gives ``w``."""
-    if tuple(g.shape) == tuple(v.shape):
-        return v
-    xp = _xp(g, v)
-    v32 = v.astype(xp.float32)
-    norm = xp.sqrt(xp.sum(v32 * v32, axis=tuple(range(1, v.ndim)), keepdims=True))
-    return (g.astype(xp.float32) * v32 / norm).astype(v.dtype)
 
 
 def _unfold(w):

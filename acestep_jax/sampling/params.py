@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -11,8 +10,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from acestep_jax.codec.codec import seconds_to_frames
+from acestep_jax.codec.codec import LATENT_CHANNELS, LATENT_HEIGHT, seconds_to_frames
 from acestep_jax.errors import UsageError
+from acestep_jax.sampling.fields import Field
 from acestep_jax.sampling.guidance import CFG_TYPES
 from acestep_jax.sampling.inputs import pad_frames, shard_batch
 from acestep_jax.sampling.schedulers import SCHEDULERS
@@ -23,15 +23,6 @@ REPAINT_TASKS = ("repaint", "extend")
 MAX_SECONDS = 240.0  # the reference's longest output (it caps extended outputs there)
 MAX_FRAMES = seconds_to_frames(MAX_SECONDS)
 MAX_STEPS = 1000  # the training table's length: no schedule has more steps
-# fields that may differ between the items of one batch: they are traced per item, so one
-# compiled program serves any mix of them (see SamplingParams.structure for the rest)
-ITEM_FIELDS = (
-    "duration", "guidance_scale", "omega_scale", "guidance_interval", "guidance_interval_decay",
-    "min_guidance_scale", "use_erg_tag", "use_erg_lyric", "use_erg_diffusion", "guidance_scale_text",
-    "guidance_scale_lyric", "retake_variance",
-)
-
-
 @dataclass(frozen=True)
 class SamplingParams:
     """Arguments of one generation, named as in the reference pipeline.
@@ -76,8 +67,8 @@ class SamplingParams:
     batch_invariant: bool = False
 
     def __post_init__(self):
-        if isinstance(self.oss_steps, list):  # from JSON
-            object.__setattr__(self, "oss_steps", tuple(self.oss_steps))
+        if isinstance(self.oss_steps, list) or self.oss_steps is None:  # from JSON
+            object.__setattr__(self, "oss_steps", tuple(self.oss_steps or ()))
 
     def replace(self, **kw) -> SamplingParams:
         return dataclasses.replace(self, **kw)
@@ -116,36 +107,16 @@ class SamplingParams:
 
         ``source_frames`` is the length of the source latents (``None`` when absent).
         """
-        self._check_types()
-        if self.task not in TASKS:
-            raise UsageError(f"task must be one of {TASKS}, got {self.task!r}")
-        if self.scheduler_type not in SCHEDULERS:
-            raise UsageError(f"scheduler_type must be one of {SCHEDULERS}, got {self.scheduler_type!r}")
-        if self.cfg_type not in CFG_TYPES:
-            raise UsageError(f"cfg_type must be one of {CFG_TYPES}, got {self.cfg_type!r}")
-        if not 1 <= self.infer_steps <= MAX_STEPS:
-            raise UsageError(f"infer_steps must be a positive integer <= {MAX_STEPS}, got {self.infer_steps!r}")
-        if self.oss_steps:
-            if any(not 1 <= s <= MAX_STEPS for s in self.oss_steps):
-                raise UsageError(f"oss_steps must be integers in [1, {MAX_STEPS}], got {self.oss_steps!r}")
-            if self.scheduler_type == "heun":
-                raise UsageError("oss_steps cannot be used with scheduler_type='heun' (as in the reference)")
+        for f in PARAM_FIELDS:
+            f.check(getattr(self, f.name))
+        if self.oss_steps and self.scheduler_type == "heun":
+            raise UsageError("oss_steps cannot be used with scheduler_type='heun' (as in the reference)")
         if self.task in SOURCE_TASKS and source_frames is None:
             raise UsageError(f"task {self.task!r} needs source latents (Conditioning.src_latents)")
         if source_frames is None and not 0 < self.duration <= MAX_SECONDS:
             raise UsageError(f"duration must be > 0 and <= {MAX_SECONDS:g} seconds, got {self.duration!r}")
         if source_frames is None and seconds_to_frames(self.duration) < 1:
             raise UsageError(f"duration {self.duration!r} s is shorter than one latent frame")
-        for name in ("guidance_interval", "guidance_interval_decay", "n_min", "n_max"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise UsageError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
-        if not 1 <= self.n_avg <= MAX_STEPS or not 0 <= self.zero_steps <= MAX_STEPS:
-            raise UsageError(f"n_avg must be in [1, {MAX_STEPS}] and zero_steps in [0, {MAX_STEPS}], "
-                             f"got {self.n_avg!r} and {self.zero_steps!r}")
-        if not 0.0 <= self.guidance_interval <= 1.0:
-            raise UsageError(f"guidance_interval must be in [0, 1], got {self.guidance_interval!r}")
-        if self.task in ("retake", "repaint", "extend") and not 0.0 <= self.retake_variance <= 1.0:
-            raise UsageError(f"retake_variance must be in [0, 1], got {self.retake_variance!r}")
         steps = max(self.oss_steps) if self.oss_steps else self.infer_steps
         if self.task in ("repaint", "extend") and int(steps * (1 - self.retake_variance)) >= steps:
             raise UsageError(
@@ -186,45 +157,77 @@ class SamplingParams:
                     total = end
                 if total > MAX_FRAMES:
                     raise UsageError(f"extended length {total} frames exceeds the 240 s limit ({MAX_FRAMES})")
-        if self.task == "audio2audio" and not 0.0 <= self.ref_audio_strength < 1.0:
-            raise UsageError(f"ref_audio_strength must be in [0, 1), got {self.ref_audio_strength!r}")
+        if self.task == "audio2audio" and self.ref_audio_strength == 1.0:
+            raise UsageError("ref_audio_strength must be below 1 for audio2audio (1 keeps no denoising step)")
         if self.task == "audio2audio" and int((1 - self.ref_audio_strength) * self.infer_steps) < 1:
             raise UsageError(
                 f"ref_audio_strength={self.ref_audio_strength} with infer_steps={self.infer_steps} "
                 "leaves no denoising steps"
             )
         if self.task == "edit":
-            if not 0.0 <= self.n_min <= self.n_max <= 1.0:
-                raise UsageError(f"edit needs 0 <= n_min <= n_max <= 1, got n_min={self.n_min} n_max={self.n_max}")
-            if int(self.n_avg) != self.n_avg or self.n_avg < 1:
-                raise UsageError(f"n_avg must be a positive integer, got {self.n_avg!r}")
+            if self.n_min > self.n_max:
+                raise UsageError(f"edit needs n_min <= n_max, got n_min={self.n_min} n_max={self.n_max}")
             if self.oss_steps:
                 raise UsageError("oss_steps is not supported by the edit task")
 
 
-    def _check_types(self) -> None:
-        """Every field has its declared type (ints are not bools, floats are finite numbers)."""
-        for f in dataclasses.fields(self):
-            kind, value = _FIELD_KINDS[f.name], getattr(self, f.name)
-            if kind is bool:
-                ok = isinstance(value, bool | np.bool_)
-            elif kind is int:
-                ok = isinstance(value, int | np.integer) and not isinstance(value, bool)
-            elif kind is float:
-                ok = isinstance(value, int | float | np.number) and not isinstance(value, bool) and math.isfinite(value)
-            elif kind is str:
-                ok = isinstance(value, str)
-            else:  # tuple of ints
-                ok = isinstance(value, tuple | list) and all(
-                    isinstance(v, int | np.integer) and not isinstance(v, bool) for v in value)
-            if not ok:
-                want = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}.get(
-                    kind, "a list of integers")
-                raise UsageError(f"{f.name} must be {want}, got {value!r}")
 
 
-_FIELD_KINDS = {name: {"bool": bool, "int": int, "float": float, "str": str}.get(hint, tuple)
-                for name, hint in ((f.name, f.type) for f in dataclasses.fields(SamplingParams))}
+PARAM_FIELDS = (
+    Field("task", "str", ", ".join(TASKS), reference="task", choices=TASKS),
+    Field("duration", "float", "seconds (text2music/retake; other tasks take the source's length)",
+          reference="audio_duration", per_item=True),
+    Field("infer_steps", "int", "denoising steps", flag="--steps", reference="infer_step", low=1, high=MAX_STEPS),
+    Field("guidance_scale", "float", "classifier-free guidance scale (0 or 1: no guidance)",
+          reference="guidance_scale", low=0, high=200, per_item=True),
+    Field("omega_scale", "float", "granularity: the scheduler's mean-shift strength", flag="--omega",
+          reference="omega_scale", low=-100, high=100, per_item=True),
+    Field("scheduler_type", "str", ", ".join(SCHEDULERS), flag="--scheduler", reference="scheduler_type",
+          choices=SCHEDULERS),
+    Field("cfg_type", "str", ", ".join(CFG_TYPES), reference="cfg_type", choices=CFG_TYPES),
+    Field("guidance_interval", "float", "fraction of the steps, centred, that use guidance",
+          reference="guidance_interval", low=0, high=1, per_item=True),
+    Field("guidance_interval_decay", "float", "guidance decays linearly to min-guidance-scale over the interval "
+          "(0: constant)", reference="guidance_interval_decay", low=0, high=1, per_item=True),
+    Field("min_guidance_scale", "float", "the guidance scale the decay ends at", reference="min_guidance_scale",
+          low=0, high=200, per_item=True),
+    Field("use_erg_tag", "bool", "no entropy-rectifying guidance on the prompt", flag="--no-erg-tag",
+          reference="use_erg_tag", per_item=True),
+    Field("use_erg_lyric", "bool", "no entropy-rectifying guidance on the lyrics", flag="--no-erg-lyric",
+          reference="use_erg_lyric", per_item=True),
+    Field("use_erg_diffusion", "bool", "no entropy-rectifying guidance in the transformer",
+          flag="--no-erg-diffusion", reference="use_erg_diffusion", per_item=True),
+    Field("guidance_scale_text", "float", "separate prompt guidance (with guidance-scale-lyric > 1)",
+          reference="guidance_scale_text", low=0, high=200, per_item=True),
+    Field("guidance_scale_lyric", "float", "separate lyric guidance (with guidance-scale-text > 1)",
+          reference="guidance_scale_lyric", low=0, high=200, per_item=True),
+    Field("oss_steps", "ints", "custom steps out of 1000, e.g. 16,29,52,96,129,158", reference="oss_steps",
+          low=1, high=MAX_STEPS, nullable=True),
+    Field("zero_steps", "int", "steps that start from the zero-init prediction", low=0, high=MAX_STEPS),
+    Field("use_zero_init", "bool", "no zero-init of the first steps' guidance", flag="--no-zero-init"),
+    Field("retake_variance", "float", "how far retake/repaint/extend move from the source noise",
+          reference="retake_variance", low=0, high=1, per_item=True),
+    Field("repaint_start", "float", "seconds (repaint/extend; < 0 extends to the left)", reference="repaint_start",
+          low=-MAX_SECONDS, high=2 * MAX_SECONDS),
+    Field("repaint_end", "float", "seconds (repaint/extend; beyond the source extends to the right)",
+          reference="repaint_end", low=-MAX_SECONDS, high=2 * MAX_SECONDS),
+    Field("ref_audio_strength", "float", "audio2audio: how much of the reference audio is kept",
+          reference="ref_audio_strength", low=0, high=1),
+    Field("n_min", "float", "edit: first step fraction edited", flag="--edit-n-min", reference="edit_n_min",
+          low=0, high=1),
+    Field("n_max", "float", "edit: last step fraction edited", flag="--edit-n-max", reference="edit_n_max",
+          low=0, high=1),
+    Field("n_avg", "int", "edit: predictions averaged per step", flag="--edit-n-avg", reference="edit_n_avg",
+          low=1, high=64),
+    Field("bucket", "bool", "run at the exact length instead of padding it to a bucket of ~12 s (buckets let "
+          "nearby durations share one compiled program)", flag="--no-bucket"),
+    Field("batch_invariant", "bool", "take the omega mean shift per item, so each item equals the same request "
+          "run alone (default: over the whole batch, as the reference)"),
+)
+"""Every :class:`SamplingParams` field, in its order: the flags, request keys and checks derive from it."""
+ITEM_FIELDS = tuple(f.name for f in PARAM_FIELDS if f.per_item)
+"""Fields that may differ between the items of one batch: they are traced per item, so one compiled
+program serves any mix of them (see :meth:`SamplingParams.structure` for the rest)."""
 
 
 @jax.tree_util.register_dataclass
@@ -269,7 +272,7 @@ class Conditioning:
             raise ValueError(f"Conditioning.lyric_mask {self.lyric_mask.shape} != lyric_ids {self.lyric_ids.shape}")
         if self.text_null is not None and self.text_null.shape != self.text.shape:
             raise ValueError(f"Conditioning.text_null {self.text_null.shape} != text {self.text.shape}")
-        if self.src_latents is not None and (self.src_latents.ndim != 4 or self.src_latents.shape[1:3] != (8, 16)):
+        if self.src_latents is not None and (self.src_latents.ndim != 4 or self.src_latents.shape[1:3] != (LATENT_CHANNELS, LATENT_HEIGHT)):
             raise ValueError(f"Conditioning.src_latents must be [B, 8, 16, T], got {self.src_latents.shape}")
         if params.task == "edit":
             for name in ("target_text", "target_text_mask", "target_lyric_ids", "target_lyric_mask"):
@@ -329,7 +332,7 @@ class Noise:
 
     def check(self, batch: int, frames: int) -> None:
         """Raise ``ValueError`` when a key or noise array does not fit ``batch`` items of ``frames`` frames."""
-        item = (batch, 8, 16, frames)
+        item = (batch, LATENT_CHANNELS, LATENT_HEIGHT, frames)
         for f in dataclasses.fields(self):
             a = getattr(self, f.name)
             if a is None:

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from acestep_jax.codec.codec import LATENT_CHANNELS, LATENT_HEIGHT
 from acestep_jax.sampling.guidance import guidance_schedule
 from acestep_jax.sampling.inputs import ItemInputs, Latents, LoopInputs, ScheduleInputs, shard_batch
 from acestep_jax.sampling.params import (
@@ -124,7 +125,7 @@ def _prepare_text2music(items, cond: Conditioning, noise: Noise):
     """text2music and retake: fresh noise (retake: mixed with the retake noise) per item."""
     p = items[0]
     frames = [item_frames(q, cond) for q in items]
-    shape = (8, 16, max(frames))
+    shape = (LATENT_CHANNELS, LATENT_HEIGHT, max(frames))
     x = draw(noise, "initial", 0, shape)
     if p.task == "retake":
         x = _retake_mix(items, x, draw(noise, "retake", 0, shape))
@@ -137,7 +138,7 @@ def _prepare_repaint(items, cond: Conditioning, noise: Noise):
     variance sets; extend pads the source with the window's frames first."""
     p = items[0]
     b, frames = len(items), int(cond.src_latents.shape[-1])
-    shape = (8, 16, frames)
+    shape = (LATENT_CHANNELS, LATENT_HEIGHT, frames)
     x, r = draw(noise, "initial", 0, shape), draw(noise, "retake", 0, shape)
     table, requested = _table(p)
     steps = max(p.oss_steps) if p.oss_steps else p.infer_steps
@@ -158,7 +159,7 @@ def _prepare_repaint(items, cond: Conditioning, noise: Noise):
     x0 = jnp.pad(src, ((0, 0), (0, 0), (0, 0), (left, right)))
     out = x0.shape[-1]
     t = jnp.arange(out)
-    mask = jnp.broadcast_to(((t < left) | (t >= out - right)).astype(jnp.float32), (b, 8, 16, out))
+    mask = jnp.broadcast_to(((t < left) | (t >= out - right)).astype(jnp.float32), (b, LATENT_CHANNELS, LATENT_HEIGHT, out))
     z0 = jnp.concatenate([r[..., :left], x, r[..., frames - right:]], axis=-1)
     latents = Latents(z0, x0=x0, z0=z0, repaint_mask=mask)
     return _loop_config(p, repaint=True), LoopInputs(latents, guided, _schedule(table, start)), [out]
@@ -172,7 +173,7 @@ def _prepare_audio2audio(items, cond: Conditioning, noise: Noise):
     requested = int(sigma_max * p.infer_steps)
     table = schedule(p.scheduler_type, requested, sigma_max)
     s = sigma_bounds(sigma_max)[0]
-    x = jnp.asarray(cond.src_latents, jnp.float32) * (1 - s) + draw(noise, "initial", 0, (8, 16, frames)) * s
+    x = jnp.asarray(cond.src_latents, jnp.float32) * (1 - s) + draw(noise, "initial", 0, (LATENT_CHANNELS, LATENT_HEIGHT, frames)) * s
     return _loop_config(p), LoopInputs(Latents(x), _guided_items(items, table, requested), _schedule(table)), [frames]
 
 

@@ -5,7 +5,7 @@ same :func:`group_key`:
 
 - :meth:`SamplingParams.structure` — task, scheduler, step count and ``oss_steps``,
   guidance mode (none / apg / cfg / cfg_star / double condition), zero init, the
-  task's window or strength, ``bucket`` and ``batch_invariant`` (always on here);
+  task's window or strength, ``bucket`` and ``batch_invariant``;
 - the latent length bucket (:func:`acestep_jax.sampling.bucket_frames` of the
   duration: 128 frames, about 11.9 s) — or, for tasks with source audio, the source file;
 - the output sample rate (the decode resamples on the device);
@@ -17,7 +17,8 @@ format). A batch of ``n`` items runs at the smallest size of a fixed set (defaul
 :data:`BATCH_SIZES`) that holds it, filled with copies of its first item whose outputs are
 dropped; so the compiled program is selected by the key and that size (plus the prompt
 and lyric token buckets), and batch invariance makes every output equal to its request
-run alone.
+run alone. A request without ``batch_invariant`` (its outputs share the omega mean) is a
+batch of its own, at exactly its number of outputs.
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ class Item:
 
     @property
     def key(self) -> tuple:
-        return group_key(self.request)
+        key = group_key(self.request)
+        return key if self.request.params.batch_invariant else (*key, ("alone", self.job))
 
 
 def group_key(request: Request) -> tuple:
@@ -86,12 +88,16 @@ def batch_size_for(n: int, sizes: Sequence[int]) -> int:
 
 
 def plan(items: Iterable[Item], sizes: Sequence[int]) -> list[list[Item]]:
-    """Batches of compatible items, groups in order of first appearance, each at most ``max(sizes)``."""
+    """Batches of compatible items, groups in order of first appearance, each at most ``max(sizes)``
+    (a request that is not batch-invariant: all its items)."""
     groups: dict[tuple, list[Item]] = {}
     for item in items:
         groups.setdefault(item.key, []).append(item)
-    largest = max(sizes)
-    return [g[i : i + largest] for g in groups.values() for i in range(0, len(g), largest)]
+    batches = []
+    for g in groups.values():
+        step = max(sizes) if g[0].request.params.batch_invariant else len(g)
+        batches += [g[i : i + step] for i in range(0, len(g), step)]
+    return batches
 
 
 @dataclass
@@ -123,9 +129,9 @@ def run_batch(pipe, items: Sequence[Item], sizes: Sequence[int] = BATCH_SIZES) -
     key = items[0].key
     if any(it.key != key for it in items[1:]):
         raise ValueError("items of one batch must share their group key")
-    size = batch_size_for(len(items), sizes)
-    filled = list(items) + [items[0]] * (size - len(items))
     first = items[0].request
+    size = batch_size_for(len(items), sizes) if first.params.batch_invariant else len(items)  # no fillers
+    filled = list(items) + [items[0]] * (size - len(items))
     pipe.set_loras(list(first.lora))
     edit = first.params.task == "edit"
     start = time.perf_counter()

@@ -20,13 +20,12 @@ import hashlib
 import json
 import logging
 import re
-import sys
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from acestep_jax.serving.batching import BATCH_SIZES, Item, check_batch_sizes, plan, run_batch
+from acestep_jax.serving.batching import BATCH_SIZES, Item, plan, run_batch
 from acestep_jax.serving.requests import (
     RECORD_KEY,
     Request,
@@ -177,52 +176,3 @@ def run_jobs(pipe, jobs: list[Job], out_dir: str | Path, sizes=BATCH_SIZES, *, p
     finally:
         bar.close()
     return summary
-
-
-def _batch_sizes(text: str) -> tuple[int, ...]:
-    try:
-        sizes = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise ValueError(f"--batch-sizes must be comma-separated integers, got {text!r}") from None
-    return check_batch_sizes(sizes)
-
-
-def main(args) -> int:
-    """``sample.py --jobs FILE --out-dir DIR``: check the file, load the models, run the jobs.
-
-    Exit status 2 when nothing can run (bad arguments, no valid line, models that do not load),
-    1 when some lines or jobs failed, 0 otherwise.
-    """
-    from acestep_jax.convert.core import CheckpointError
-    from acestep_jax.serving.loading import ModelOptions, load_pipeline
-
-    try:
-        if not args.out_dir:
-            raise ValueError("--jobs needs --out-dir")
-        if args.lora:
-            raise ValueError("--lora does not apply to --jobs: give each line its LoRAs (lora / lora_name_or_path)")
-        sizes = _batch_sizes(args.batch_sizes)
-        options = ModelOptions.from_args(args)
-        options.validate()
-        job_file = read_jobs(args.jobs)
-    except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    for line, message in job_file.errors:
-        print(f"error: {args.jobs} line {line}: {message}", file=sys.stderr)
-    if not job_file.jobs:
-        print(f"error: {args.jobs} holds no valid job", file=sys.stderr)
-        return 2
-    if all(job.finished(args.out_dir) for job in job_file.jobs):
-        summary = Summary(skipped=len(job_file.jobs))
-    else:
-        try:
-            pipe = load_pipeline(options, progress=not args.quiet)
-            check_batch_sizes(sizes, 1 if pipe.mesh is None else pipe.mesh.shape["data"])
-        except (ValueError, OSError, CheckpointError, ImportError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        summary = run_jobs(pipe, job_file.jobs, args.out_dir, sizes, progress=not args.quiet,
-                           model_info=options.record())
-    print(summary)
-    return 1 if job_file.errors or summary.failed else 0

@@ -1,63 +1,104 @@
-"""Generation requests: parsing and validating the project's format and the reference's.
+"""Generation requests: one format for command lines, job files, the service and output records.
 
 A request is a JSON object. Two spellings are accepted, told apart by their keys:
 
-- the project's own: :class:`~acestep_jax.sampling.SamplingParams` field names plus
-  ``prompt``, ``lyrics``, ``seeds``, ``retake_seeds``, ``batch_size``, ``format``,
-  ``sample_rate`` and, in job files, ``name``, ``src_audio``, ``lora``;
+- the project's own: the :data:`~acestep_jax.sampling.params.PARAM_FIELDS` names plus
+  the :data:`REQUEST_FIELDS` (``prompt``, ``lyrics``, ``seeds``, ``format``, ...);
 - the reference's: the ``/generate`` body of its ``infer-api.py`` and the
   ``input_params`` records its pipeline writes (``audio_duration``, ``infer_step``,
   ``actual_seeds``, ``edit_n_min``, ``src_audio_path``, ...).
 
-:data:`FIELDS` is the one table mapping the reference's names onto the project's; the job
-files and both HTTP endpoints read requests through :func:`parse_request`. Unknown keys
-are an error naming the key; every bad value is a :class:`RequestError` naming its field
-(in the spelling the request used). Seeds left out and the reference's random duration
-(``audio_duration <= 0``) are drawn here, so a parsed :class:`Request` is fully
-determined and :meth:`Request.to_dict` reproduces it exactly.
+:data:`FIELDS` (those two tables) says each key's types, bounds and reference name; the
+command line (``sample.py``), job files and both HTTP endpoints read requests through
+:func:`parse_request`. Unknown keys are an error naming the key; every bad value is a
+:class:`RequestError` naming its field (in the spelling the request used). Seeds left out
+and the reference's random duration (``audio_duration <= 0``) are drawn here, so a parsed
+:class:`Request` is fully determined.
 
-Service requests always run with ``bucket=True`` and ``batch_invariant=True``: an
-output equals the same request run alone, whatever it is batched with.
+Every output's ``.json`` record is :meth:`Request.to_dict` of the output plus an
+``output`` entry saying how it was made (ignored when read back), so any record is itself
+a request that reproduces its output: through ``sample.py --params-json``, as a job line
+and as an HTTP body. Requests default to ``bucket`` and ``batch_invariant`` on: an output
+equals the same request run alone, whatever it is batched with. A request with
+``batch_invariant: false`` and several outputs is *coupled* (the reference's omega mean
+over the batch): its outputs run as one batch of their own, and each record keeps all its
+seeds.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from acestep_jax.codec.audio_io import FORMATS
+from acestep_jax.codec.codec import OUTPUT_SAMPLE_RATE
 from acestep_jax.lora import SCALE_MODES, LoraSpec
 from acestep_jax.sampling import SamplingParams
-from acestep_jax.sampling.guidance import CFG_TYPES
-from acestep_jax.sampling.params import MAX_SECONDS, REPAINT_TASKS, SOURCE_TASKS, TASKS
-from acestep_jax.sampling.schedulers import SCHEDULERS
+from acestep_jax.sampling.fields import Field, FieldError, json_type
+from acestep_jax.sampling.params import (
+    MAX_SECONDS,
+    PARAM_FIELDS,
+    REPAINT_TASKS,
+    SOURCE_TASKS,
+    TASKS,
+)
 
-FORMATS = ("wav", "flac", "ogg", "mp3")
-SAMPLE_RATES = (16000, 22050, 24000, 32000, 44100, 48000)
+SAMPLE_RATES = (16000, 22050, 24000, 32000, 44100, 48000)  # the server's (each rate compiles its resampler)
 MAX_SEED = 2**32 - 1  # seeds are uint32, as the reference's torch generators take them
 SERVER_TASKS = ("text2music", "retake")  # no source audio: nothing on the server's disk is named
 RECORD_KEY = "output"  # what a record adds to its request (paths, batch, timings); ignored when read back
 REFERENCE_IGNORED = ("bf16", "torch_compile", "debug", "timecosts", "audio_path")
 REFERENCE_REFUSED = ("checkpoint_path", "output_path", "device_id", "save_path")
+REQUEST_DEFAULTS = {"bucket": True, "batch_invariant": True}  # where a request's defaults differ from SamplingParams
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
+RequestError = FieldError  # a bad request value (a UsageError naming the field as the request spelled it)
 
-class RequestError(ValueError):
-    """A bad request value; ``field`` names it as the request spelled it."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
-        self.field, self.message = field, message
+REQUEST_FIELDS = (
+    Field("prompt", "str", "tags / description", reference="prompt"),
+    Field("lyrics", "str", "lyrics text (structure tags like [verse] allowed)", reference="lyrics"),
+    Field("seeds", "ints", "one per output (default: random)", reference="actual_seeds", low=0, high=MAX_SEED,
+          nullable=True),
+    Field("retake_seeds", "ints", "one per output (retake noise; default: random)", reference="retake_seeds",
+          low=0, high=MAX_SEED, nullable=True),
+    Field("batch_size", "int", "outputs, generated in one batch", flag="--batch", reference="batch_size", low=1),
+    Field("format", "str", "audio format (default: from --out's extension)", reference="format", choices=FORMATS),
+    Field("sample_rate", "int", "output sample rate (Hz)", low=8000, high=192000),
+    Field("src_audio", "str", "source audio (repaint/extend/edit; audio2audio reference)",
+          reference="src_audio_path", nullable=True),
+    Field("target_prompt", "str", "edit: the target prompt", flag="--edit-target-prompt",
+          reference="edit_target_prompt", nullable=True),
+    Field("target_lyrics", "str", "edit: the target lyrics", flag="--edit-target-lyrics",
+          reference="edit_target_lyrics", nullable=True),
+    Field("lora", "str", "a LoRA path, or a list of {path, weight, scale}", flag="", reference="lora_name_or_path",
+          nullable=True),
+    Field("lora_weight", "float", "the weight of a LoRA given as a path", flag="", reference="lora_weight",
+          low=-100, high=100),
+    Field("name", "str", "job files: the outputs' file name", flag=""),
+)
+"""The request's fields besides the :class:`SamplingParams` ones."""
+FIELDS = REQUEST_FIELDS + PARAM_FIELDS
+BY_NAME = {f.name: f for f in FIELDS}
+BY_REFERENCE = {f.reference: f for f in FIELDS if f.reference}
+# the reference's keys with no field of their own: __call__'s other spelling of the seeds,
+# and audio2audio's switch and reference audio (mapped onto task and src_audio)
+REFERENCE_EXTRA = {"manual_seeds": BY_NAME["seeds"], "audio2audio_enable": Field("audio2audio_enable", "bool"),
+                   "ref_audio_input": Field("ref_audio_input", "str", nullable=True)}
+_PARAM_NAMES = {f.name for f in PARAM_FIELDS}
+_OWN_ONLY = {f.name for f in FIELDS if f.name != f.reference} | {RECORD_KEY}
+_REFERENCE_ONLY = ({f.reference for f in FIELDS if f.reference and f.reference != f.name} | set(REFERENCE_EXTRA)
+                   | set(REFERENCE_IGNORED) | set(REFERENCE_REFUSED)) - {"audio_path"}
 
 
 @dataclass(frozen=True)
 class Limits:
     """What an operator allows. ``tasks``: the tasks taken; ``local_paths``: whether
-    requests may name files on this machine (source audio, LoRAs; job files only)."""
+    requests may name files on this machine (source audio, LoRAs; not the server);
+    ``sample_rates``: the output rates taken (empty: any the field allows)."""
 
     max_duration: float = MAX_SECONDS
     max_steps: int = 200
@@ -66,6 +107,7 @@ class Limits:
     max_lyrics_chars: int = 20000
     tasks: tuple[str, ...] = TASKS
     local_paths: bool = True
+    sample_rates: tuple[int, ...] = ()
 
     def __post_init__(self):
         if not 0 < self.max_duration <= MAX_SECONDS:
@@ -77,79 +119,13 @@ class Limits:
             raise ValueError(f"unknown tasks {bad}; tasks are {TASKS}")
 
 
-SERVER_LIMITS = Limits(tasks=SERVER_TASKS, local_paths=False)
-
-
-@dataclass(frozen=True)
-class Field:
-    """One request key: its ``name`` here, its ``reference`` name (``None``: the project's
-    only), its JSON ``kind`` and bounds."""
-
-    name: str
-    kind: str  # "str", "float", "int", "bool", "ints" (a list of integers), "lora"
-    reference: str | None = None
-    low: float | None = None
-    high: float | None = None
-    choices: tuple[str, ...] = ()
-    nullable: bool = False  # JSON null means "not given"
-
-
-FIELDS = (
-    Field("prompt", "str", "prompt"),
-    Field("lyrics", "str", "lyrics"),
-    Field("task", "str", "task", choices=TASKS),
-    Field("duration", "float", "audio_duration"),
-    Field("infer_steps", "int", "infer_step", low=1),
-    Field("guidance_scale", "float", "guidance_scale", 0, 200),
-    Field("omega_scale", "float", "omega_scale", -100, 100),
-    Field("scheduler_type", "str", "scheduler_type", choices=SCHEDULERS),
-    Field("cfg_type", "str", "cfg_type", choices=CFG_TYPES),
-    Field("guidance_interval", "float", "guidance_interval", 0, 1),
-    Field("guidance_interval_decay", "float", "guidance_interval_decay", 0, 1),
-    Field("min_guidance_scale", "float", "min_guidance_scale", 0, 200),
-    Field("use_erg_tag", "bool", "use_erg_tag"),
-    Field("use_erg_lyric", "bool", "use_erg_lyric"),
-    Field("use_erg_diffusion", "bool", "use_erg_diffusion"),
-    Field("guidance_scale_text", "float", "guidance_scale_text", 0, 200),
-    Field("guidance_scale_lyric", "float", "guidance_scale_lyric", 0, 200),
-    Field("oss_steps", "ints", "oss_steps", 1, 1000, nullable=True),
-    Field("zero_steps", "int", None, 0),
-    Field("use_zero_init", "bool", None),
-    Field("retake_variance", "float", "retake_variance", 0, 1),
-    Field("repaint_start", "float", "repaint_start", -MAX_SECONDS, 2 * MAX_SECONDS),
-    Field("repaint_end", "float", "repaint_end", -MAX_SECONDS, 2 * MAX_SECONDS),
-    Field("ref_audio_strength", "float", "ref_audio_strength", 0, 1),
-    Field("n_min", "float", "edit_n_min", 0, 1),
-    Field("n_max", "float", "edit_n_max", 0, 1),
-    Field("n_avg", "int", "edit_n_avg", 1, 64),
-    Field("seeds", "ints", "actual_seeds", 0, MAX_SEED, nullable=True),
-    Field("retake_seeds", "ints", "retake_seeds", 0, MAX_SEED, nullable=True),
-    Field("batch_size", "int", "batch_size", 1),
-    Field("format", "str", "format", choices=FORMATS),
-    Field("sample_rate", "int", None),
-    Field("src_audio", "str", "src_audio_path", nullable=True),
-    Field("target_prompt", "str", "edit_target_prompt", nullable=True),
-    Field("target_lyrics", "str", "edit_target_lyrics", nullable=True),
-    Field("lora", "lora", "lora_name_or_path", nullable=True),
-    Field("lora_weight", "float", "lora_weight", -100, 100),
-    Field("name", "str", None),
-)
-BY_NAME = {f.name: f for f in FIELDS}
-BY_REFERENCE = {f.reference: f for f in FIELDS if f.reference}
-# the reference's keys with no field of their own: __call__'s other spelling of the seeds,
-# and audio2audio's switch and reference audio (mapped onto task and src_audio)
-REFERENCE_EXTRA = {"manual_seeds": BY_NAME["seeds"], "audio2audio_enable": Field("audio2audio_enable", "bool"),
-                   "ref_audio_input": Field("ref_audio_input", "str", nullable=True)}
-_PARAM_NAMES = {f.name for f in fields(SamplingParams)} - {"bucket", "batch_invariant"}
-_OWN_ONLY = {f.name for f in FIELDS if f.name != f.reference} | {RECORD_KEY}
-_REFERENCE_ONLY = ({f.reference for f in FIELDS if f.reference and f.reference != f.name} | set(REFERENCE_EXTRA)
-                   | set(REFERENCE_IGNORED) | set(REFERENCE_REFUSED)) - {"audio_path"}
+SERVER_LIMITS = Limits(tasks=SERVER_TASKS, local_paths=False, sample_rates=SAMPLE_RATES)
 
 
 @dataclass(frozen=True)
 class Request:
     """One request, fully resolved: ``len(seeds)`` outputs, output ``i`` from ``seeds[i]``
-    and ``retake_seeds[i]``. ``params`` always has ``bucket`` and ``batch_invariant`` set."""
+    and ``retake_seeds[i]``."""
 
     prompt: str
     params: SamplingParams
@@ -157,7 +133,7 @@ class Request:
     retake_seeds: tuple[int, ...]
     lyrics: str = ""
     format: str = "wav"
-    sample_rate: int = 48000
+    sample_rate: int = OUTPUT_SAMPLE_RATE
     src_audio: str | None = None
     target_prompt: str | None = None
     target_lyrics: str | None = None
@@ -169,14 +145,20 @@ class Request:
     def count(self) -> int:
         return len(self.seeds)
 
+    @property
+    def coupled(self) -> bool:
+        """Whether the outputs depend on each other (the omega mean over the batch): they run as one
+        batch of exactly :attr:`count` items, and each output is reproduced by the whole request."""
+        return not self.params.batch_invariant and self.count > 1
+
     def to_dict(self, index: int | None = None) -> dict:
-        """The request in the project's spelling (every value explicit); ``index``: output
-        ``index`` alone (one seed), the request a record of that output reproduces."""
+        """The request in the project's spelling (every value explicit); ``index``: the request
+        that reproduces output ``index`` (its seed alone, unless the request is coupled)."""
         d = {"prompt": self.prompt, "lyrics": self.lyrics}
-        d.update({k: getattr(self.params, k) for k in sorted(_PARAM_NAMES)})
+        d.update({f.name: getattr(self.params, f.name) for f in PARAM_FIELDS})
         d["oss_steps"] = list(self.params.oss_steps)
         seeds, retake = self.seeds, self.retake_seeds
-        if index is not None:
+        if index is not None and not self.coupled:
             seeds, retake = seeds[index : index + 1], retake[index : index + 1]
         d.update(seeds=list(seeds), retake_seeds=list(retake), format=self.format, sample_rate=self.sample_rate)
         for key in ("src_audio", "target_prompt", "target_lyrics", "name"):
@@ -196,65 +178,16 @@ def _spell(name: str, reference: bool) -> str:
     return f.reference if reference and f is not None and f.reference else name
 
 
-# ---------------------------------------------------------------------------- values
-def _json_type(v) -> str:
-    if v is None:
-        return "null"
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array",
-            dict: "an object"}.get(type(v), type(v).__name__)
-
-
-def _number(key: str, v, integer: bool, low, high):
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise RequestError(key, f"must be {'an integer' if integer else 'a number'}, got {_json_type(v)}")
-    if isinstance(v, float) and not math.isfinite(v):
-        raise RequestError(key, f"must be finite, got {v}")
-    if integer:
-        if isinstance(v, float) and not v.is_integer():
-            raise RequestError(key, f"must be an integer, got {v}")
-        v = int(v)
-    if (low is not None and v < low) or (high is not None and v > high):
-        def show(x):
-            return str(int(x)) if integer else f"{x:g}"
-
-        lo, hi = "-inf" if low is None else show(low), "inf" if high is None else show(high)
-        raise RequestError(key, f"must be in [{lo}, {hi}], got {show(v)}" if abs(v) < 1e30 else
-                           f"must be in [{lo}, {hi}]")
-    return v if integer else float(v)
-
-
 def _value(key: str, f: Field, v, reference: bool):
     """``v`` checked against ``f`` (``key``: its spelling, for errors)."""
-    if v is None:
-        if f.nullable:
-            return None
-        raise RequestError(key, "must not be null")
-    if f.kind == "str":
-        if not isinstance(v, str):
-            raise RequestError(key, f"must be a string, got {_json_type(v)}")
-        if f.choices and v not in f.choices:
-            raise RequestError(key, f"must be one of {', '.join(f.choices)}; got {v[:40]!r}")
-        return v
-    if f.kind == "bool":
-        if not isinstance(v, bool):
-            raise RequestError(key, f"must be true or false, got {_json_type(v)}")
-        return v
-    if f.kind in ("float", "int"):
-        return _number(key, v, f.kind == "int", f.low, f.high)
-    if f.kind == "ints":
-        if reference and isinstance(v, str):  # the reference's __call__ takes "1, 2, 3"
-            try:
-                v = [int(s) for s in v.split(",") if s.strip()]
-            except ValueError:
-                raise RequestError(key, f"must be comma-separated integers, got {v[:40]!r}") from None
-        if not isinstance(v, list):
-            raise RequestError(key, f"must be an array of integers, got {_json_type(v)}")
-        if len(v) > 1000:
-            raise RequestError(key, f"has {len(v)} entries; at most 1000")
-        return tuple(_number(f"{key}[{i}]", x, True, f.low, f.high) for i, x in enumerate(v))
-    if f.kind == "lora":
+    if f.name == "lora" and v is not None:
         return _lora(key, v)
-    raise AssertionError(f.kind)
+    if f.kind == "ints" and reference and isinstance(v, str):  # the reference's __call__ takes "1, 2, 3"
+        try:
+            v = [int(s) for s in v.split(",") if s.strip()]
+        except ValueError:
+            raise RequestError(key, f"must be comma-separated integers, got {v[:40]!r}") from None
+    return f.check(v, key)
 
 
 def _lora(key: str, v) -> tuple[LoraSpec, ...] | str:
@@ -262,7 +195,7 @@ def _lora(key: str, v) -> tuple[LoraSpec, ...] | str:
     if isinstance(v, str):
         return v
     if not isinstance(v, list):
-        raise RequestError(key, f"must be a path or a list of {{path, weight, scale}}, got {_json_type(v)}")
+        raise RequestError(key, f"must be a path or a list of {{path, weight, scale}}, got {json_type(v)}")
     specs = []
     for i, item in enumerate(v):
         k = f"{key}[{i}]"
@@ -270,7 +203,7 @@ def _lora(key: str, v) -> tuple[LoraSpec, ...] | str:
             raise RequestError(k, "must be an object with a string 'path'")
         if extra := set(item) - {"path", "weight", "scale"}:
             raise RequestError(k, f"unknown key {min(extra)!r}")
-        weight = _number(f"{k}.weight", item.get("weight", 1.0), False, -100, 100)
+        weight = BY_NAME["lora_weight"].check(item.get("weight", 1.0), f"{k}.weight")
         scale = item.get("scale", "reference")
         if scale not in SCALE_MODES:
             raise RequestError(f"{k}.scale", f"must be one of {', '.join(SCALE_MODES)}")
@@ -302,7 +235,7 @@ def parse_request(
     from ``rng``. Raises :class:`RequestError` naming the first bad field.
     """
     if not isinstance(data, Mapping):
-        raise RequestError("body", f"must be a JSON object, got {_json_type(data)}")
+        raise RequestError("body", f"must be a JSON object, got {json_type(data)}")
     if reference is None:
         reference = detect_reference(data)
     rng = rng or np.random.default_rng()
@@ -381,15 +314,14 @@ def _build(values: dict, extra: dict, limits: Limits, reference: bool, rng) -> R
         raise RequestError(spell("oss_steps"), f"has {len(oss)} steps; at most {limits.max_steps}")
 
     given = {k: values[k] for k in _PARAM_NAMES if values.get(k) is not None}
-    params = SamplingParams(**{**given, "task": task, "duration": duration, "oss_steps": oss},
-                            bucket=True, batch_invariant=True)
+    params = SamplingParams(**{**REQUEST_DEFAULTS, **given, "task": task, "duration": duration, "oss_steps": oss})
     if params.zero_steps > params.infer_steps:
         raise RequestError("zero_steps", f"must be at most infer_steps ({params.infer_steps})")
     seeds, retake_seeds = _seeds(values, limits, reference, rng, spell)
     lora = _lora_specs(values, limits, reference, spell)
     request = Request(
         prompt=prompt, lyrics=lyrics, params=params, seeds=seeds, retake_seeds=retake_seeds,
-        format=get("format", "wav"), sample_rate=_sample_rate(values), src_audio=src_audio,
+        format=get("format", "wav"), sample_rate=_sample_rate(values, limits), src_audio=src_audio,
         target_prompt=values.get("target_prompt"), target_lyrics=values.get("target_lyrics"), lora=lora,
         name=_name(values.get("name")), reference=reference,
     )
@@ -439,10 +371,10 @@ def _lora_specs(values, limits: Limits, reference: bool, spell) -> tuple[LoraSpe
     return specs
 
 
-def _sample_rate(values) -> int:
-    rate = values.get("sample_rate", 48000)
-    if rate not in SAMPLE_RATES:
-        raise RequestError("sample_rate", f"must be one of {', '.join(map(str, SAMPLE_RATES))}; got {rate}")
+def _sample_rate(values, limits: Limits) -> int:
+    rate = values.get("sample_rate", OUTPUT_SAMPLE_RATE)
+    if limits.sample_rates and rate not in limits.sample_rates:
+        raise RequestError("sample_rate", f"must be one of {', '.join(map(str, limits.sample_rates))}; got {rate}")
     return rate
 
 

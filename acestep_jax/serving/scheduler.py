@@ -29,7 +29,6 @@ from acestep_jax.serving.batching import (
     Item,
     ItemResult,
     check_batch_sizes,
-    group_key,
     run_batch,
 )
 from acestep_jax.serving.journal import JobStore
@@ -293,9 +292,10 @@ class Scheduler:
 
     # ------------------------------------------------------------------ internals (lock held)
     def _enqueue(self, job: Job, since: float) -> None:
-        key = group_key(job.request)
-        self._queue.extend(_Waiting(Item(job.id, i, job.request), key, since)
-                           for i in range(job.request.count) if i not in job.outputs)
+        items = [Item(job.id, i, job.request) for i in range(job.request.count)]
+        if job.request.params.batch_invariant:  # a coupled request reruns whole
+            items = [it for it in items if it.index not in job.outputs]
+        self._queue.extend(_Waiting(it, it.key, since) for it in items)
 
     def _update_depth(self) -> None:
         self.metrics.queue_depth.set(len(self._queue))
@@ -356,9 +356,10 @@ class Scheduler:
                     self._cond.wait()
                     continue
                 first = self._queue[0]
-                same = [w for w in self._queue if w.key == first.key][:largest]
+                alone = not first.item.request.params.batch_invariant  # all its items, queued together
+                same = [w for w in self._queue if w.key == first.key][: None if alone else largest]
                 wait = first.since + self.config.max_wait_s - time.monotonic()
-                if len(same) < largest and wait > 0:
+                if not alone and len(same) < largest and wait > 0:
                     self._cond.wait(wait)
                     continue
                 taken = {id(w) for w in same}

@@ -172,7 +172,7 @@ class TrainConfig:
             raise FileNotFoundError(
                 f"training config not found: {path} (packaged configs: {', '.join(training_configs())})"
             )
-        from acestep_jax.cli.common import read_text
+        from acestep_jax.files import read_text
 
         text = read_text(path, "training config")
         if path.endswith((".yaml", ".yml")):

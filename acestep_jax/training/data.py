@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import grain
 import numpy as np
 
+from acestep_jax.codec.codec import LATENT_CHANNELS, LATENT_HEIGHT
 from acestep_jax.models.transformer import TransformerConfig
 from acestep_jax.training.config import DataSection
 from acestep_jax.training.records import SSL_PREFIX
@@ -47,7 +48,7 @@ def collate(examples: Sequence[dict], cfg: DataSection, ssl_names: Sequence[str]
     b = len(examples)
     lens = [min(e["latents"].shape[-1], cfg.max_frames) for e in examples]
     t = pad_length(max(lens), cfg.frame_buckets, cfg.pad_multiple)
-    latents = np.zeros((b, 8, 16, t), np.float32)
+    latents = np.zeros((b, LATENT_CHANNELS, LATENT_HEIGHT, t), np.float32)
     frame_mask = np.zeros((b, t), np.int32)
     text_lens = [min(len(e["text_states"]), cfg.max_text_tokens) for e in examples]
     lt = min(pad_length(max(text_lens), (), cfg.pad_multiple), max(cfg.max_text_tokens, 1))
@@ -178,15 +179,15 @@ def synthetic_examples(
     2.5 frames per latent frame.
     """
     rng = np.random.default_rng(seed)
-    basis = rng.standard_normal((text_dim, 8 * 16)).astype(np.float32) / np.sqrt(text_dim)
+    basis = rng.standard_normal((text_dim, LATENT_CHANNELS * LATENT_HEIGHT)).astype(np.float32) / np.sqrt(text_dim)
     out = []
     for i in range(n):
         t = int(rng.integers(frames[0], frames[1] + 1))
         lt = int(rng.integers(text_tokens[0], text_tokens[1] + 1))
         text = rng.standard_normal((lt, text_dim)).astype(np.float32)
-        mean = (text.mean(0) @ basis).reshape(8, 16, 1)
+        mean = (text.mean(0) @ basis).reshape(LATENT_CHANNELS, LATENT_HEIGHT, 1)
         wave = np.sin(np.arange(t, dtype=np.float32) * (0.3 + 0.1 * (i % 5)))[None, None]
-        latents = (mean + 0.5 * wave * mean + 0.1 * rng.standard_normal((8, 16, t))).astype(np.float32)
+        latents = (mean + 0.5 * wave * mean + 0.1 * rng.standard_normal((LATENT_CHANNELS, LATENT_HEIGHT, t))).astype(np.float32)
         ex = {
             "latents": latents,
             "text_states": text,

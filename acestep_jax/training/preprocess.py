@@ -1,4 +1,4 @@
-"""Turn a folder of songs into training records (``python -m acestep_jax.training.preprocess``).
+"""Turn a folder of songs into training records (the library behind ``acestep-preprocess``).
 
 Input layout (the reference's LoRA data folder)::
 
@@ -21,19 +21,17 @@ the songs of every finished file, so a rerun resumes where a run stopped (an int
 run still writes the songs it finished). A song that cannot be decoded is reported by
 name and skipped (and retried by the next run).
 
-    python -m acestep_jax.training.preprocess data/ data/records --checkpoint ACE-Step/ACE-Step-v1-3.5B \\
+    acestep-preprocess data/ data/records --checkpoint ACE-Step/ACE-Step-v1-3.5B \\
         --mert m-a-p/MERT-v1-330M --mhubert utter-project/mHuBERT-147
-    python -m acestep_jax.training.preprocess data/ /tmp/records --tiny-random
+    acestep-preprocess data/ /tmp/records --tiny-random
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 import re
-import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +47,6 @@ from acestep_jax.training.ssl_features import INPUT_RATE, RECIPES
 log = logging.getLogger("acestep_jax.training.preprocess")
 
 AUDIO_EXTENSIONS = (".mp3", ".wav", ".flac", ".ogg")
-SAMPLE_RATE = INPUT_RATE  # the reference dataset's rate: the codec and the SSL extractors read this audio
 MAX_SECONDS = 240.0
 MIN_SECONDS = 3.0
 MAX_PROMPT_CHARS = 256
@@ -137,7 +134,7 @@ def load_song(item: Item, npy_names: Sequence[str] = SSL_NAMES) -> Song | None:
         ssl = {n: np.load(p, allow_pickle=False) for n, p in item.ssl.items() if n in npy_names}
     except (ValueError, OSError) as e:  # UnicodeDecodeError is a ValueError
         raise SongError(f"cannot read the files of {item.key}: {e}") from None
-    audio = prepare_audio(resample(audio, sr, SAMPLE_RATE), SAMPLE_RATE)
+    audio = prepare_audio(resample(audio, sr, INPUT_RATE), INPUT_RATE)
     return None if audio is None else Song(item.key, audio, prompt, lyrics, ssl)
 
 
@@ -179,7 +176,7 @@ class Preprocessor:
         return np.asarray(states[0, : int(mask.sum())], np.float32)
 
     def latents(self, audio: np.ndarray) -> np.ndarray:
-        latents, lengths = self.codec.encode(audio[None], SAMPLE_RATE)
+        latents, lengths = self.codec.encode(audio[None], INPUT_RATE)
         return np.asarray(latents[0, ..., : int(lengths[0])], np.float32)
 
     def examples(self, songs: Sequence[Song]) -> Iterator[dict]:
@@ -357,131 +354,3 @@ def _decode(items: Sequence[Item], npy_names, summary: Summary, out: OutputFolde
             continue
         songs.append(song)
     return songs
-
-
-# ----------------------------------------------------------------------------- command line
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit code 2
-        self.exit(2, f"error: {message}\n")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m acestep_jax.training.preprocess", description=__doc__.split("\n\n")[0])
-    p.add_argument("input", help="folder of audio files with <name>_prompt.txt / <name>_lyrics.txt")
-    p.add_argument("output", help="folder for the .array_record files (a rerun resumes it)")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", help="converted checkpoint, reference checkpoint folder or Hub id")
-    src.add_argument("--tiny-random", action="store_true", help="random tiny codec / text encoder (smoke tests)")
-    p.add_argument("--mert", help="compute the 'mert' REPA targets with this MERT model (Hub id such as "
-                   "m-a-p/MERT-v1-330M, model folder or converted folder)")
-    p.add_argument("--mhubert", help="compute the 'm-hubert' REPA targets with this mHuBERT model (Hub id such as "
-                   "utter-project/mHuBERT-147, model folder or converted folder)")
-    p.add_argument("--ssl-dtype", choices=("auto", "float32", "bfloat16"), default="auto",
-                   help="SSL model dtype (auto: bfloat16 on accelerators, float32 on CPU)")
-    p.add_argument("--ssl-chunk-batch", type=int, default=16, help="SSL chunks per compiled call")
-    p.add_argument("--songs-per-batch", type=int, default=4, help="songs encoded together")
-    p.add_argument("--lyrics-vocab", help="lyric BPE vocabulary (default: found beside the checkpoint or downloaded)")
-    p.add_argument("--shard-size", type=int, default=256, help="examples per record file")
-    p.add_argument("--repeat", type=int, default=1, help="write each example this many times")
-    p.add_argument("--verbose", action="store_true", help="library logging (jax, orbax, absl) at INFO too")
-    return p
-
-
-def _check_model_spec(flag: str, spec: str, *, is_model_folder) -> str:
-    """``spec`` as a pinned setting: an existing folder (absolute) or a Hub id; else ``ValueError``."""
-    from acestep_jax.convert.release import looks_like_repo_id
-
-    path = Path(spec)
-    if path.exists():
-        if not path.is_dir() or not is_model_folder(path):
-            raise ValueError(f"{flag} {spec} is not a model folder")
-        return str(path.resolve())
-    if not looks_like_repo_id(spec):
-        raise ValueError(f"{flag} {spec} does not exist (give a folder or a Hub id)")
-    return spec
-
-
-def check_arguments(args) -> tuple[list[Item], OutputFolder, dict[str, str]]:
-    """Validate every argument and path before any model loads; ``ValueError`` names the culprit.
-
-    Returns the songs, the output folder (nothing created) and the SSL model of each name.
-    """
-    from acestep_jax.convert import release, ssl
-
-    for flag in ("shard_size", "repeat", "songs_per_batch", "ssl_chunk_batch"):
-        if getattr(args, flag) < 1:
-            raise ValueError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
-    try:
-        items = discover(args.input)
-    except FileNotFoundError as e:
-        raise ValueError(str(e)) from None
-    if args.lyrics_vocab is not None and not Path(args.lyrics_vocab).is_file():
-        raise ValueError(f"--lyrics-vocab {args.lyrics_vocab} does not exist")
-    checkpoint = "tiny-random"
-    if args.checkpoint is not None:
-        checkpoint = _check_model_spec("--checkpoint", args.checkpoint,
-                                       is_model_folder=lambda p: release.is_converted(p) or release.is_reference_layout(p))
-    ssl_models = {}
-    for flag, name in (("--mert", "mert"), ("--mhubert", "m-hubert")):
-        spec = getattr(args, flag[2:])
-        if spec is not None:
-            ssl_models[name] = _check_model_spec(
-                flag, spec, is_model_folder=lambda p: ssl.is_converted(p) or (p / "config.json").is_file())
-    settings = {"checkpoint": checkpoint, "ssl_models": ssl_models, "repeat": args.repeat}
-    out = OutputFolder.open(args.output, settings)
-    return items, out, ssl_models
-
-
-def _configure_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("acestep_jax").setLevel(logging.DEBUG if verbose else logging.INFO)
-    if not verbose:
-        for name in ("absl", "jax", "orbax", "orbax.checkpoint"):
-            logging.getLogger(name).setLevel(logging.WARNING)
-
-
-def _ssl_dtype(choice: str) -> str:
-    if choice != "auto":
-        return choice
-    import jax
-
-    return "float32" if jax.default_backend() == "cpu" else "bfloat16"
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    _configure_logging(args.verbose)
-    try:
-        items, out, ssl_models = check_arguments(args)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    todo = [item for item in items if item.key not in out.done]
-    if not todo:
-        log.info("nothing to do: all %d songs are already in %s", len(items), args.output)
-        return 0
-
-    from acestep_jax.convert.core import CheckpointError
-    from acestep_jax.training.ssl_features import load_extractor
-
-    dtype = _ssl_dtype(args.ssl_dtype)
-    try:
-        ssl = {name: load_extractor(spec, name, dtype=dtype, chunk_batch=args.ssl_chunk_batch)
-               for name, spec in ssl_models.items()}
-        pre = (Preprocessor.tiny_random(lyrics_vocab=args.lyrics_vocab, ssl=ssl) if args.tiny_random
-               else Preprocessor.from_checkpoint(args.checkpoint, args.lyrics_vocab, ssl=ssl))
-        summary = preprocess_folder(args.input, args.output, pre, shard_size=args.shard_size, repeat=args.repeat,
-                                    songs_per_batch=args.songs_per_batch, settings=out.settings, items=items)
-    except (CheckpointError, OSError, ValueError) as e:  # bad checkpoints, downloads, no usable song
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"interrupted; the finished songs are in {args.output} (rerun to go on)", file=sys.stderr)
-        return 130
-    print(summary)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

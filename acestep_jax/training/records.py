@@ -21,6 +21,8 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
+from acestep_jax.codec.codec import LATENT_CHANNELS, LATENT_HEIGHT
+
 REQUIRED = ("latents", "text_states", "lyric_ids", "speaker")
 STRINGS = ("key", "prompt", "lyrics")
 SSL_PREFIX = "ssl/"
@@ -32,8 +34,8 @@ def validate_example(ex: Mapping, where: str = "example") -> None:
     if missing:
         raise ValueError(f"{where}: missing fields {missing}")
     lat = np.asarray(ex["latents"])
-    if lat.ndim != 3 or lat.shape[:2] != (8, 16) or lat.shape[2] < 1:
-        raise ValueError(f"{where}: latents must be [8, 16, T>0], got {list(lat.shape)}")
+    if lat.ndim != 3 or lat.shape[:2] != (LATENT_CHANNELS, LATENT_HEIGHT) or lat.shape[2] < 1:
+        raise ValueError(f"{where}: latents must be [{LATENT_CHANNELS}, {LATENT_HEIGHT}, T>0], got {list(lat.shape)}")
     if np.asarray(ex["text_states"]).ndim != 2:
         raise ValueError(f"{where}: text_states must be [tokens, width], got {list(np.shape(ex['text_states']))}")
     if np.asarray(ex["lyric_ids"]).ndim != 1 or len(ex["lyric_ids"]) < 1:

@@ -30,8 +30,8 @@ from jax.sharding import PartitionSpec as P
 
 from acestep_jax.codec.resample import resample
 
-INPUT_RATE = 48000
-FRAME_SAMPLES = 320  # the reference's samples per feature frame (the encoders' total stride)
+INPUT_RATE = 48000  # the rate of training audio (the reference dataset's): the codec and the SSL extractors read it
+SSL_FRAME_SAMPLES = 320  # the reference's samples per feature frame (the encoders' total stride)
 NORM_EPS = 1e-7
 
 
@@ -134,7 +134,7 @@ class SSLFeatureExtractor:
         hidden = self._hidden(chunks)
         out, start = [], 0
         for c, valid in per_song:
-            keep = [min((v + FRAME_SAMPLES - 1) // FRAME_SAMPLES, self.model_frames) for v in valid]
+            keep = [min((v + SSL_FRAME_SAMPLES - 1) // SSL_FRAME_SAMPLES, self.model_frames) for v in valid]
             out.append(np.concatenate([hidden[start + i, :k] for i, k in enumerate(keep)]))
             start += len(c)
         return out

@@ -15,7 +15,7 @@ import pytest
 from acestep_jax.cli.convert import main
 from acestep_jax.convert import release
 from tests.fake_checkpoint import build_reference_folder
-from tests.helpers import REPO
+from tests.helpers import REPO, golden_root
 
 
 @pytest.fixture(scope="module")
@@ -114,9 +114,10 @@ def test_user_errors_are_one_line(name, argv, words, tmp_path, reference_dir, co
     assert _tree(tmp_path) == before, "files left behind or changed"
 
 
-def test_debug_shows_the_traceback(tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        main([str(tmp_path / "nowhere"), str(tmp_path / "out"), "--debug"])
+def test_debug_shows_the_traceback(tmp_path, capsys):
+    assert main([str(tmp_path / "nowhere"), str(tmp_path / "out"), "--debug"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("Traceback") and err.splitlines()[-1].startswith("error: checkpoint folder")
 
 
 def test_conversion_replaces_only_checkpoints_and_gives_normal_permissions(reference_dir, tmp_path,
@@ -157,3 +158,17 @@ def test_a_killed_conversion_is_cleaned_up_by_the_next(reference_dir, tmp_path, 
     assert f"removed {stale}" in caplog.text and f"{busy} is being written" in caplog.text
     shutil.rmtree(busy)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+def test_ssl_conversion(tmp_path, capsys):
+    src = golden_root() / "ssl" / "hubert_group_postln"
+    dst = tmp_path / "mhubert"
+    assert main(["--ssl", "m-hubert", str(src), str(dst), "--quiet"]) == 0
+    assert json.loads((dst / "config.json").read_text())["feat_extract_norm"] == "group"
+    assert main(["--ssl", "mert", str(src), str(dst), "--quiet"]) == 2
+    assert main(["--ssl", "mert", str(tmp_path / "nowhere"), str(tmp_path / "x"), "--quiet"]) == 2
+    assert main(["--ssl", "mert", str(src), str(tmp_path / "y"), "--components", "dcae"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("error: ") and "already exists" in err[0]
+    assert err[1].startswith("error: ") and "nowhere" in err[1]
+    assert err[2] == "error: --components does not go with --ssl" and not (tmp_path / "y").exists()

@@ -12,14 +12,17 @@ from acestep_jax.cli.sample import main
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--duration", "-3"], "duration must be > 0"),
-        (["--scheduler", "ddim"], "scheduler_type must be one of"),
-        (["--cfg-type", "nope"], "cfg_type must be one of"),
-        (["--steps", "0"], "infer_steps must be a positive integer"),
-        (["--task", "repaint"], "--task repaint needs --src-audio"),
-        (["--task", "edit", "--src-audio", "/nonexistent.wav"], "does not exist"),
+        (["--duration", "-3"], "--duration: must be in (0, 240] seconds, got -3"),
+        (["--scheduler", "ddim"], "argument --scheduler: invalid choice: 'ddim'"),
+        (["--cfg-type", "nope"], "argument --cfg-type: invalid choice: 'nope'"),
+        (["--steps", "0"], "--steps: must be in [1, 1000], got 0"),
+        (["--guidance-scale", "201"], "--guidance-scale: must be in [0, 200], got 201"),
+        (["--task", "repaint"], "--src-audio: is required by task 'repaint'"),
+        (["--task", "edit", "--src-audio", "/nonexistent.wav", "--edit-target-prompt", "x",
+          "--edit-target-lyrics", "y"], "--src-audio: /nonexistent.wav does not exist"),
         (["--batch", "2", "--seeds", "1", "2", "3"], "--seeds needs 1 or --batch (2) values"),
-        (["--oss-steps", "3,x"], "--oss-steps must be comma-separated integers"),
+        (["--seeds", "-1"], "--seeds[0]: must be in [0, 4294967295], got -1"),
+        (["--oss-steps", "3,x"], "--oss-steps takes integers (space- or comma-separated), got 3,x"),
         (["--out", "song.aiff"], "output format 'aiff'"),
         (["--lora", "a", "--lora", "b", "--lora-weight", "0.5"], "--lora-weight given 1 time(s) for 2 --lora"),
         (["--lora", "a", "--lora", "b", "--lora", "c", "--lora-scale", "config", "--lora-scale", "config"],
@@ -29,8 +32,12 @@ from acestep_jax.cli.sample import main
     ],
 )
 def test_bad_arguments_fail_early(argv, message, capsys):
-    assert main(["--tiny-random", *argv]) == 2
-    assert message in capsys.readouterr().err
+    try:
+        code = main(["--tiny-random", *argv])
+    except SystemExit as e:  # argparse's own errors, reported on one line
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_repaint_window_outside_source(tmp_path, capsys):
@@ -57,8 +64,10 @@ def test_tiny_random_writes_audio_and_reloadable_params(tmp_path, xla_cache):
     assert all(a.shape[1] == 2 and np.isfinite(a).all() for a in audio)
     assert not np.allclose(audio[0], audio[1])  # different seeds
     record = json.loads(paths[1].with_suffix(".json").read_text())
-    assert record["seed"] == 4 and record["prompt"] == "rock, guitar" and record["infer_steps"] == 3
-    assert record["audio_path"] == str(paths[1])
+    # the items share the omega mean of their batch: the record reruns the whole batch
+    assert record["seeds"] == [3, 4] and record["prompt"] == "rock, guitar" and record["infer_steps"] == 3
+    assert not record["batch_invariant"] and record["output"]["index"] == 1
+    assert record["output"]["audio_path"] == str(paths[1])
 
     again = tmp_path / "again.flac"
     assert main(["--params-json", str(paths[1].with_suffix(".json")), "--out", str(again), "--quiet"]) == 0
@@ -119,11 +128,11 @@ def test_params_json_lora_forms(tmp_path):
 
     x, y = str(tmp_path / "x"), str(tmp_path / "y")
     (tmp_path / "x").mkdir(), (tmp_path / "y").mkdir()
-    old = tmp_path / "old.json"
-    old.write_text(json.dumps({"lora": {"path": x, "weight": 0.7}}))  # records before several LoRAs
-    assert lora_specs(parse_args(["--params-json", str(old)])) == [LoraSpec(x, 0.7, "config")]
+    one = tmp_path / "one.json"
+    one.write_text(json.dumps({"prompt": "p", "lora": x, "lora_weight": 0.7}))  # a path and its weight
+    assert lora_specs(parse_args(["--params-json", str(one)])) == [LoraSpec(x, 0.7)]
     new = tmp_path / "new.json"
-    new.write_text(json.dumps({"lora": [{"path": x, "weight": 0.8, "scale": "reference"},
+    new.write_text(json.dumps({"prompt": "p", "lora": [{"path": x, "weight": 0.8, "scale": "reference"},
                                         {"path": y, "weight": 0.5, "scale": "config"}]}))
     assert lora_specs(parse_args(["--params-json", str(new)])) == [LoraSpec(x, 0.8), LoraSpec(y, 0.5, "config")]
     # a flag on the command line replaces the saved values of that flag
@@ -139,4 +148,4 @@ def test_shard_pads_an_invariant_batch_with_fillers(tmp_path):
                  "--seeds", "1", "2", "3", "--out", str(out), "--quiet"]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"pad_{i}.{ext}" for i in range(3) for ext in ("json", "wav")]
     record = json.loads((tmp_path / "pad_2.json").read_text())
-    assert record["seed"] == 3 and record["batch_invariant"] and "batch_seeds" not in record
+    assert record["seeds"] == [3] and record["batch_invariant"] and record["output"]["index"] == 2

@@ -12,7 +12,7 @@ import soundfile as sf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from acestep_jax.cli.sample import main, parse_args, sampling_params, validate
+from acestep_jax.cli.sample import main, parse_args, validate
 from acestep_jax.errors import UsageError
 
 
@@ -32,11 +32,11 @@ def _setup(tmp_path):
 
 CASES = [
     # (arguments after --tiny-random, text the one-line message must contain)
-    (["--duration", "100000"], "duration must be > 0 and <= 240 seconds"),
-    (["--duration", "inf"], "duration must be a finite number"),
-    (["--duration", "nan"], "duration must be a finite number"),
-    (["--steps", "100000"], "infer_steps must be a positive integer <= 1000"),
-    (["--guidance-scale", "nan"], "guidance_scale must be a finite number"),
+    (["--duration", "100000"], "--duration: must be in (0, 240] seconds"),
+    (["--duration", "inf"], "--duration: must be a finite number"),
+    (["--duration", "nan"], "--duration: must be a finite number"),
+    (["--steps", "100000"], "--steps: must be in [1, 1000], got 100000"),
+    (["--guidance-scale", "nan"], "--guidance-scale: must be a finite number"),
     (["--out", "taken.wav"], "--out taken.wav is an existing folder"),
     (["--out", "a_file/song.wav"], "a_file is a file, not a folder"),
     (["--lyrics-file", "latin1.txt"], "--lyrics-file latin1.txt is not UTF-8 text"),
@@ -46,19 +46,19 @@ CASES = [
     (["--lyrics-vocab", "missing.json"], "--lyrics-vocab missing.json does not exist"),
     (["--params-json", "list.json"], "must hold a JSON object"),
     (["--params-json", "broken.json"], "broken.json is not valid JSON (Expecting value at line 2"),
-    (["--params-json", "bad_types.json"], "'guidance_scale' must be a number, got [1, 2]"),
-    (["--params-json", "bad_task.json"], "'task' must be a string"),
+    (["--params-json", "bad_types.json"], "bad_types.json: guidance_scale: must be a finite number, got an array"),
+    (["--params-json", "bad_task.json"], "bad_task.json: task: must be a string, got an integer (5)"),
     (["--params-json", "missing.json"], "--params-json missing.json does not exist"),
     (["--batch", "3", "--shard"], "--batch 3 is not divisible by the 8 devices of --shard"),
-    (["--batch", "0"], "--batch must be in [1, 256]"),
-    (["--seeds", "-1"], "--seeds must be in [0, 2**32)"),
-    (["--sample-rate", "7"], "--sample-rate must be in [8000, 192000]"),
+    (["--batch", "0"], "--batch: must be in [1, inf], got 0"),
+    (["--batch", "300"], "--batch: asks for 300 outputs; at most 256 per request"),
+    (["--seeds", "-1"], "--seeds[0]: must be in [0, 4294967295], got -1"),
+    (["--sample-rate", "7"], "--sample-rate: must be in [8000, 192000], got 7"),
     (["--lora-weight", "0.5"], "--lora-weight / --lora-scale given without --lora"),
     (["--task", "repaint", "--src-audio", "src.wav", "--repaint-start", "1", "--repaint-end", "9"],
      "outside the source audio"),
-    (["--task", "extend", "--src-audio", "missing.wav"], "--src-audio missing.wav does not exist"),
+    (["--task", "extend", "--src-audio", "missing.wav"], "--src-audio: missing.wav does not exist"),
     (["--transformer", "a_folder"], "--transformer needs --checkpoint"),
-    (["--scheduler", "ddim"], "scheduler_type must be one of"),
     (["--out", "song.aiff"], "output format 'aiff'"),
 ]
 
@@ -92,14 +92,14 @@ def test_debug_shows_the_traceback(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(["--tiny-random", "--duration", "inf", "--debug"]) == 2
     err = capsys.readouterr().err
-    assert "Traceback" in err and err.rstrip().endswith("duration must be a finite number, got inf")
+    assert "Traceback" in err and err.rstrip().endswith("--duration: must be a finite number, got inf")
 
 
-def test_record_without_retake_seeds_reloads(tmp_path):
-    record = tmp_path / "old.json"
-    record.write_text(json.dumps({"duration": 5.0, "batch_seeds": [1, 2], "batch_size": 2, "prompt": "rock"}))
+def test_a_request_without_retake_seeds_reloads(tmp_path):
+    record = tmp_path / "request.json"
+    record.write_text(json.dumps({"duration": 5.0, "seeds": [1, 2], "prompt": "rock"}))
     args = parse_args(["--tiny-random", "--params-json", str(record)])
-    assert (args.seeds, args.retake_seeds, args.batch, args.prompt) == ([1, 2], None, 2, "rock")
+    assert (args.seeds, args.batch_size, args.prompt) == ([1, 2], 2, "rock") and len(args.retake_seeds) == 2
 
 
 def test_help_shows_each_default_once(capsys):
@@ -119,8 +119,9 @@ JSON_VALUES = st.recursive(
 )
 RECORD_KEYS = ["task", "duration", "infer_steps", "guidance_scale", "omega_scale", "scheduler_type", "cfg_type",
                "guidance_interval", "oss_steps", "use_erg_tag", "retake_variance", "repaint_start", "repaint_end",
-               "n_avg", "batch_seeds", "batch_retake_seeds", "batch_size", "seed", "prompt", "lyrics", "format",
-               "sample_rate", "dtype", "src_audio", "tiny_random", "lora", "unknown_key"]
+               "n_avg", "seeds", "retake_seeds", "batch_size", "bucket", "batch_invariant", "prompt", "lyrics",
+               "format", "sample_rate", "src_audio", "lora", "lora_weight", "output", "audio_duration",
+               "unknown_key"]
 
 
 @settings(max_examples=150, deadline=None, derandomize=True,
@@ -133,8 +134,7 @@ def test_params_json_fuzz(tmp_path, lyrics_vocab_path, record):
     try:
         args = parse_args(["--tiny-random", "--params-json", str(path), "--out", str(tmp_path / "o.wav"),
                            "--lyrics-vocab", str(lyrics_vocab_path)])
-        params = sampling_params(args)
-        if params.task not in ("repaint", "extend", "edit", "audio2audio"):  # those need real source files
-            validate(args, params)
+        if args.task not in ("repaint", "extend", "edit", "audio2audio"):  # those need real source files
+            validate(args)
     except UsageError:
         pass

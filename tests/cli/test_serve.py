@@ -2,13 +2,13 @@
 
 import pytest
 
+from acestep_jax import loading
 from acestep_jax.cli.serve import main
-from acestep_jax.serving import loading
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--batch-sizes", "0,2"], "--batch-sizes: batch sizes must be positive"),
-    (["--batch-sizes", "2,x"], "--batch-sizes:"),
+    (["--batch-sizes", "0,2"], "--batch-sizes must be comma-separated positive integers, got '0,2'"),
+    (["--batch-sizes", "2,x"], "--batch-sizes must be comma-separated positive integers, got '2,x'"),
     (["--port", "70000"], "--port must be in 1..65535"),
     (["--max-queue", "0"], "--max-queue must be >= 1"),
     (["--max-outputs", "9", "--max-queue", "4"], "--max-outputs (9) exceeds --max-queue (4)"),

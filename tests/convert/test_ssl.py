@@ -1,6 +1,5 @@
 """Converting the REPA encoders: every naming and file format, the released sizes, refused pickles."""
 
-import json
 import math
 import os
 import shutil
@@ -14,9 +13,11 @@ from acestep_jax.convert import CheckpointError, ManifestSource, check_rules, pa
 from acestep_jax.convert import ssl as ssl_convert
 from acestep_jax.convert.checkpoint import load_component
 from acestep_jax.convert.components import SSL_COMPONENTS
+from acestep_jax.convert.hub import DownloadError
 from acestep_jax.convert.ssl import IGNORED, MERT, MHUBERT, convert_ssl, hubert_rules, resolve_ssl
 from acestep_jax.convert.torch_pickle import TorchBinSource
-from acestep_jax.models.ssl import HubertModel, released_config
+from acestep_jax.models.ssl import HubertModel
+from acestep_jax.presets import released_ssl_config
 from tests.helpers import golden_root
 from tests.models.test_ssl import golden_hubert
 
@@ -152,7 +153,7 @@ def _reference_listing(cfg) -> dict[str, tuple[int, ...]]:
 
 @pytest.mark.parametrize("name", ["mert", "m-hubert"])
 def test_released_sizes_map_every_tensor(name):
-    cfg = released_config(name)
+    cfg = released_ssl_config(name)
     listing = _reference_listing(cfg)
     source = ManifestSource({"tensors": {k: {"shape": s, "dtype": "float32"} for k, s in listing.items()}})
     abstract = nnx.eval_shape(lambda: HubertModel(cfg, rngs=nnx.Rngs(0)))
@@ -167,7 +168,7 @@ def test_hub_ids_download_once_and_are_cached(tmp_path, monkeypatch):
     folder = _model_folder(tmp_path, "hubert_layer_preln", weights_file="pytorch_model.bin")
     patterns = []
 
-    def fake_snapshot(repo_id, allow_patterns):
+    def fake_snapshot(repo_id, allow_patterns, **_):
         patterns.append((repo_id, allow_patterns))
         return str(folder)  # no safetensors there: the .bin download follows
 
@@ -183,20 +184,16 @@ def test_hub_ids_download_once_and_are_cached(tmp_path, monkeypatch):
     assert (converted / "params" / "index.json").stat().st_mtime_ns == stamp
     model = ssl_convert.load_ssl(converted, MERT, dtype="bfloat16", param_dtype="bfloat16", progress=False)
     assert model.cfg.dtype == "bfloat16" and model.cfg.do_stable_layer_norm
+
+    def offline(*_, **__):
+        raise OSError("Network is unreachable\nmore detail")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(DownloadError, match=r"could not download the model utter-project/mHuBERT-147 .*"
+                       r"\(OSError: Network is unreachable\); pass a local folder instead$"):
+        resolve_ssl("utter-project/mHuBERT-147", MHUBERT, progress=False)
     assert resolve_ssl(converted, MERT) == converted
     with pytest.raises(FileNotFoundError, match="not a folder"):
         resolve_ssl(tmp_path / "missing", MERT)
     with pytest.raises(CheckpointError, match="neither a converted"):
         resolve_ssl(tmp_path / "cache", MERT)
-
-
-def test_command_line(tmp_path, capsys):
-    src = golden_root() / "ssl" / "hubert_group_postln"
-    dst = tmp_path / "mhubert"
-    assert ssl_convert.main([str(src), str(dst), "--name", "m-hubert", "--quiet"]) == 0
-    assert json.loads((dst / "config.json").read_text())["feat_extract_norm"] == "group"
-    assert ssl_convert.main([str(src), str(dst), "--quiet"]) == 2
-    assert ssl_convert.main([str(tmp_path / "nowhere"), str(tmp_path / "x"), "--quiet"]) == 2
-    err = capsys.readouterr().err.splitlines()
-    assert err[0].startswith("error: ") and "already exists" in err[0]
-    assert err[1].startswith("error: ") and "nowhere" in err[1]

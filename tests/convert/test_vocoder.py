@@ -16,11 +16,10 @@ from acestep_jax.convert import (
     check_rules,
     param_shapes,
 )
-from acestep_jax.convert.core import export_tensors
+from acestep_jax.convert.core import export_tensors, fold_weight_norm
 from acestep_jax.convert.vocoder import (
     MEL_BUFFERS,
     VOCODER,
-    fold_weight_norm,
     load_vocoder,
     vocoder_rules,
 )

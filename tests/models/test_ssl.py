@@ -9,7 +9,8 @@ from flax import nnx
 
 from acestep_jax.convert.core import convert_into
 from acestep_jax.convert.ssl import IGNORED, hubert_rules, open_weights, read_source_config
-from acestep_jax.models.ssl import HubertConfig, HubertModel, released_config
+from acestep_jax.models.ssl import HubertConfig, HubertModel
+from acestep_jax.presets import released_ssl_config
 from tests.helpers import assert_close, golden_root
 
 VARIANTS = ("hubert_group_postln", "hubert_layer_preln", "hubert_layer_preln_bnpos")
@@ -54,7 +55,7 @@ def test_bfloat16_compute_stays_close(golden):
 
 @pytest.mark.parametrize("name, low, high", [("mert", 315e6, 330e6), ("m-hubert", 93e6, 97e6)])
 def test_released_sizes_build_abstractly(name, low, high):
-    cfg = released_config(name)
+    cfg = released_ssl_config(name)
     abstract = nnx.eval_shape(lambda: HubertModel(cfg, rngs=nnx.Rngs(0)))
     count = sum(math.prod(v.shape) for _, v in nnx.to_flat_state(nnx.state(abstract)))
     assert low < count < high, count
@@ -65,7 +66,7 @@ def test_released_sizes_build_abstractly(name, low, high):
                                         ("attention_relax", 1.5), ("model_type", "wav2vec2"),
                                         ("feat_extract_norm", "batch"), ("hidden_act", "tanh")])
 def test_unsupported_options_are_refused(key, value):
-    released = dataclasses.asdict(released_config("mert"))
+    released = dataclasses.asdict(released_ssl_config("mert"))
     with pytest.raises(ValueError, match=key if key != "model_type" else "wav2vec2"):
         HubertConfig.from_dict({**released, key: value})
 

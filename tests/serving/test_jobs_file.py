@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from acestep_jax import loading
 from acestep_jax.cli.sample import main
-from acestep_jax.serving import loading
 from acestep_jax.serving.jobs_file import read_jobs
 from acestep_jax.serving.requests import parse_request
 from tests.serving.conftest import BATCH_SIZES, DURATIONS, STEPS

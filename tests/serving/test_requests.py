@@ -78,18 +78,18 @@ def test_reference_random_duration_is_drawn_and_recorded():
 @pytest.mark.parametrize("data, message", [
     ({"prompt": "x", "nope": 1}, "nope: unknown key"),
     ({"prompt": "x", "audio_duration": 3, "infer_steps": 2}, "infer_steps: is this project's name"),
-    ({"prompt": "x", "audio_duration": float("nan")}, "audio_duration: must be finite"),
+    ({"prompt": "x", "audio_duration": float("nan")}, "audio_duration: must be a finite number, got nan"),
     ({"prompt": "x", "infer_step": 1000}, "infer_step: must be at most 200"),
     ({"prompt": "x", "duration": 300}, "duration: must be in (0, 240]"),
     ({"prompt": "x", "guidance_interval": 1.5}, "guidance_interval: must be in [0, 1], got 1.5"),
-    ({"prompt": "x", "omega_scale": "10"}, "omega_scale: must be a number, got a string"),
+    ({"prompt": "x", "omega_scale": "10"}, "omega_scale: must be a finite number, got a string ('10')"),
     ({"prompt": "x", "use_erg_tag": 1}, "use_erg_tag: must be true or false, got an integer"),
     ({"prompt": "x", "infer_steps": 2.5}, "infer_steps: must be an integer, got 2.5"),
     ({"prompt": "x", "seeds": [1, -2]}, "seeds[1]: must be in [0, 4294967295], got -2"),
     ({"prompt": "x", "oss_steps": [3, 5], "scheduler_type": "heun"}, "oss_steps: oss_steps cannot be used"),
     ({"prompt": "x", "scheduler_type": "ddim"}, "scheduler_type: must be one of euler, heun, pingpong"),
     ({"prompt": "x", "format": "aiff"}, "format: must be one of wav, flac, ogg, mp3"),
-    ({"prompt": "x", "sample_rate": 44101}, "sample_rate: must be one of"),
+    ({"prompt": "x", "sample_rate": 7}, "sample_rate: must be in [8000, 192000], got 7"),
     ({"prompt": "x", "name": "../up"}, "name: must be 1-100 letters"),
     ({"prompt": "x", "zero_steps": 9, "infer_steps": 5}, "zero_steps: must be at most infer_steps"),
     ({"prompt": "x", "task": "edit", "src_audio": "a.wav"}, "target_prompt: and the target lyrics are required"),
@@ -121,6 +121,8 @@ def test_server_limits():
         with pytest.raises(RequestError) as e:
             parse_request(data, SERVER_LIMITS)
         assert e.value.field == field
+    with pytest.raises(RequestError, match="sample_rate: must be one of 16000, "):
+        parse_request({"prompt": "x", "sample_rate": 44101}, SERVER_LIMITS)
     r = parse_request({"prompt": "x", "task": "retake", "retake_variance": 0.2, "bf16": False, "debug": True},
                       SERVER_LIMITS)
     assert r.params.task == "retake" and r.params.retake_variance == 0.2

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from acestep_jax.cli.preprocess import main
 from acestep_jax.training import preprocess
 from acestep_jax.training.preprocess import (
     MANIFEST,
     Preprocessor,
     discover,
     load_song,
-    main,
     prepare_audio,
     preprocess_folder,
 )
@@ -265,4 +265,4 @@ def test_preprocess_from_converted_checkpoint(tmp_path, lyrics_vocab_path, caplo
     assert a["lyric_ids"][0] == 261
     noisy = [r for r in caplog.records if r.levelno < logging.WARNING and not r.name.startswith("acestep_jax")]
     assert not noisy, [(r.name, r.getMessage()) for r in noisy[:3]]
-    assert preprocess.SAMPLE_RATE == 48000
+    assert preprocess.INPUT_RATE == 48000

@@ -1,7 +1,9 @@
-"""Self-supervised audio encoders for REPA (HuBERT family: MERT-v1-330M, mHuBERT-147)."""
+"""Self-supervised audio encoders for REPA (HuBERT family: MERT-v1-330M, mHuBERT-147).
+
+Their released configs and random models are in :mod:`acestep_jax.presets`.
+"""
 
 from acestep_jax.models.ssl.config import HubertConfig
 from acestep_jax.models.ssl.model import HubertModel, HubertOutput
-from acestep_jax.models.ssl.presets import random_model, released_config
 
-__all__ = ["HubertConfig", "HubertModel", "HubertOutput", "random_model", "released_config"]
+__all__ = ["HubertConfig", "HubertModel", "HubertOutput"]

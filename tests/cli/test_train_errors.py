@@ -2,7 +2,7 @@
 
 import pytest
 
-from acestep_jax.training.cli import main
+from acestep_jax.cli.train import main
 
 BASE = ["--config", "train_tiny", "--tiny-random", "--output-dir", "run"]
 

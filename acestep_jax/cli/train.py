@@ -15,15 +15,16 @@ import argparse
 import json
 import logging
 import os
-import re
 import sys
 
 from acestep_jax.cli.common import (
     USER_ERRORS,
+    Parser,
     add_common_flags,
     check_output_file,
     report,
     setup_logging,
+    start_distributed,
     user_errors,
 )
 from acestep_jax.errors import UsageError
@@ -31,7 +32,7 @@ from acestep_jax.files import write_json
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="train.py", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="train.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", required=True,
                    help="training config (.json, .yaml) or a packaged one by name (train_tiny, train_lora)")
     p.add_argument("--set", nargs="+", default=[], metavar="SECTION.KEY=VALUE",
@@ -70,18 +71,9 @@ def resolve_config(args):
     return TrainConfig.load(args.config, overrides)
 
 
-def _maybe_initialize_distributed(flag: bool) -> None:
-    from acestep_jax import distributed
-
-    if distributed.requested(flag):
-        distributed.initialize()
-
-
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
 def check_config(cfg) -> None:
     """Everything a run needs that can be checked before a model loads or a file is written."""
+    from acestep_jax.convert.hub import looks_like_repo_id
     from acestep_jax.models.transformer.config import REMAT_MODES
     from acestep_jax.nn.dtypes import resolve_dtype
     from acestep_jax.presets import PRESETS
@@ -93,7 +85,7 @@ def check_config(cfg) -> None:
         raise UsageError(f"data.path {d.path} does not exist (--data)")
     if d.path is None and d.synthetic == 0:
         raise UsageError("no training data: set data.path (--data) to preprocessed records, or data.synthetic")
-    if m.checkpoint is not None and not os.path.exists(m.checkpoint) and not HUB_ID.match(m.checkpoint):
+    if m.checkpoint is not None and not os.path.exists(m.checkpoint) and not looks_like_repo_id(m.checkpoint):
         raise UsageError(f"model.checkpoint {m.checkpoint} is neither a local checkpoint nor a Hub id (--checkpoint)")
     if isinstance(m.lora, str) and not os.path.isfile(m.lora):
         raise UsageError(f"model.lora {m.lora} does not exist (--lora)")
@@ -121,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger().setLevel(args.log_level.upper())
     log = logging.getLogger("acestep_jax.training")
     try:
-        _maybe_initialize_distributed(args.distributed)
+        start_distributed(args.distributed)
         cfg = resolve_config(args)
         check_config(cfg)
     except (*USER_ERRORS, ValueError) as e:  # nothing has been created yet

@@ -5,9 +5,9 @@ import json
 import jax
 import numpy as np
 
+from acestep_jax.cli.train import main
 from acestep_jax.lora import read_lora
 from acestep_jax.sharding import make_mesh
-from acestep_jax.training.cli import main
 from acestep_jax.training.data import synthetic_examples
 from acestep_jax.training.evaluation import sample_latents
 from acestep_jax.training.trainer import Trainer

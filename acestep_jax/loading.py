@@ -1,0 +1,91 @@
+"""Loading the generation models: one way for ``sample.py``, ``serve.py``, job files and benchmarks."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, fields
+
+from acestep_jax.convert.hub import HUB_REPO
+from acestep_jax.errors import UsageError
+
+log = logging.getLogger(__name__)
+
+DTYPES = ("bfloat16", "float32")
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """Which models to load and how: a checkpoint (folder or Hub id) or tiny random models.
+
+    ``shard``: split batches over every device (``data`` axis); several processes
+    (``jax.distributed``) always shard. ``compile_cache``: the persistent XLA cache folder
+    (``None``: the cache folder's ``xla/``; ``""``: off).
+    """
+
+    checkpoint: str = HUB_REPO
+    tiny_random: bool = False
+    dtype: str = "bfloat16"
+    param_dtype: str | None = None
+    lyrics_vocab: str | None = None
+    transformer: str | None = None
+    shard: bool = False
+    compile_cache: str | None = None
+
+    @classmethod
+    def from_args(cls, args) -> ModelOptions:
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+
+    def validate(self) -> None:
+        """Raise :class:`UsageError` for options that cannot load (before anything loads)."""
+        for name in ("dtype", "param_dtype"):
+            if getattr(self, name) not in (None, *DTYPES):
+                raise UsageError(f"--{name.replace('_', '-')} must be one of {DTYPES}, got {getattr(self, name)!r}")
+        if self.transformer and self.tiny_random:
+            raise UsageError("--transformer needs --checkpoint (the other models come from it), not --tiny-random")
+        if self.transformer and not os.path.isdir(self.transformer):
+            raise UsageError(f"--transformer {self.transformer} is not a folder")
+        if self.lyrics_vocab and not os.path.isfile(self.lyrics_vocab):
+            raise UsageError(f"--lyrics-vocab {self.lyrics_vocab} does not exist")
+
+    @property
+    def checkpoint_dir(self) -> str | None:
+        """The local checkpoint folder, if the models come from one (it may hold the lyric vocabulary)."""
+        return self.checkpoint if not self.tiny_random and os.path.isdir(self.checkpoint) else None
+
+    def record(self) -> dict:
+        """What outputs record about the models that made them."""
+        return {"checkpoint": None if self.tiny_random else self.checkpoint, "tiny_random": self.tiny_random,
+                "dtype": "float32" if self.tiny_random else self.dtype, "transformer": self.transformer}
+
+
+def load_pipeline(options: ModelOptions, progress: bool = True, *, lyrics: bool = True):
+    """The :class:`~acestep_jax.pipeline.ACEStepPipeline` of ``options``, with the compilation
+    cache enabled and a ``data`` mesh when sharding (or running as several processes).
+    ``lyrics``: find the lyric vocabulary now, so a missing one fails here rather than at the
+    first request (``sample.py`` checks its lyrics before loading instead)."""
+    import jax
+
+    from acestep_jax.pipeline import ACEStepPipeline
+    from acestep_jax.sampling import enable_compilation_cache
+
+    if options.compile_cache != "":
+        enable_compilation_cache(options.compile_cache)
+    mesh = None
+    if options.shard or jax.process_count() > 1:
+        from acestep_jax.sharding import make_mesh
+
+        mesh = make_mesh(data=-1)
+    start = time.perf_counter()
+    if options.tiny_random:
+        pipe = ACEStepPipeline.random("tiny", 0, lyrics_vocab=options.lyrics_vocab, mesh=mesh)
+    else:
+        pipe = ACEStepPipeline.from_checkpoint(options.checkpoint, dtype=options.dtype,
+                                               param_dtype=options.param_dtype, mesh=mesh,
+                                               lyrics_vocab=options.lyrics_vocab, transformer=options.transformer,
+                                               progress=progress)
+    if lyrics:
+        pipe.tokenize_lyrics(["la"])
+    log.info("models loaded in %.1f s", time.perf_counter() - start)
+    return pipe
