@@ -21,7 +21,9 @@ class ModelOptions:
 
     ``shard``: split batches over every device (``data`` axis); several processes
     (``jax.distributed``) always shard. ``compile_cache``: the persistent XLA cache folder
-    (``None``: the cache folder's ``xla/``; ``""``: off).
+    (``None``: the cache folder's ``xla/``; ``""``: off). ``random_preset`` (benchmarks):
+    random weights of that preset (``tiny``, ``full``) at ``dtype``, with
+    ``transformer_overrides`` (``(key, value)`` pairs) applied to its transformer config.
     """
 
     checkpoint: str = HUB_REPO
@@ -32,10 +34,13 @@ class ModelOptions:
     transformer: str | None = None
     shard: bool = False
     compile_cache: str | None = None
+    random_preset: str | None = None
+    transformer_overrides: tuple[tuple[str, object], ...] = ()
 
     @classmethod
     def from_args(cls, args) -> ModelOptions:
-        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+        """The options of the command line's model flags (:func:`acestep_jax.cli.common.add_model_flags`)."""
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)})
 
     def validate(self) -> None:
         """Raise :class:`UsageError` for options that cannot load (before anything loads)."""
@@ -78,7 +83,12 @@ def load_pipeline(options: ModelOptions, progress: bool = True, *, lyrics: bool 
 
         mesh = make_mesh(data=-1)
     start = time.perf_counter()
-    if options.tiny_random:
+    if options.random_preset:
+        pipe = ACEStepPipeline.random(options.random_preset, 0, dtype=options.dtype,
+                                      param_dtype=options.param_dtype or options.dtype, mesh=mesh,
+                                      lyrics_vocab=options.lyrics_vocab,
+                                      transformer_overrides=dict(options.transformer_overrides) or None)
+    elif options.tiny_random:
         pipe = ACEStepPipeline.random("tiny", 0, lyrics_vocab=options.lyrics_vocab, mesh=mesh)
     else:
         pipe = ACEStepPipeline.from_checkpoint(options.checkpoint, dtype=options.dtype,

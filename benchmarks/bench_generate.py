@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import jax
 import numpy as np
 
+from acestep_jax.loading import ModelOptions, load_pipeline
 from acestep_jax.models.transformer.flops import decode_flops
 from acestep_jax.pipeline import ACEStepPipeline
 from acestep_jax.profiling import trace
@@ -116,11 +117,9 @@ def main(argv=None) -> int:
     device = jax.devices()[0]
 
     t0 = time.perf_counter()
-    if args.full:
-        pipe = ACEStepPipeline.random("full", 0, dtype=args.dtype, param_dtype=args.dtype)
-    else:
-        pipe = ACEStepPipeline.random("tiny", 0, dtype=args.dtype, param_dtype=args.dtype,
-                                      transformer_overrides=CPU_TRANSFORMER)
+    overrides = () if args.full else tuple(CPU_TRANSFORMER.items())
+    pipe = load_pipeline(ModelOptions(random_preset="full" if args.full else "tiny", dtype=args.dtype,
+                                      transformer_overrides=overrides, compile_cache=""), progress=False, lyrics=False)
     build_s = time.perf_counter() - t0
     cfg = pipe.transformer.cfg
     print(f"# acestep-jax generation benchmark ({'full 3.5B' if args.full else 'scaled-down'} models, random weights)")

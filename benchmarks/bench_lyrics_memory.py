@@ -52,10 +52,10 @@ def _peak_mb() -> float:
 
 
 def measure_generation(chars: int, vocab: str | None) -> dict:
-    from acestep_jax.pipeline import ACEStepPipeline
+    from acestep_jax.loading import ModelOptions, load_pipeline
     from acestep_jax.sampling import SamplingParams
 
-    pipe = ACEStepPipeline.random("tiny", 0, lyrics_vocab=vocab)
+    pipe = load_pipeline(ModelOptions(tiny_random=True, lyrics_vocab=vocab, compile_cache=""), progress=False)
     lyrics = lyrics_of(chars)
     tokens = len(pipe.lyric_tokenizer.encode(lyrics))
     before = _rss_mb()

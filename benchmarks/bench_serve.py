@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import jax
 import numpy as np
 
-from acestep_jax.pipeline import ACEStepPipeline
+from acestep_jax.loading import ModelOptions, load_pipeline
 from acestep_jax.serving.journal import JobStore
 from acestep_jax.serving.requests import SERVER_LIMITS, parse_request
 from acestep_jax.serving.scheduler import Scheduler, SchedulerConfig
@@ -103,13 +103,10 @@ def main(argv=None) -> int:
     device = jax.devices()[0]
 
     t0 = time.perf_counter()
-    if args.full:
-        pipe = ACEStepPipeline.random("full", 0, dtype=args.dtype, param_dtype=args.dtype,
-                                      lyrics_vocab=args.lyrics_vocab)
-    else:
-        kw = {} if args.tiny else {"transformer_overrides": CPU_TRANSFORMER}
-        pipe = ACEStepPipeline.random("tiny", 0, dtype=args.dtype, param_dtype=args.dtype,
-                                      lyrics_vocab=args.lyrics_vocab, **kw)
+    overrides = () if args.full or args.tiny else tuple(CPU_TRANSFORMER.items())
+    pipe = load_pipeline(ModelOptions(random_preset="full" if args.full else "tiny", dtype=args.dtype,
+                                      lyrics_vocab=args.lyrics_vocab, transformer_overrides=overrides,
+                                      compile_cache=""), progress=False, lyrics=bool(args.lyrics_vocab))
     build_s = time.perf_counter() - t0
     cfg = pipe.transformer.cfg
     kind = "full 3.5B" if args.full else "tiny" if args.tiny else "scaled-down"

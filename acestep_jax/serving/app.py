@@ -31,6 +31,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from starlette.requests import Request as HTTPRequest
 
+from acestep_jax.codec.audio_io import MEDIA_TYPES
 from acestep_jax.serving.metrics import CONTENT_TYPE
 from acestep_jax.serving.requests import RequestError, parse_request
 from acestep_jax.serving.scheduler import (
@@ -43,8 +44,6 @@ from acestep_jax.serving.scheduler import (
     QueueFull,
     Scheduler,
 )
-
-MEDIA_TYPES = {"wav": "audio/wav", "flac": "audio/flac", "ogg": "audio/ogg", "mp3": "audio/mpeg"}
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ def _sample(out, cache, processes: int):
     argv = ["--tiny-random", "--prompt", "rock, guitar", "--duration", "2", "--steps", "3", "--batch", str(BATCH),
             "--seeds", *map(str, range(BATCH)), "--dtype", "float32", "--shard", "--out", str(out / "song.wav"),
             "--compile-cache", str(cache), "--quiet"]
-    return multiprocess.run("tests.sampling.test_multiprocess:sample_worker",
+    return multiprocess.run("tests.sampling.test_multiprocess_sampling:sample_worker",
                             {"argv": argv, "latents": str(out.parent / f"latents_{processes}.npy")},
                             timeout=TIMEOUT_S, processes=processes, devices=8 // processes)
 

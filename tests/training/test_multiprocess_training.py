@@ -91,7 +91,7 @@ def xla_cache(tmp_path_factory):
 
 def launch_train(cfg, steps, result, cache, *, processes=2, **kw):
     """``train_worker`` on 2 processes × 4 devices, or (``processes=1``) one process with 8 devices."""
-    return multiprocess.run("tests.training.test_multiprocess:train_worker",
+    return multiprocess.run("tests.training.test_multiprocess_training:train_worker",
                             {"cfg": cfg, "steps": steps, "result": str(result), **kw}, timeout=TIMEOUT_S,
                             processes=processes, devices=8 // processes, cache_dir=cache)
 
@@ -127,7 +127,7 @@ def test_two_processes_equal_one_and_resume_exactly_after_sigkill(tmp_path, reco
     # a second run, both processes SIGKILLed once the step-2 checkpoint is complete, then restarted
     cfg2 = config(tmp_path / "second", records)
     result = tmp_path / "resumed.npz"
-    group = multiprocess.Group("tests.training.test_multiprocess:train_worker",
+    group = multiprocess.Group("tests.training.test_multiprocess_training:train_worker",
                                {"cfg": cfg2, "steps": 4, "result": str(result), "pause_at": 2}, cache_dir=xla_cache)
     try:
         deadline = time.monotonic() + TIMEOUT_S
@@ -147,7 +147,7 @@ def test_two_processes_equal_one_and_resume_exactly_after_sigkill(tmp_path, reco
 
 def test_a_dying_process_stops_the_other_with_a_clear_error(tmp_path, records, xla_cache):
     cfg = config(tmp_path, records)
-    group = multiprocess.Group("tests.training.test_multiprocess:train_worker",
+    group = multiprocess.Group("tests.training.test_multiprocess_training:train_worker",
                                {"cfg": cfg, "steps": 4, "result": str(tmp_path / "r.npz"), "die_at": 1},
                                cache_dir=xla_cache)
     try:
