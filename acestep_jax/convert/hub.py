@@ -30,6 +30,16 @@ def looks_like_repo_id(spec: str) -> bool:
     return _REPO_ID.fullmatch(str(spec)) is not None and not Path(spec).exists()
 
 
+def local_folder(spec: str | Path, what: str, download: Callable[[str], Path]) -> Path:
+    """``spec`` as a local path: itself when it exists, else ``download`` of the Hub id it names."""
+    path = Path(spec)
+    if path.exists():
+        return path
+    if not looks_like_repo_id(str(spec)):
+        raise FileNotFoundError(f"{what} {spec} does not exist")
+    return download(str(spec))
+
+
 def reason(error: BaseException) -> str:
     """An error's type and first line, for a one-line message."""
     text = str(error).strip().splitlines()

@@ -33,6 +33,7 @@ from acestep_jax.convert.hub import (
     DownloadError,
     cached_conversion,
     files_stamp,
+    local_folder,
     looks_like_repo_id,
     reason,
     snapshot,
@@ -132,11 +133,7 @@ def convert_checkpoint(
         raise ValueError(f"unknown components {unknown}; choose from {sorted(components())}")
     if lyrics_vocab is not None and not Path(lyrics_vocab).is_file():
         raise FileNotFoundError(f"lyrics vocabulary {lyrics_vocab} does not exist")
-    src_path = Path(src)
-    if not src_path.exists():
-        if not looks_like_repo_id(str(src)):
-            raise FileNotFoundError(f"checkpoint folder {src} does not exist")
-        src_path = download(str(src))
+    src_path = local_folder(src, "checkpoint folder", download)
     _check_reference_folder(src_path, names)
 
     # validate every component before converting any (cheap: shapes only)

@@ -45,7 +45,13 @@ from acestep_jax.convert.core import (
     stack_of,
     stacked_rule,
 )
-from acestep_jax.convert.hub import cached_conversion, files_stamp, looks_like_repo_id, snapshot
+from acestep_jax.convert.hub import (
+    cached_conversion,
+    files_stamp,
+    local_folder,
+    looks_like_repo_id,
+    snapshot,
+)
 from acestep_jax.convert.torch_pickle import TorchBinSource
 from acestep_jax.models.ssl import HubertConfig, HubertModel
 
@@ -197,11 +203,7 @@ def convert_ssl(src: str | os.PathLike, dst: str | os.PathLike, component: Compo
         raise FileExistsError(f"output {dst} already exists (pass overwrite=True / --overwrite to replace it)")
     if param_dtype not in ("float32", "bfloat16"):
         raise ValueError(f"param_dtype must be 'float32' or 'bfloat16', got {param_dtype!r}")
-    src_path = Path(src)
-    if not src_path.exists():
-        if not looks_like_repo_id(str(src)):
-            raise FileNotFoundError(f"model folder {src} does not exist")
-        src_path = download(str(src))
+    src_path = local_folder(src, "model folder", download)
     cfg = read_source_config(src_path, param_dtype=param_dtype)
     source = open_weights(src_path)
     check_rules(hubert_rules(cfg), source, param_shapes(component.abstract(cfg)), ignore=component.ignore,
