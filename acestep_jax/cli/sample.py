@@ -37,6 +37,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from acestep_jax.cli.common import (
     Parser,
     add_common_flags,
@@ -139,7 +141,7 @@ def load_record(path: str) -> tuple[Request, dict]:
         raise UsageError(f"--params-json {path} must hold a JSON object (an output's record), got "
                          f"{type(data).__name__}")
     try:
-        request = parse_request(data, CLI_LIMITS)
+        request = parse_request(data, CLI_LIMITS, rng=shared_rng())
     except FieldError as e:
         raise UsageError(f"--params-json {path}: {e}") from None
     output = data.get(RECORD_KEY)
@@ -175,6 +177,14 @@ def lora_specs(args) -> list[LoraSpec]:
     return [LoraSpec(p, w, s) for p, w, s in zip(paths, weights, scales, strict=True)]
 
 
+def shared_rng() -> np.random.Generator:
+    """A generator for the seeds a request leaves out: the same draws on every process of a
+    multi-host run (seeded from process 0), so the processes generate one batch."""
+    from acestep_jax.sampling.tasks import random_seeds
+
+    return np.random.default_rng(random_seeds(1)[0])
+
+
 def _ints(values, flag: str) -> list[int]:
     """A list flag's values, each an integer or comma-separated integers."""
     try:
@@ -198,7 +208,7 @@ def build_request(args) -> Request:
             data[name] = data[name] * args.batch_size
     data["lora"] = [s.to_record() for s in lora_specs(args)] or None
     try:
-        return parse_request(data, CLI_LIMITS, reference=False)
+        return parse_request(data, CLI_LIMITS, reference=False, rng=shared_rng())
     except FieldError as e:
         name = e.field.split("[")[0].split(".")[0]
         flag = BY_NAME[name].option if name in BY_NAME and BY_NAME[name].option else name
@@ -277,9 +287,10 @@ def output_paths(args, b: int) -> list[Path]:
 def main(argv=None) -> int:
     args = None
     try:
-        args = parse_args(argv)
+        args = build_parser().parse_args(argv)
         setup_logging(args.verbose)
-        start_distributed(args.distributed)  # before anything touches a device
+        start_distributed(args.distributed)  # before anything touches a device (seeds are drawn in step)
+        args = parse_args(argv)
         if args.jobs:
             from acestep_jax.cli.jobs import main as run_job_file
 

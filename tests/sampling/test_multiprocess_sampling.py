@@ -65,4 +65,4 @@ def test_two_processes_sample_like_one_and_write_each_file_once(tmp_path):
         close = np.isclose(two, one, rtol=1e-4, atol=1e-4)
         assert close.mean() > 0.999, (n, close.mean())
     first = json.loads((tmp_path / "two" / "song_3.json").read_text())
-    assert first["seed"] == 3 and first["batch_size"] == BATCH
+    assert first["seeds"] == list(range(BATCH)) and first["output"]["index"] == 3  # a coupled batch
