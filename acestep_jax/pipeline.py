@@ -40,6 +40,7 @@ from acestep_jax.sampling.params import SOURCE_TASKS
 from acestep_jax.sampling.progress import step_bar
 from acestep_jax.sampling.tasks import item_frames, item_params, random_seeds
 from acestep_jax.text import PromptTokenizer, UMT5Encoder, umt5_erg_scales
+from acestep_jax.text.lyrics.tokenizer import MAX_TOKENS as MAX_LYRIC_TOKENS
 from acestep_jax.text.lyrics.tokenizer import check_length as check_lyric_length
 
 if TYPE_CHECKING:
@@ -168,8 +169,8 @@ class ACEStepPipeline:
         rows, seen = [], {}
         for i, text in enumerate(lyrics):
             if text not in seen:  # a batch often repeats one text
-                seen[text] = self.lyric_tokenizer.encode(text) if text else []
-                check_lyric_length(len(seen[text]), f"{what}[{i}]", len(text))
+                seen[text] = self.lyric_tokenizer.encode(text, MAX_LYRIC_TOKENS) if text else []
+                check_lyric_length(len(seen[text]), f"{what}[{i}]", len(text), counted_to_limit=True)
             rows.append(seen[text])
         length = _bucket(max([len(r) for r in rows] + [1]), LYRIC_BUCKET)
         ids = np.zeros((len(rows), length), np.int32)
@@ -359,12 +360,12 @@ class LazyLyricTokenizer:
     def __init__(self, vocab=None, checkpoint_dir=None):
         self.vocab, self.checkpoint_dir, self._tok = vocab, checkpoint_dir, None
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str, limit: int | None = None) -> list[int]:
         if self._tok is None:
             from acestep_jax.text.lyrics import LyricTokenizer, find_lyrics_vocab
 
             self._tok = LyricTokenizer(find_lyrics_vocab(self.vocab, checkpoint_dir=self.checkpoint_dir))
-        return self._tok.encode(text)
+        return self._tok.encode(text, limit)
 
 
 def _broadcast(name: str, values: list, b: int) -> list:

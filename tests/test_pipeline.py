@@ -134,10 +134,10 @@ def test_overlong_lyrics_are_refused_before_any_model_runs(lyrics_vocab_path):
     # no models at all: the length check has to come first
     pipe = ACEStepPipeline(None, None, None, None, LazyLyricTokenizer(lyrics_vocab_path))
     long = "\n".join(["[verse]"] * 1500)  # 1 + 3 * 1500 tokens
-    with pytest.raises(ValueError, match=r"lyrics\[0\] are 4501 tokens long \(11999 characters\); the limit is 4096"):
+    with pytest.raises(ValueError, match=r"lyrics\[0\] are more than 4096 tokens long \(11999 characters\); the limit is 4096"):
         pipe.generate(["pop"], [long], PARAMS)
     params = dataclasses.replace(PARAMS, task="edit")
-    with pytest.raises(ValueError, match=r"target_lyrics\[1\] are 4501 tokens"):
+    with pytest.raises(ValueError, match=r"target_lyrics\[1\] are more than 4096 tokens"):
         pipe.generate(["pop"], ["la"], params, batch_size=2, target_prompts=["rock"], target_lyrics=["la", long],
                       src_audio=np.zeros((2, 100), np.float32), src_sample_rate=44100)
 

@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     lim.add_argument("--max-duration", type=float, default=240.0, help="seconds")
     lim.add_argument("--max-steps", type=int, default=200)
     lim.add_argument("--max-outputs", type=int, default=8, help="seeds (outputs) per request")
-    lim.add_argument("--max-lyrics-chars", type=int, default=20000)
+    lim.add_argument("--max-lyrics-chars", type=int, default=8000,
+                     help="refused before tokenizing (the 4096-token limit is about 6,800 characters of English)")
     add_common_flags(p)
     return p
 

@@ -85,6 +85,10 @@ class Field:
         if self.kind == "str":
             if not isinstance(value, str):
                 raise FieldError(key, f"must be a string, got {_show(value)}")
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as e:  # a lone surrogate (JSON "\ud800"): not text
+                raise FieldError(key, f"is not valid Unicode text (a lone surrogate at character {e.start})") from None
             if self.choices and value not in self.choices:
                 raise FieldError(key, f"must be one of {', '.join(self.choices)}; got {value[:40]!r}")
             return value

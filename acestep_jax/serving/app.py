@@ -14,8 +14,11 @@ Endpoints (all but the health checks need ``Authorization: Bearer KEY`` when a k
   ``device_id`` are refused: the server owns its model, devices and disk.
 - ``GET /healthz`` (and the reference's ``/health``), ``GET /metrics`` (Prometheus text).
 
-Bad bodies get ``400`` (not JSON), ``413`` (too large) or ``422`` naming the field; a full
-queue gets ``429`` with ``Retry-After``; a server shutting down ``503``.
+Bad bodies get ``400`` (not JSON), ``413`` (too large), ``415`` (not ``application/json``)
+or ``422`` naming the field; a full queue gets ``429`` with ``Retry-After``; a server
+shutting down, or one that cannot write its journal (a full disk), ``503`` with
+``Retry-After``. With an API key the OpenAPI pages (``/docs``, ``/redoc``,
+``/openapi.json``) are off.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from acestep_jax.serving.scheduler import (
     QUEUED,
     Draining,
     Job,
+    JournalError,
     QueueFull,
     Scheduler,
 )
@@ -60,7 +64,13 @@ class _BodyError(Exception):
         self.status, self.detail = status, detail
 
 
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")  # metric labels; others: "other"
+
+
 async def _json_body(request: HTTPRequest, limit: int):
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media != "application/json":
+        raise _BodyError(415, f"the body must be JSON sent as Content-Type: application/json, got {media or 'none'!r}")
     length = request.headers.get("content-length")
     if length is not None and (not length.isdigit() or int(length) > limit):
         raise _BodyError(413, f"the body exceeds {limit} bytes")
@@ -75,8 +85,34 @@ async def _json_body(request: HTTPRequest, limit: int):
         raise _BodyError(400, f"the body is not valid JSON: {str(e)[:200]}") from None
 
 
+class _CountResponses:
+    """ASGI middleware counting every response (an unhandled error as 500) by method, route and
+    code, each label from a bounded set. Plain ASGI, so endpoints still see a client hang up."""
+
+    def __init__(self, app, counter):
+        self.app, self.counter = app, counter
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        code = "500"
+
+        async def sending(message):
+            nonlocal code
+            if message["type"] == "http.response.start":
+                code = str(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            method = scope["method"] if scope["method"] in HTTP_METHODS else "other"
+            self.counter.inc(method=method, route=getattr(scope.get("route"), "path", "unmatched"), code=code)
+
+
 def _invalid(err: RequestError) -> JSONResponse:
-    return JSONResponse({"detail": [{"loc": ["body", err.field], "msg": err.message, "type": "value_error"}]},
+    field = err.field.encode("utf-8", "backslashreplace").decode()  # a key may hold a lone surrogate
+    return JSONResponse({"detail": [{"loc": ["body", field], "msg": err.message, "type": "value_error"}]},
                         status_code=422)
 
 
@@ -105,6 +141,12 @@ async def _wait(scheduler: Scheduler, job: Job, timeout: float, until) -> None:
         stop()
 
 
+async def _disconnected(http: HTTPRequest, every: float = 0.5) -> None:
+    """Return once the client of ``http`` has hung up."""
+    while not await http.is_disconnected():
+        await asyncio.sleep(every)
+
+
 def job_view(scheduler: Scheduler, job: Job) -> dict:
     """A job as the API shows it."""
     r = job.request
@@ -115,7 +157,8 @@ def job_view(scheduler: Scheduler, job: Job) -> dict:
         "accepted_at": job.accepted_at, "started_at": job.started_at, "finished_at": job.finished_at,
         "error": job.error,
         "outputs": [{"index": o.index, "url": f"/v1/jobs/{job.id}/audio?index={o.index}", "seconds": o.seconds,
-                     "seed": r.seeds[o.index], "retake_seed": r.retake_seeds[o.index]}
+                     "seed": r.seeds[o.index] if r else None,
+                     "retake_seed": r.retake_seeds[o.index] if r else None}
                     for o in sorted(job.outputs.values(), key=lambda o: o.index)],
         "request": r.to_dict() if r else None,
     }
@@ -130,17 +173,12 @@ def create_app(scheduler: Scheduler, config: AppConfig = AppConfig()) -> FastAPI
         yield
         await run_in_threadpool(scheduler.stop)
 
-    app = FastAPI(title="acestep-jax", summary="ACE-Step v1 music generation, batched", lifespan=lifespan)
+    docs = {} if config.api_key is None else {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    app = FastAPI(title="acestep-jax", summary="ACE-Step v1 music generation, batched", lifespan=lifespan, **docs)
     app.state.scheduler = scheduler
     metrics = scheduler.metrics
 
-    @app.middleware("http")
-    async def count_responses(request: HTTPRequest, call_next):
-        response = await call_next(request)
-        route = request.scope.get("route")
-        metrics.http.inc(method=request.method, route=getattr(route, "path", "unmatched"),
-                         code=str(response.status_code))
-        return response
+    app.add_middleware(_CountResponses, counter=metrics.http)
 
     @app.exception_handler(_BodyError)
     async def body_error(request, err: _BodyError):
@@ -170,7 +208,7 @@ def create_app(scheduler: Scheduler, config: AppConfig = AppConfig()) -> FastAPI
             return await run_in_threadpool(scheduler.submit, request)
         except QueueFull as e:
             raise HTTPException(429, str(e), headers={"Retry-After": str(e.retry_after)}) from None
-        except Draining as e:
+        except (Draining, JournalError) as e:
             raise HTTPException(503, str(e), headers={"Retry-After": "30"}) from None
 
     def get_job(job_id: str) -> Job:
@@ -189,8 +227,8 @@ def create_app(scheduler: Scheduler, config: AppConfig = AppConfig()) -> FastAPI
     async def status(job_id: str, wait: float = 0.0):
         """A job's status; ``wait``: hold the answer until it finishes or ``wait`` seconds pass."""
         job = get_job(job_id)
-        if wait > 0:
-            await _wait(scheduler, job, min(wait, config.max_poll_wait_s), lambda: job.finished)
+        if wait > 0:  # released at drain, so shutting down never waits for a poll
+            await _wait(scheduler, job, min(wait, config.max_poll_wait_s), lambda: job.finished or scheduler.draining)
         return job_view(scheduler, job)
 
     @app.get("/v1/jobs/{job_id}/audio", dependencies=auth)
@@ -200,6 +238,8 @@ def create_app(scheduler: Scheduler, config: AppConfig = AppConfig()) -> FastAPI
         if job.request is None or not 0 <= index < job.request.count:
             raise HTTPException(404, f"job {job_id} has no output {index}")
         output = job.outputs.get(index)
+        if output is None and job.finished:
+            raise HTTPException(410, f"output {index} was never written: job {job.id} is {job.status}")
         if output is None:
             raise HTTPException(409, f"output {index} is not ready (job {job.status})")
         fmt = job.request.format
@@ -218,8 +258,16 @@ def create_app(scheduler: Scheduler, config: AppConfig = AppConfig()) -> FastAPI
     async def generate_reference(http: HTTPRequest):
         """The reference's ``/generate``: answers when the audio is ready."""
         job = await accept(http, True)
-        await _wait(scheduler, job, config.sync_timeout_s,
-                    lambda: job.finished or (scheduler.draining and _waiting(job)))
+        waiting = asyncio.ensure_future(_wait(scheduler, job, config.sync_timeout_s,
+                                              lambda: job.finished or (scheduler.draining and _waiting(job))))
+        hung_up = asyncio.ensure_future(_disconnected(http))
+        await asyncio.wait({waiting, hung_up}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (waiting, hung_up):
+            task.cancel()
+        if hung_up.done() and not hung_up.cancelled() and not job.finished:  # no one is left to find the job
+            metrics.disconnects.inc()
+            await run_in_threadpool(scheduler.cancel, job.id)
+            return JSONResponse({"detail": f"the client went away; job {job.id} was cancelled"}, status_code=499)
         if job.status == DONE:
             return {"status": "success", "output_path": f"/v1/jobs/{job.id}/audio",
                     "message": "Audio generated successfully", "job_id": job.id,
@@ -239,9 +287,13 @@ def create_app(scheduler: Scheduler, config: AppConfig = AppConfig()) -> FastAPI
     @app.get("/healthz")
     @app.get("/health", include_in_schema=False)
     async def health():
-        """``200`` while serving, ``503`` while shutting down."""
-        body = {"status": "draining" if scheduler.draining else "ok", "queued_outputs": scheduler.queued_outputs()}
-        return JSONResponse(body, status_code=503 if scheduler.draining else 200)
+        """``200`` while serving; ``503`` while shutting down or while the journal cannot be written."""
+        problem = scheduler.storage_error
+        status = "draining" if scheduler.draining else "storage_error" if problem else "ok"
+        body = {"status": status, "queued_outputs": scheduler.queued_outputs()}
+        if problem:
+            body["storage_error"] = problem
+        return JSONResponse(body, status_code=200 if status == "ok" else 503)
 
     @app.get("/metrics", dependencies=auth)
     async def prometheus():

@@ -77,9 +77,18 @@ class JobStore:
                 path.rename(path.with_suffix(".corrupt"))
                 continue
             states.append(state)
-        for tmp in self.jobs_dir.glob(".tmp-*"):  # left by a write interrupted before its rename
+        stale = [*self.jobs_dir.glob(".tmp-*"), *self.outputs_dir.glob(".tmp-*")]
+        for tmp in stale:  # left by a write killed before its rename
             tmp.unlink(missing_ok=True)
-        return sorted(states, key=lambda s: (s.get("seq", 0), s["id"]))
+        if stale:
+            log.info("journal: removed %d unfinished temporary files of an earlier run", len(stale))
+        return sorted(states, key=lambda s: (s["seq"] if isinstance(s.get("seq"), int) else 0, s["id"]))
+
+    def set_aside(self, job_id: str, why: str) -> None:
+        """Rename a job's state file to ``*.invalid`` (kept for inspection) and log ``why``."""
+        path = self.state_path(job_id)
+        log.error("journal: %s is set aside as %s: %s", path, path.with_suffix(".invalid").name, why)
+        path.rename(path.with_suffix(".invalid"))
 
     def delete(self, job_id: str) -> None:
         """Forget a job's state."""

@@ -149,6 +149,8 @@ class ServiceMetrics:
                                          "Batch slots run (outputs plus fillers); items / slots is the occupancy"))
         self.occupancy = r.add(Gauge("acestep_batch_occupancy", "Outputs / batch size of the last batch"))
         self.audio_seconds = r.add(Counter("acestep_audio_seconds_total", "Seconds of audio generated"))
+        self.disconnects = r.add(Counter("acestep_disconnects_total",
+                                         "Synchronous /generate clients that hung up (their jobs are cancelled)"))
         self.stage_seconds = r.add(Histogram("acestep_stage_seconds",
                                              "Latency per stage (queue, conditioning, diffusion, decode, write)"))
         self.job_seconds = r.add(Histogram("acestep_job_seconds", "Accepted to finished, per job"))

@@ -9,13 +9,19 @@ batch size, runs them as one batch and hands the audio to an
 the last one are written. A job is ``done`` once all its outputs are written; its state
 and outputs live in a :class:`~acestep_jax.serving.journal.JobStore`, so queued jobs
 survive a restart and finished ones stay queryable until ``keep_jobs`` newer ones
-push them out.
+push them out. Each output is journaled as it is written, so a restart queues only the
+missing ones. The operator's limits apply to new requests only: the journal's requests
+are read back with the widest limits, and a state that does not validate is set aside
+(named in the log) rather than stopping the server. A journal that cannot be written (a
+full disk) refuses new jobs with :class:`JournalError` and shows in :attr:`Scheduler.storage_error`.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
+import shutil
 import threading
 import time
 import uuid
@@ -24,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from acestep_jax.outputs import OutputWriter
+from acestep_jax.sampling.params import MAX_SECONDS, MAX_STEPS
 from acestep_jax.serving.batching import (
     BATCH_SIZES,
     Item,
@@ -58,6 +65,29 @@ class QueueFull(Exception):
 
 class Draining(Exception):
     """The server is shutting down and accepts no new jobs."""
+
+
+class JournalError(Exception):
+    """A job could not be journaled (the state folder cannot be written); nothing was accepted."""
+
+
+# what journaled requests are read back with: the limits an operator sets apply to new requests only
+JOURNAL_LIMITS = Limits(max_duration=MAX_SECONDS, max_steps=MAX_STEPS, max_outputs=1 << 16,
+                        max_prompt_chars=1 << 30, max_lyrics_chars=1 << 30, tasks=SERVER_LIMITS.tasks,
+                        local_paths=False)
+STATUSES = (QUEUED, RUNNING, DONE, FAILED, CANCELLED)
+
+
+def describe_write_error(error: BaseException, folder) -> str:
+    """``error`` of a failed write in ``folder``, naming a full disk when that is the cause
+    (soundfile reports one as "System error.")."""
+    full = getattr(error, "errno", None) == errno.ENOSPC
+    if not full:
+        try:
+            full = shutil.disk_usage(folder).free < (1 << 20)
+        except OSError:
+            pass
+    return f"no space left on device in {folder} ({error})" if full else f"{type(error).__name__}: {error}"
 
 
 @dataclass(frozen=True)
@@ -107,16 +137,31 @@ class Job:
         }
 
     @classmethod
-    def from_state(cls, state: dict, limits: Limits) -> Job:
-        job = cls(id=state["id"], request=None, seq=int(state.get("seq", 0)),
-                  accepted_at=float(state.get("accepted_at", 0.0)), status=state.get("status", QUEUED))
-        job.started_at, job.finished_at, job.error = state.get("started_at"), state.get("finished_at"), state.get("error")
-        job.outputs = {o["index"]: Output(**o) for o in state.get("outputs", [])}
+    def from_state(cls, state: dict) -> Job:
+        """The job of a journaled ``state``; ``ValueError`` naming the first field that does not validate."""
+        def need(key, kinds, optional=False):
+            value = state.get(key)
+            if (value is None and not optional) or (value is not None and not isinstance(value, kinds)) \
+                    or isinstance(value, bool):
+                raise ValueError(f"{key!r} is {value!r}")
+            return value
+
+        status = need("status", str)
+        if status not in STATUSES:
+            raise ValueError(f"'status' is {status!r}")
+        job = cls(id=need("id", str), request=None, seq=need("seq", int), accepted_at=float(need("accepted_at", (int, float))),
+                  status=status)
+        job.started_at = need("started_at", (int, float), optional=True)
+        job.finished_at = need("finished_at", (int, float), optional=True)
+        job.error = need("error", str, optional=True)
         try:
-            job.request = parse_request(state["request"], limits, reference=False)
-        except (RequestError, KeyError) as e:  # e.g. the operator lowered a limit since
-            job.request = None
-            job.status, job.error = FAILED, f"cannot resume: {e}"
+            job.request = parse_request(need("request", dict), JOURNAL_LIMITS, reference=False)
+            outputs = [Output(**o) for o in need("outputs", list)]
+        except (RequestError, TypeError) as e:
+            raise ValueError(str(e)) from None
+        if any(not 0 <= o.index < job.request.count for o in outputs):
+            raise ValueError("an output index is outside the request's outputs")
+        job.outputs = {o.index: o for o in outputs}
         return job
 
 
@@ -155,6 +200,7 @@ class Scheduler:
         self._writer_failed = False
         self._batch_seconds: float | None = None  # moving average
         self._lyrics_lock = threading.Lock()
+        self.storage_error: str | None = None  # why the journal cannot be written, while it cannot
 
     # ------------------------------------------------------------------ life cycle
     def start(self) -> None:
@@ -163,15 +209,17 @@ class Scheduler:
             return
         with self._cond:
             for state in self.store.load():
-                job = Job.from_state(state, self.limits)
+                try:
+                    job = Job.from_state(state)
+                except ValueError as e:
+                    self.store.set_aside(state["id"], f"it does not validate: {e}")
+                    continue
                 self._jobs[job.id] = job
                 self._seq = max(self._seq, job.seq + 1)
                 if job.status in (QUEUED, RUNNING):
                     job.status = QUEUED
                     self._enqueue(job, time.monotonic())
                 else:
-                    if job.request is None:
-                        self.store.save({**state, "status": FAILED, "error": job.error})
                     self._finished.append(job.id)
             resumed = len(self._queue)
             self._update_depth()
@@ -236,7 +284,9 @@ class Scheduler:
                 raise QueueFull(self.retry_after())
             job = Job(id=uuid.uuid4().hex, request=request, seq=self._seq, accepted_at=time.time())
             self._seq += 1
-            self.store.save(job.state())
+            if not self._save(job):
+                self.metrics.rejected.inc(reason="storage")
+                raise JournalError(f"the job cannot be journaled: {self.storage_error}; nothing was accepted")
             self._jobs[job.id] = job
             self._enqueue(job, time.monotonic())
             self.metrics.jobs.inc(status="accepted")
@@ -313,7 +363,7 @@ class Scheduler:
         self._update_depth()
         if status != DONE:
             self._delete_outputs(job)
-        self.store.save(job.state())
+        self._save(job)
         self.metrics.jobs.inc(status=status)
         self.metrics.job_seconds.observe(job.finished_at - job.accepted_at)
         self._finished.append(job.id)
@@ -322,6 +372,21 @@ class Scheduler:
             if old is not None:
                 self._forget(old)
         self._notify(job)
+
+    def _save(self, job: Job) -> bool:
+        """Journal ``job``'s state; on failure log it, keep the reason in :attr:`storage_error`, return False."""
+        try:
+            self.store.save(job.state())
+        except OSError as e:
+            reason = describe_write_error(e, self.store.jobs_dir)
+            if self.storage_error is None:
+                log.error("journal: cannot write the state of job %s: %s", job.id, reason)
+            self.storage_error = reason
+            return False
+        if self.storage_error is not None:
+            log.info("journal: writable again")
+            self.storage_error = None
+        return True
 
     def _forget(self, job: Job) -> None:
         self._jobs.pop(job.id, None)
@@ -429,8 +494,10 @@ class Scheduler:
         with self._cond:
             if error is not None:
                 self._writer_failed = True
+                reason = describe_write_error(error, self.store.outputs_dir)
+                log.error("job %s: writing output %d failed: %s", job.id, r.item.index, reason)
                 if not job.finished:
-                    self._finish(job, FAILED, f"writing the output failed: {error}")
+                    self._finish(job, FAILED, f"writing the output failed: {reason}")
                 return
             if job.status != RUNNING:  # cancelled while writing
                 self.store.delete_files([str(path), record_path])
@@ -440,6 +507,7 @@ class Scheduler:
             job.outputs[r.item.index] = Output(r.item.index, str(path), record_path, r.seconds)
             if len(job.outputs) == job.request.count:
                 self._finish(job, DONE)
-            else:
+            else:  # journaled as written: a restart queues only the outputs still missing
+                self._save(job)
                 job.stage = "queued"
                 self._notify(job)

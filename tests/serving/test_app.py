@@ -179,7 +179,7 @@ def test_cancel_queued_and_running_jobs(fake, tmp_path):
         for job in (running, queued):
             view = c.get(f"/v1/jobs/{job}").json()
             assert view["status"] == "cancelled" and view["outputs"] == []
-            assert c.get(f"/v1/jobs/{job}/audio").status_code == 409
+            assert c.get(f"/v1/jobs/{job}/audio").status_code == 410  # gone: never written
         assert list((tmp_path / "state" / "outputs").iterdir()) == []
         assert c.delete("/v1/jobs/nope").status_code == 404
 

@@ -69,7 +69,7 @@ def test_unusable_job_files_fail_before_models_load(tmp_path, capsys, monkeypatc
 def test_job_file_runs_in_batches_and_reruns_skip_finished_jobs(tmp_path, capsys, caplog, monkeypatch,
                                                                 lyrics_vocab_path):
     out = tmp_path / "out"
-    too_long = {"prompt": "x", "duration": SHORT, "infer_steps": STEPS, "lyrics": "la " * 3000}
+    too_long = {"prompt": "x", "duration": SHORT, "infer_steps": STEPS, "lyrics": "la\n" * 1500}  # > 4096 tokens
     jobs = _write(tmp_path / "jobs.jsonl", [GOOD[0], GOOD[1], {"prompt": "x", "nope": 1}, "", GOOD[2], too_long,
                                             GOOD[3]])
     assert main(_argv(jobs, out, lyrics_vocab_path)) == 1

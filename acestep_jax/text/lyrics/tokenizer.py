@@ -56,12 +56,15 @@ class LyricTokenizer:
         tag = "zh-cn" if lang == "zh" else lang
         return self.bpe.encode(f"[{tag}]{text}".replace(" ", "[SPACE]")).ids
 
-    def encode(self, lyrics: str) -> list[int]:
-        """Token ids of ``lyrics`` (see the class docstring); ``""`` gives ``[]``."""
+    def encode(self, lyrics: str, limit: int | None = None) -> list[int]:
+        """Token ids of ``lyrics`` (see the class docstring); ``""`` gives ``[]``. ``limit``: stop at
+        the first line that takes the count past it (enough to refuse over-long lyrics cheaply)."""
         if len(lyrics) == 0:
             return []
         ids = [START_ID]
         for line in lyrics.split("\n"):
+            if limit is not None and len(ids) > limit:
+                break
             line = line.strip()
             if not line:
                 ids.append(LINE_END_ID)
@@ -90,15 +93,17 @@ class LyricTokenizer:
         return np.asarray(ids, np.int32), np.ones(len(ids), np.int32)
 
 
-def check_length(num_tokens: int, what: str = "lyrics", characters: int | None = None) -> None:
+def check_length(num_tokens: int, what: str = "lyrics", characters: int | None = None, *,
+                 counted_to_limit: bool = False) -> None:
     """Raise :class:`~acestep_jax.errors.UsageError` naming ``what`` when ``num_tokens`` exceeds
-    :data:`MAX_TOKENS`."""
+    :data:`MAX_TOKENS` (``counted_to_limit``: counting stopped there, see ``encode(limit=)``)."""
     from acestep_jax.errors import UsageError
 
     if num_tokens > MAX_TOKENS:
         chars = "" if characters is None else f" ({characters} characters)"
+        size = f"more than {MAX_TOKENS}" if counted_to_limit else str(num_tokens)
         raise UsageError(
-            f"{what} are {num_tokens} tokens long{chars}; the limit is {MAX_TOKENS} tokens, the longest "
+            f"{what} are {size} tokens long{chars}; the limit is {MAX_TOKENS} tokens, the longest "
             "lyrics the model was trained on (about 6,800 characters of English, 2,800 of Chinese)"
         )
 
@@ -118,6 +123,6 @@ def check_lyrics(
 
     if not lyrics:
         return 0
-    n = len(LyricTokenizer(find_lyrics_vocab(vocab, checkpoint_dir=checkpoint_dir)).encode(lyrics))
-    check_length(n, what, len(lyrics))
+    n = len(LyricTokenizer(find_lyrics_vocab(vocab, checkpoint_dir=checkpoint_dir)).encode(lyrics, MAX_TOKENS))
+    check_length(n, what, len(lyrics), counted_to_limit=True)
     return n

@@ -203,5 +203,8 @@ def test_length_limit(lyrics_vocab_path):
         check_length(MAX_TOKENS + 1, "--lyrics", 9000)
     assert check_lyrics("") == 0
     assert check_lyrics("[verse]\nla la", lyrics_vocab_path) > 0
-    with pytest.raises(ValueError, match="4501 tokens long"):
+    with pytest.raises(ValueError, match="are more than 4096 tokens long"):  # counting stops at the limit
         check_lyrics("\n".join(["[verse]"] * 1500), lyrics_vocab_path)
+    tok = LyricTokenizer(lyrics_vocab_path)
+    long = "\n".join(["[verse]"] * 1500)
+    assert len(tok.encode(long)) == 4501 and 4096 < len(tok.encode(long, MAX_TOKENS)) <= 4096 + 3
