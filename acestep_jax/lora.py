@@ -171,11 +171,26 @@ class LoraFile:
         return {name: self.alphas.get(name, alpha) / denominator for name in self.pairs}
 
 
+def resolve_lora(spec: str | os.PathLike) -> str:
+    """A LoRA's local path: ``spec`` itself when it exists, else the Hub repo it names (e.g.
+    ``ACE-Step/ACE-Step-v1-chinese-rap-LoRA``), downloaded once into the Hugging Face cache."""
+    from acestep_jax.convert.hub import local_folder, snapshot
+
+    return os.fspath(local_folder(spec, "LoRA", lambda repo: snapshot(repo, ["*.safetensors", "*.json"], "LoRA")))
+
+
+def lora_exists(spec: str | os.PathLike) -> bool:
+    """Whether ``spec`` names a LoRA: an existing path or a Hub repo id (checked before anything loads)."""
+    from acestep_jax.convert.hub import looks_like_repo_id
+
+    return os.path.exists(spec) or looks_like_repo_id(os.fspath(spec))
+
+
 def read_lora(path: str | os.PathLike) -> LoraFile:
-    """Read an adapter file (or a folder holding ``pytorch_lora_weights.safetensors``)."""
+    """Read an adapter file (or a folder holding ``pytorch_lora_weights.safetensors``), local or by Hub id."""
     from safetensors import safe_open
 
-    path = os.fspath(path)
+    path = resolve_lora(path)
     folder = path if os.path.isdir(path) else os.path.dirname(path)
     file = os.path.join(path, ADAPTER_FILE) if os.path.isdir(path) else path
     if not os.path.isfile(file):

@@ -26,10 +26,11 @@ LIBRARY_LOGGERS = ("absl", "jax", "orbax", "tensorstore", "urllib3", "huggingfac
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
-    """:data:`USER_ERRORS` plus the converter's :class:`~acestep_jax.convert.core.CheckpointError`."""
+    """:data:`USER_ERRORS` plus the converter's ``CheckpointError`` and failed Hub downloads."""
     from acestep_jax.convert.core import CheckpointError
+    from acestep_jax.convert.hub import DownloadError
 
-    return (*USER_ERRORS, CheckpointError)
+    return (*USER_ERRORS, CheckpointError, DownloadError)
 
 
 def report(error: BaseException | str, debug: bool = False) -> int:

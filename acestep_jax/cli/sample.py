@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -53,7 +52,7 @@ from acestep_jax.codec.audio_io import FORMATS
 from acestep_jax.codec.codec import OUTPUT_SAMPLE_RATE
 from acestep_jax.errors import UsageError
 from acestep_jax.files import read_text
-from acestep_jax.lora import SCALE_MODES, LoraSpec
+from acestep_jax.lora import SCALE_MODES, LoraSpec, lora_exists
 from acestep_jax.sampling.fields import FieldError
 from acestep_jax.sampling.params import MAX_STEPS, TASKS, SamplingParams
 from acestep_jax.serving.requests import BY_NAME, FIELDS, RECORD_KEY, Limits, Request, parse_request
@@ -74,8 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="sample.py", description=__doc__.split("\n\n")[0])
     add_model_flags(p)
     m = p.add_argument_group("LoRA")
-    m.add_argument("--lora", action="append", help="LoRA adapter (PEFT/diffusers safetensors file or folder); "
-                   "repeat for several, merged in order")
+    m.add_argument("--lora", action="append", help="LoRA adapter: a PEFT/diffusers safetensors file or folder, or a "
+                   "Hub repo id (downloaded once); repeat for several, merged in order")
     m.add_argument("--lora-weight", action="append", type=float,
                    help="strength of each --lora, one per --lora in the same order (default 1.0 each)")
     m.add_argument("--lora-scale", action="append", choices=SCALE_MODES,
@@ -170,8 +169,8 @@ def lora_specs(args) -> list[LoraSpec]:
         raise UsageError(f"--lora-scale given {len(scales)} times for {len(paths)} --lora; give one for all "
                          "or one per --lora")
     for path in paths:
-        if not os.path.exists(path):
-            raise UsageError(f"--lora {path} does not exist")
+        if not lora_exists(path):
+            raise UsageError(f"--lora {path} does not exist (nor is it a Hub repo id)")
     weights = weights or [1.0] * len(paths)
     scales = scales * len(paths) if len(scales) == 1 else scales or ["reference"] * len(paths)
     return [LoraSpec(p, w, s) for p, w, s in zip(paths, weights, scales, strict=True)]

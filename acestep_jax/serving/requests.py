@@ -36,7 +36,7 @@ import numpy as np
 
 from acestep_jax.codec.audio_io import FORMATS
 from acestep_jax.codec.codec import OUTPUT_SAMPLE_RATE
-from acestep_jax.lora import SCALE_MODES, LoraSpec
+from acestep_jax.lora import SCALE_MODES, LoraSpec, lora_exists
 from acestep_jax.sampling import SamplingParams
 from acestep_jax.sampling.fields import Field, FieldError, json_type
 from acestep_jax.sampling.params import (
@@ -366,8 +366,8 @@ def _lora_specs(values, limits: Limits, reference: bool, spell) -> tuple[LoraSpe
             raise RequestError("lora_weight", "is given with a list of LoRAs (each has its weight)")
         specs = lora
     for spec in specs:
-        if not os.path.exists(spec.path):
-            raise RequestError(spell("lora"), f"{spec.path} does not exist")
+        if not lora_exists(spec.path):
+            raise RequestError(spell("lora"), f"{spec.path} does not exist (nor is it a Hub repo id)")
     return specs
 
 

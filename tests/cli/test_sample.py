@@ -149,3 +149,33 @@ def test_shard_pads_an_invariant_batch_with_fillers(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"pad_{i}.{ext}" for i in range(3) for ext in ("json", "wav")]
     record = json.loads((tmp_path / "pad_2.json").read_text())
     assert record["seeds"] == [3] and record["batch_invariant"] and record["output"]["index"] == 2
+
+
+def test_loras_by_hub_id_download_once(tmp_path, xla_cache, monkeypatch, capsys):
+    import huggingface_hub
+
+    folder = _tiny_lora(tmp_path / "hub", "to_q", 3)
+    calls = []
+
+    def fake_snapshot(repo_id, allow_patterns, **_):
+        calls.append(repo_id)
+        return folder
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
+    common = ["--tiny-random", "--prompt", "rock, guitar", "--duration", "2", "--steps", "3", "--batch", "2",
+              "--seeds", "3", "4", "--quiet", "--compile-cache", xla_cache]
+    assert main([*common, "--lora", "ACE-Step/ACE-Step-v1-chinese-rap-LoRA", "--out", str(tmp_path / "hub.wav")]) == 0
+    assert main([*common, "--lora", folder, "--out", str(tmp_path / "local.wav")]) == 0
+    np.testing.assert_array_equal(sf.read(tmp_path / "hub_1.wav")[0], sf.read(tmp_path / "local_1.wav")[0])
+    record = json.loads((tmp_path / "hub_1.json").read_text())
+    assert record["lora"][0]["path"] == "ACE-Step/ACE-Step-v1-chinese-rap-LoRA"
+    assert calls == ["ACE-Step/ACE-Step-v1-chinese-rap-LoRA"]
+
+    def offline(*_, **__):
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    capsys.readouterr()
+    assert main([*common, "--lora", "owner/missing-lora", "--out", str(tmp_path / "x.wav")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "could not download the LoRA owner/missing-lora" in err
