@@ -54,6 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how long a queued request waits for compatible ones to batch with")
     q.add_argument("--max-queue", type=int, default=64, help="outputs waiting before requests get 429")
     q.add_argument("--keep-jobs", type=int, default=1000, help="finished jobs kept (older ones are deleted)")
+    q.add_argument("--max-upload-mb", type=float, default=64.0, help="largest source-audio upload")
+    q.add_argument("--upload-ttl-hours", type=float, default=24.0,
+                   help="uploads no job holds are deleted after this")
+    q.add_argument("--lora", action="append", default=[], metavar="PATH_OR_HUB_ID",
+                   help="a LoRA requests may name (repeat for several; the page lists them)")
     q.add_argument("--warmup", metavar="JSON", help="a request whose programs compile at every batch size "
                    "before serving")
     lim = p.add_argument_group("limits per request")
@@ -86,9 +91,17 @@ def _config(args):
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.max_wait_ms < 0 or args.sync_timeout <= 0:
         raise UsageError("--max-wait-ms must be >= 0 and --sync-timeout > 0")
+    from acestep_jax.lora import lora_exists
+
+    for lora in args.lora:
+        if not lora_exists(lora):
+            raise UsageError(f"--lora {lora} does not exist (nor is it a Hub repo id)")
+    if args.max_upload_mb <= 0 or args.upload_ttl_hours <= 0:
+        raise UsageError("--max-upload-mb and --upload-ttl-hours must be > 0")
     try:
         limits = dataclasses.replace(SERVER_LIMITS, max_duration=args.max_duration, max_steps=args.max_steps,
-                                     max_outputs=args.max_outputs, max_lyrics_chars=args.max_lyrics_chars)
+                                     max_outputs=args.max_outputs, max_lyrics_chars=args.max_lyrics_chars,
+                                     loras=tuple(args.lora))
     except ValueError as e:
         raise UsageError(f"limits: {e}") from None
     if args.max_outputs > args.max_queue:
@@ -100,7 +113,8 @@ def _config(args):
         except ValueError as e:
             raise UsageError(f"--warmup: {e}") from None
     scheduler = SchedulerConfig(batch_sizes=sizes, max_wait_s=args.max_wait_ms / 1000, max_queue=args.max_queue,
-                                keep_jobs=args.keep_jobs)
+                                keep_jobs=args.keep_jobs, max_upload_bytes=int(args.max_upload_mb * (1 << 20)),
+                                upload_ttl_s=args.upload_ttl_hours * 3600)
     app = AppConfig(api_key=args.api_key or None, max_body_bytes=args.max_body_kb * 1024,
                     sync_timeout_s=args.sync_timeout)
     return options, limits, scheduler, app, warmup
@@ -127,6 +141,10 @@ def main(argv=None) -> int:
 
     try:
         pipe = load_pipeline(options)
+        from acestep_jax.lora import read_lora
+
+        for lora in limits.loras:  # downloaded and checked now, not at a request
+            read_lora(lora)
         scheduler = Scheduler(pipe, store, scheduler_config, limits, model_info=options.record())
     except (*user_errors(), ValueError) as e:  # ValueError: sizes that do not fit the mesh
         return report(e, args.debug)

@@ -12,6 +12,12 @@ Endpoints (all but the health checks need ``Authorization: Bearer KEY`` when a k
 - ``POST /generate``: the reference's ``infer-api.py`` body, answered when the audio is
   ready (``output_path`` is the audio's URL here); ``checkpoint_path``, ``output_path`` and
   ``device_id`` are refused: the server owns its model, devices and disk.
+- ``POST /v1/uploads``: an audio file (the body, any audio ``Content-Type``) for the tasks
+  with source audio → ``201`` with its ``id``, which a request names as ``src_upload``.
+- ``GET /v1/jobs/{id}/record?index=i``: output ``i``'s record (the request that reproduces it).
+- ``GET /v1/loras`` (the LoRAs requests may name), ``GET /v1/fields`` (every request field
+  with its type, bounds, default and help: what the page builds its form from).
+- ``GET /``: the page (see ``page.html``), a form over this API for people.
 - ``GET /healthz`` (and the reference's ``/health``), ``GET /metrics`` (Prometheus text).
 
 Bad bodies get ``400`` (not JSON), ``413`` (too large), ``415`` (not ``application/json``)
@@ -24,19 +30,23 @@ shutting down, or one that cannot write its journal (a full disk), ``503`` with
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import secrets
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from fastapi import Depends, FastAPI, HTTPException
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse
 from starlette.requests import Request as HTTPRequest
 
 from acestep_jax.codec.audio_io import MEDIA_TYPES
+from acestep_jax.codec.codec import OUTPUT_SAMPLE_RATE
+from acestep_jax.sampling import SamplingParams
 from acestep_jax.serving.metrics import CONTENT_TYPE
-from acestep_jax.serving.requests import RequestError, parse_request
+from acestep_jax.serving.requests import FIELDS, REQUEST_DEFAULTS, RequestError, parse_request
 from acestep_jax.serving.scheduler import (
     CANCELLED,
     DONE,
@@ -48,6 +58,7 @@ from acestep_jax.serving.scheduler import (
     QueueFull,
     Scheduler,
 )
+from acestep_jax.serving.uploads import UploadError
 
 
 @dataclass(frozen=True)
@@ -64,6 +75,7 @@ class _BodyError(Exception):
         self.status, self.detail = status, detail
 
 
+PAGE = Path(__file__).with_name("page.html")
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")  # metric labels; others: "other"
 
 
@@ -147,6 +159,19 @@ async def _disconnected(http: HTTPRequest, every: float = 0.5) -> None:
         await asyncio.sleep(every)
 
 
+def request_fields() -> list[dict]:
+    """The request fields as the page reads them (from the one field table)."""
+    defaults = {**{f.name: getattr(SamplingParams(), f.name) for f in dataclasses.fields(SamplingParams)},
+                **REQUEST_DEFAULTS, "prompt": "", "lyrics": "", "format": "wav", "sample_rate": OUTPUT_SAMPLE_RATE}
+    out = []
+    for f in FIELDS:
+        default = defaults.get(f.name)
+        out.append({"name": f.name, "kind": f.kind, "help": f.help, "low": f.low, "high": f.high,
+                    "choices": list(f.choices), "per_item": f.per_item, "nullable": f.nullable,
+                    "default": list(default) if isinstance(default, tuple) else default})
+    return out
+
+
 def job_view(scheduler: Scheduler, job: Job) -> dict:
     """A job as the API shows it."""
     r = job.request
@@ -198,7 +223,7 @@ def create_app(scheduler: Scheduler, config: AppConfig = AppConfig()) -> FastAPI
     auth = [Depends(authorized)]
 
     def parse(data, reference: bool | None):
-        request = parse_request(data, scheduler.limits, reference=reference)
+        request = scheduler.attach(parse_request(data, scheduler.limits, reference=reference))
         scheduler.check(request)
         return request
 
@@ -283,6 +308,49 @@ def create_app(scheduler: Scheduler, config: AppConfig = AppConfig()) -> FastAPI
                                 f"next start (GET /v1/jobs/{job.id})", headers={"Retry-After": "30"})
         raise HTTPException(504, f"job {job.id} is not finished after {config.sync_timeout_s:g} s; "
                             f"poll GET /v1/jobs/{job.id}")
+
+    @app.post("/v1/uploads", status_code=201, dependencies=auth)
+    async def upload(http: HTTPRequest):
+        """Store an audio file for a request's ``src_upload`` (decoded and checked now)."""
+        limit = scheduler.uploads.max_bytes
+        body = bytearray()
+        async for chunk in http.stream():
+            body += chunk
+            if len(body) > limit:
+                raise HTTPException(413, f"the upload exceeds {limit} bytes")
+        try:
+            stored = await run_in_threadpool(scheduler.add_upload, bytes(body))
+        except UploadError as e:
+            raise HTTPException(e.status, str(e)) from None
+        except OSError as e:
+            raise HTTPException(503, f"the upload cannot be stored: {e}", headers={"Retry-After": "30"}) from None
+        return JSONResponse({**dataclasses.asdict(stored), "expires_in_s": scheduler.uploads.ttl_s}, status_code=201)
+
+    @app.get("/v1/jobs/{job_id}/record", dependencies=auth)
+    async def record(job_id: str, index: int = 0):
+        """Output ``index``'s record: the request that reproduces it, and how it was made."""
+        job = get_job(job_id)
+        output = job.outputs.get(index)
+        if output is None:
+            raise HTTPException(404, f"job {job_id} has no written output {index}")
+        return FileResponse(output.record, media_type="application/json",
+                            filename=f"{job.request.name or job.id}_{index}.json")
+
+    @app.get("/v1/loras", dependencies=auth)
+    async def loras():
+        """The LoRAs a request may name (``lora``), as the operator listed them."""
+        return {"loras": list(scheduler.limits.loras)}
+
+    @app.get("/v1/fields")
+    async def fields():
+        """Every request field: name, type, bounds, choices, default, help (the page's form)."""
+        return {"fields": request_fields(), "limits": {"max_duration": scheduler.limits.max_duration,
+                                                       "max_steps": scheduler.limits.max_steps,
+                                                       "max_outputs": scheduler.limits.max_outputs}}
+
+    @app.get("/", include_in_schema=False)
+    async def page():
+        return HTMLResponse(PAGE.read_text(encoding="utf-8"))
 
     @app.get("/healthz")
     @app.get("/health", include_in_schema=False)

@@ -62,7 +62,7 @@ def group_key(request: Request) -> tuple:
     """What items must share to run in one batch (see the module docstring)."""
     p = request.params
     if p.task in SOURCE_TASKS:
-        length = ("source", request.src_audio)
+        length = ("source", request.source)
     else:
         length = ("frames", bucket_frames(seconds_to_frames(p.duration)))
     return (p.structure(), length, ("sample_rate", request.sample_rate),
@@ -138,7 +138,7 @@ def run_batch(pipe, items: Sequence[Item], sizes: Sequence[int] = BATCH_SIZES) -
     out = pipe.generate(
         [it.request.prompt for it in filled], [it.request.lyrics for it in filled],
         [it.request.params for it in filled], seeds=[it.seed for it in filled],
-        retake_seeds=[it.retake_seed for it in filled], src_audio=first.src_audio,
+        retake_seeds=[it.retake_seed for it in filled], src_audio=first.source,
         target_prompts=[it.request.target_prompt for it in filled] if edit else None,
         target_lyrics=[it.request.target_lyrics for it in filled] if edit else None,
         sample_rate=first.sample_rate, batch_size=size,

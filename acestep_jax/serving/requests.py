@@ -49,7 +49,7 @@ from acestep_jax.sampling.params import (
 
 SAMPLE_RATES = (16000, 22050, 24000, 32000, 44100, 48000)  # the server's (each rate compiles its resampler)
 MAX_SEED = 2**32 - 1  # seeds are uint32, as the reference's torch generators take them
-SERVER_TASKS = ("text2music", "retake")  # no source audio: nothing on the server's disk is named
+UPLOAD_ID = re.compile(r"[0-9a-f]{32}")  # the server's names for uploaded audio (POST /v1/uploads)
 RECORD_KEY = "output"  # what a record adds to its request (paths, batch, timings); ignored when read back
 REFERENCE_IGNORED = ("bf16", "torch_compile", "debug", "timecosts", "audio_path")
 REFERENCE_REFUSED = ("checkpoint_path", "output_path", "device_id", "save_path")
@@ -70,6 +70,8 @@ REQUEST_FIELDS = (
     Field("sample_rate", "int", "output sample rate (Hz)", low=8000, high=192000),
     Field("src_audio", "str", "source audio (repaint/extend/edit; audio2audio reference)",
           reference="src_audio_path", nullable=True),
+    Field("src_upload", "str", "the server: an uploaded source audio's id (POST /v1/uploads)", flag="",
+          nullable=True),
     Field("target_prompt", "str", "edit: the target prompt", flag="--edit-target-prompt",
           reference="edit_target_prompt", nullable=True),
     Field("target_lyrics", "str", "edit: the target lyrics", flag="--edit-target-lyrics",
@@ -98,7 +100,9 @@ _REFERENCE_ONLY = ({f.reference for f in FIELDS if f.reference and f.reference !
 class Limits:
     """What an operator allows. ``tasks``: the tasks taken; ``local_paths``: whether
     requests may name files on this machine (source audio, LoRAs; not the server);
-    ``sample_rates``: the output rates taken (empty: any the field allows)."""
+    ``uploads``: whether they may name uploaded audio (the server); ``loras``: the LoRAs
+    (paths or Hub ids) requests may name without ``local_paths``; ``sample_rates``: the
+    output rates taken (empty: any the field allows)."""
 
     max_duration: float = MAX_SECONDS
     max_steps: int = 200
@@ -107,6 +111,8 @@ class Limits:
     max_lyrics_chars: int = 8000  # about 6,800 characters of English lyrics reach the 4096-token limit
     tasks: tuple[str, ...] = TASKS
     local_paths: bool = True
+    uploads: bool = False
+    loras: tuple[str, ...] = ()
     sample_rates: tuple[int, ...] = ()
 
     def __post_init__(self):
@@ -119,7 +125,7 @@ class Limits:
             raise ValueError(f"unknown tasks {bad}; tasks are {TASKS}")
 
 
-SERVER_LIMITS = Limits(tasks=SERVER_TASKS, local_paths=False, sample_rates=SAMPLE_RATES)
+SERVER_LIMITS = Limits(local_paths=False, uploads=True, sample_rates=SAMPLE_RATES)
 
 
 @dataclass(frozen=True)
@@ -135,11 +141,18 @@ class Request:
     format: str = "wav"
     sample_rate: int = OUTPUT_SAMPLE_RATE
     src_audio: str | None = None
+    src_upload: str | None = None
     target_prompt: str | None = None
     target_lyrics: str | None = None
     lora: tuple[LoraSpec, ...] = ()
     name: str | None = None
     reference: bool = field(default=False, compare=False)  # spelled in the reference's names
+    upload_path: str | None = field(default=None, compare=False)  # where the server keeps src_upload
+
+    @property
+    def source(self) -> str | None:
+        """The source audio file: ``src_audio``, or the stored upload once the server attached it."""
+        return self.src_audio if self.src_audio is not None else self.upload_path
 
     @property
     def count(self) -> int:
@@ -161,7 +174,7 @@ class Request:
         if index is not None and not self.coupled:
             seeds, retake = seeds[index : index + 1], retake[index : index + 1]
         d.update(seeds=list(seeds), retake_seeds=list(retake), format=self.format, sample_rate=self.sample_rate)
-        for key in ("src_audio", "target_prompt", "target_lyrics", "name"):
+        for key in ("src_audio", "src_upload", "target_prompt", "target_lyrics", "name"):
             if getattr(self, key) is not None:
                 d[key] = getattr(self, key)
         if self.lora:
@@ -280,7 +293,7 @@ def _build(values: dict, extra: dict, limits: Limits, reference: bool, rng) -> R
     if len(lyrics) > limits.max_lyrics_chars:
         raise RequestError("lyrics", f"has {len(lyrics)} characters; at most {limits.max_lyrics_chars}")
 
-    task, src_audio = get("task", "text2music"), get("src_audio")
+    task, src_audio, upload = get("task", "text2music"), get("src_audio"), get("src_upload")
     if extra.get("audio2audio_enable"):  # the reference switches to audio2audio with a reference audio
         if extra.get("ref_audio_input") is None:
             raise RequestError("audio2audio_enable", "needs ref_audio_input")
@@ -292,11 +305,17 @@ def _build(values: dict, extra: dict, limits: Limits, reference: bool, rng) -> R
     if task not in limits.tasks:
         raise RequestError(spell("task"), f"{task!r} is not served here; tasks: {', '.join(limits.tasks)}")
     if src_audio is not None and not limits.local_paths:
-        raise RequestError(spell("src_audio"), "is not taken: the service reads no files named by requests")
-    if task in SOURCE_TASKS and src_audio is None:
-        raise RequestError(spell("src_audio"), f"is required by task {task!r}")
-    if src_audio is not None and task not in SOURCE_TASKS:
-        raise RequestError(spell("src_audio"), f"is not used by task {task!r}")
+        raise RequestError(spell("src_audio"), "is not taken: the service reads no files named by requests; "
+                           "upload the audio (POST /v1/uploads) and give its id as src_upload")
+    if upload is not None and not limits.uploads:
+        raise RequestError("src_upload", "is only taken by the HTTP server; give a file as src_audio")
+    if upload is not None and (src_audio is not None or not UPLOAD_ID.fullmatch(upload)):
+        raise RequestError("src_upload", "must be an upload's id (32 hex digits), and not given with src_audio")
+    given_source = src_audio if upload is None else upload
+    if task in SOURCE_TASKS and given_source is None:
+        raise RequestError("src_upload" if limits.uploads else spell("src_audio"), f"is required by task {task!r}")
+    if given_source is not None and task not in SOURCE_TASKS:
+        raise RequestError("src_upload" if upload else spell("src_audio"), f"is not used by task {task!r}")
     if task == "edit" and (values.get("target_prompt") is None or values.get("target_lyrics") is None):
         raise RequestError(spell("target_prompt"), "and the target lyrics are required by task 'edit'")
 
@@ -321,7 +340,7 @@ def _build(values: dict, extra: dict, limits: Limits, reference: bool, rng) -> R
     lora = _lora_specs(values, limits, reference, spell)
     request = Request(
         prompt=prompt, lyrics=lyrics, params=params, seeds=seeds, retake_seeds=retake_seeds,
-        format=get("format", "wav"), sample_rate=_sample_rate(values, limits), src_audio=src_audio,
+        format=get("format", "wav"), sample_rate=_sample_rate(values, limits), src_audio=src_audio, src_upload=upload,
         target_prompt=values.get("target_prompt"), target_lyrics=values.get("target_lyrics"), lora=lora,
         name=_name(values.get("name")), reference=reference,
     )
@@ -357,8 +376,6 @@ def _lora_specs(values, limits: Limits, reference: bool, spell) -> tuple[LoraSpe
         if "lora_weight" in values and not reference:
             raise RequestError("lora_weight", "is given without lora")
         return ()
-    if not limits.local_paths:
-        raise RequestError(spell("lora"), "is not taken: the service reads no files named by requests")
     if isinstance(lora, str):
         specs = (LoraSpec(lora, values.get("lora_weight", 1.0)),)
     else:
@@ -366,7 +383,10 @@ def _lora_specs(values, limits: Limits, reference: bool, spell) -> tuple[LoraSpe
             raise RequestError("lora_weight", "is given with a list of LoRAs (each has its weight)")
         specs = lora
     for spec in specs:
-        if not lora_exists(spec.path):
+        if not limits.local_paths and spec.path not in limits.loras:
+            raise RequestError(spell("lora"), f"{spec.path!r} is not one of this server's LoRAs: "
+                               f"{', '.join(limits.loras) or 'none'} (GET /v1/loras)")
+        if limits.local_paths and not lora_exists(spec.path):
             raise RequestError(spell("lora"), f"{spec.path} does not exist (nor is it a Hub repo id)")
     return specs
 

@@ -18,6 +18,7 @@ full disk) refuses new jobs with :class:`JournalError` and shows in :attr:`Sched
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import math
@@ -46,8 +47,11 @@ from acestep_jax.serving.requests import (
     Limits,
     Request,
     RequestError,
+    check_params,
     parse_request,
+    source_frames,
 )
+from acestep_jax.serving.uploads import UploadStore
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +101,8 @@ class SchedulerConfig:
     max_queue: int = 64  # outputs waiting; beyond it requests are refused (429)
     keep_jobs: int = 1000  # finished jobs kept with their files; older ones are deleted
     writer_workers: int = 2
+    max_upload_bytes: int = 64 << 20
+    upload_ttl_s: float = 24 * 3600  # uploads no job holds are deleted after this
 
 
 @dataclass(frozen=True)
@@ -201,6 +207,7 @@ class Scheduler:
         self._batch_seconds: float | None = None  # moving average
         self._lyrics_lock = threading.Lock()
         self.storage_error: str | None = None  # why the journal cannot be written, while it cannot
+        self.uploads = UploadStore(store.root / "uploads", config.max_upload_bytes, config.upload_ttl_s)
 
     # ------------------------------------------------------------------ life cycle
     def start(self) -> None:
@@ -216,6 +223,12 @@ class Scheduler:
                     continue
                 self._jobs[job.id] = job
                 self._seq = max(self._seq, job.seq + 1)
+                if job.status in (QUEUED, RUNNING) and job.request.src_upload:
+                    try:
+                        job.request = self.attach(job.request)
+                    except RequestError as e:
+                        self._finish(job, FAILED, f"cannot resume: {e}")
+                        continue
                 if job.status in (QUEUED, RUNNING):
                     job.status = QUEUED
                     self._enqueue(job, time.monotonic())
@@ -272,6 +285,26 @@ class Scheduler:
                         self.pipe.tokenize_lyrics([text], name)
                     except ValueError as e:
                         raise RequestError(request.spelled(name), str(e)) from None
+
+    def attach(self, request: Request) -> Request:
+        """``request`` with its upload (``src_upload``) found and its windows checked against the
+        upload's length; a :class:`RequestError` when the upload is gone."""
+        if request.src_upload is None:
+            return request
+        path = self.uploads.path(request.src_upload)
+        if path is None:
+            raise RequestError("src_upload", f"no upload {request.src_upload} (uploads expire after "
+                               f"{self.config.upload_ttl_s:g} s unless a job holds them)")
+        request = dataclasses.replace(request, upload_path=str(path))
+        check_params(request, source_frames(str(path)))
+        return request
+
+    def add_upload(self, data: bytes):
+        """Store an uploaded audio file (:class:`~acestep_jax.serving.uploads.UploadError` when refused)."""
+        with self._cond:
+            held = {j.request.src_upload for j in self._jobs.values() if j.request and j.request.src_upload}
+        self.uploads.sweep(held)
+        return self.uploads.add(data)
 
     def submit(self, request: Request) -> Job:
         """Accept ``request``: journaled before this returns. Raises :class:`QueueFull` or :class:`Draining`."""
@@ -394,6 +427,9 @@ class Scheduler:
             self._finished.remove(job.id)
         self._delete_outputs(job)
         self.store.delete(job.id)
+        upload = job.request.src_upload if job.request else None
+        if upload and not any(j.request and j.request.src_upload == upload for j in self._jobs.values()):
+            self.uploads.delete(upload)  # deleted with the last job that used it
 
     def _delete_outputs(self, job: Job) -> None:
         files = [p for o in job.outputs.values() for p in (o.audio, o.record)]

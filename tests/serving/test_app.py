@@ -89,7 +89,9 @@ def test_reference_generate_endpoint(client):
     ({**REQUEST, "seeds": list(range(20))}, "seeds"),
     ({**REQUEST, "lyrics": "\u6b4c" * 100_000}, "lyrics"),
     ({**REQUEST, "lyrics": "la " * 300}, "lyrics"),  # within the character limit, over the token limit
-    ({**REQUEST, "task": "repaint"}, "task"),
+    ({**REQUEST, "task": "repaint"}, "src_upload"),
+    ({**REQUEST, "task": "repaint", "src_upload": "0" * 32}, "src_upload"),  # no such upload
+    ({**REQUEST, "task": "repaint", "src_upload": "../../etc/passwd"}, "src_upload"),
     ({**REQUEST, "src_audio": "/etc/passwd"}, "src_audio"),
     ({**REQUEST, "lora": "/some/lora"}, "lora"),
     ({**REQUEST, "scheduler_type": "ddim"}, "scheduler_type"),

@@ -111,8 +111,9 @@ def test_errors_name_the_field(data, message):
 
 
 def test_server_limits():
-    for data, field in (({"prompt": "x", "task": "repaint", "src_audio": "a.wav"}, "task"),
-                        ({"prompt": "x", "task": "audio2audio", "src_audio": "a.wav"}, "task"),
+    for data, field in (({"prompt": "x", "task": "repaint", "src_audio": "a.wav"}, "src_audio"),
+                        ({"prompt": "x", "task": "audio2audio"}, "src_upload"),
+                        ({"prompt": "x", "task": "repaint", "src_upload": "a.wav"}, "src_upload"),
                         ({"prompt": "x", "lora": "/x"}, "lora"),
                         ({"prompt": "x", "lyrics": "a" * 20001}, "lyrics"),
                         ({"prompt": "x", "seeds": list(range(9))}, "seeds"),
@@ -126,6 +127,15 @@ def test_server_limits():
     r = parse_request({"prompt": "x", "task": "retake", "retake_variance": 0.2, "bf16": False, "debug": True},
                       SERVER_LIMITS)
     assert r.params.task == "retake" and r.params.retake_variance == 0.2
+    upload = "ab" * 16
+    r = parse_request({"prompt": "x", "task": "repaint", "src_upload": upload, "repaint_end": 1.0}, SERVER_LIMITS)
+    assert r.src_upload == upload and r.source is None and r.to_dict()["src_upload"] == upload
+    with pytest.raises(RequestError, match="src_upload: is only taken by the HTTP server"):
+        parse_request({"prompt": "x", "task": "repaint", "src_upload": upload})
+    allowed = Limits(local_paths=False, loras=("owner/lora",))
+    assert parse_request({"prompt": "x", "lora": "owner/lora"}, allowed).lora[0].path == "owner/lora"
+    with pytest.raises(RequestError, match="is not one of this server's LoRAs: owner/lora"):
+        parse_request({"prompt": "x", "lora": "owner/other"}, allowed)
 
 
 def test_source_tasks_check_their_audio(tmp_path):
