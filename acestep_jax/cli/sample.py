@@ -227,7 +227,8 @@ def validate(args) -> Request:
     try:
         request = with_local_checks(request)
     except FieldError as e:
-        raise UsageError(f"--src-audio: {e.message}" if e.field == "src_audio" else str(e)) from None
+        flag = {"src_audio": "--src-audio", "lora": "--lora"}.get(e.field)
+        raise UsageError(f"{flag}: {e.message}" if flag else str(e)) from None
     if args.shard:
         _check_shard(request.count, request.params.batch_invariant)
     _check_lyrics(args, {"--lyrics": request.lyrics, "--edit-target-lyrics": request.target_lyrics or ""})
