@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 
-from acestep_jax.cli.common import report, user_errors
+from acestep_jax.cli.common import report, run_interruptibly, user_errors
 from acestep_jax.errors import UsageError
 from acestep_jax.files import remove_temporaries
 
@@ -55,7 +55,7 @@ def main(args) -> int:
             check_batch_sizes(sizes, 1 if pipe.mesh is None else pipe.mesh.shape["data"])
         except (*user_errors(), ValueError) as e:
             return report(e, args.debug)
-        summary = run_jobs(pipe, job_file.jobs, args.out_dir, sizes, progress=not args.quiet,
-                           model_info=options.record())
+        summary = run_interruptibly(lambda: run_jobs(pipe, job_file.jobs, args.out_dir, sizes,
+                                                     progress=not args.quiet, model_info=options.record()))
     print(summary)
     return 1 if job_file.errors or summary.failed else 0

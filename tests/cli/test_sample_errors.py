@@ -150,3 +150,34 @@ def test_params_json_fuzz(tmp_path, lyrics_vocab_path, record):
             validate(args)
     except UsageError:
         pass
+
+
+def test_ctrl_c_while_generating_stops_at_once_with_one_line(tmp_path, lyrics_vocab_path):
+    """SIGINT mid-generation: exit 130 within seconds, one line, no traceback, no output files."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.helpers import REPO
+
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "sample.py"), "--tiny-random", "--duration", "240", "--steps", "1000",
+         "--lyrics-vocab", str(lyrics_vocab_path), "--compile-cache", "", "--quiet", "--out", str(tmp_path / "x.wav")],
+        cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in proc.stderr:  # wait until the models are loaded and the generation has started
+        lines.append(line)
+        if "generating" in line:
+            break
+    time.sleep(2.0)
+    assert proc.poll() is None, "".join(lines)
+    proc.send_signal(signal.SIGINT)
+    start = time.monotonic()
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=30) == 130
+    assert time.monotonic() - start < 5.0
+    assert rest.strip().splitlines() == ["interrupted (Ctrl-C) while generating; nothing more was written"], rest
+    assert list(tmp_path.iterdir()) == []
