@@ -42,6 +42,22 @@ def make_folder_beside(path: str | os.PathLike, prefix: str) -> Path:
     return tmp
 
 
+TEMP_PREFIX = ".tmp-"  # the temporary files of write_atomic
+
+
+def remove_temporaries(folder: str | os.PathLike) -> list[str]:
+    """Delete the temporary files a killed writer left in ``folder`` (none: nothing); returns their names."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for path in folder.glob(TEMP_PREFIX + "*"):
+        if path.is_file() and not path.is_symlink():
+            path.unlink(missing_ok=True)
+            removed.append(path.name)
+    return removed
+
+
 def write_atomic(path: str | os.PathLike, write: Callable[[str], None], suffix: str = "") -> None:
     """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it over ``path``.
 
@@ -51,7 +67,7 @@ def write_atomic(path: str | os.PathLike, write: Callable[[str], None], suffix: 
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=suffix)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=TEMP_PREFIX, suffix=suffix)
     os.close(fd)
     try:
         write(tmp)

@@ -211,6 +211,11 @@ def read_lora(path: str | os.PathLike) -> LoraFile:
         tensors = {k[len("transformer."):]: v for k, v in tensors.items()}
     pairs: dict[str, dict[str, np.ndarray]] = {}
     alphas: dict[str, float] = {}
+    nonfinite = sorted(k for k, v in tensors.items()
+                       if v.dtype.kind not in "iub" and not np.isfinite(v.astype(np.float32)).all())
+    if nonfinite:
+        raise CheckpointError(f"{file}: tensors hold NaN or Inf values: {nonfinite[:10]}; the adapter is broken "
+                              "(retrain it or use another checkpoint of it)")
     bad = []
     for key, value in tensors.items():
         m = re.fullmatch(r"(.+)\.lora_(A|B)(?:\.[\w-]+)?\.weight", key)
@@ -304,13 +309,14 @@ def _check_pairs(model, sites: dict[str, LinearSite], lora: LoraFile) -> None:
         raise CheckpointError(f"{lora.path}: LoRA modules not in the transformer (or not linear layers): "
                               f"{unknown[:10]}")
     problems = []
-    for name, (a, b) in lora.pairs.items():
+    for name, (a, b) in sorted(lora.pairs.items()):
         dense = _module(model, sites[name].path)
         fan_in, fan_out = dense.kernel.shape[-2:]
         if a.shape[1] != fan_in or b.shape[0] != fan_out or a.shape[0] != b.shape[1]:
             problems.append(f"{name}: A {list(a.shape)}, B {list(b.shape)} vs layer [{fan_in} -> {fan_out}]")
     if problems:
-        raise CheckpointError(f"{lora.path}: LoRA shapes do not fit the transformer:\n  " + "\n  ".join(problems[:20]))
+        raise CheckpointError(f"{lora.path}: LoRA shapes of {len(problems)} module(s) do not fit the transformer "
+                              "(an adapter for another model size?); the first:\n  " + "\n  ".join(problems[:5]))
 
 
 def _log_scale(lora: LoraFile, spec: LoraSpec, scales: dict[str, float]) -> None:

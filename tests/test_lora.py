@@ -303,6 +303,24 @@ def test_mismatched_files_are_refused(base, tmp_path):
     with pytest.raises(CheckpointError, match="not found"):
         merge_lora(model, tmp_path / "absent")
 
+    for value in (np.nan, np.inf):
+        bad_b = b.copy()
+        bad_b[1, 0] = value
+        _peft_file(tmp_path / "nan.safetensors", {"transformer_blocks.0.attn.to_q": (a, bad_b)}, config)
+        with pytest.raises(CheckpointError, match=r"NaN or Inf values: \['transformer_blocks.0.attn.to_q.lora_B"):
+            merge_lora(model, tmp_path / "nan.safetensors")
+
+
+def test_wrong_shapes_name_the_first_modules(base, tmp_path):
+    cfg, weights, _ = base
+    model = load_transformer(DictSource(weights), cfg)
+    config = LoraConfig(r=2, lora_alpha=2.0, target_modules=("to_q",), use_rslora=False)
+    a, b = np.zeros((2, cfg.inner_dim + 1), np.float32), np.zeros((cfg.inner_dim, 2), np.float32)
+    modules = {f"transformer_blocks.{i}.attn.to_q": (a, b) for i in range(2)}
+    _peft_file(tmp_path / "wide.safetensors", modules, config)
+    with pytest.raises(CheckpointError, match=r"(?s)shapes of 2 module\(s\) do not fit .*transformer_blocks.0.attn.to_q: A"):
+        merge_lora(model, tmp_path / "wide.safetensors")
+
 
 def test_add_lora_rejects_targets_matching_nothing(base):
     cfg, weights, _ = base

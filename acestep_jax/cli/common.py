@@ -15,13 +15,17 @@ import logging
 import os
 import re
 import sys
+import threading
 import traceback
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from acestep_jax.errors import UsageError
 
 # errors that user input or the user's environment cause (files, downloads, checkpoints, extras)
 USER_ERRORS: tuple[type[BaseException], ...] = (UsageError, OSError, ImportError)
+T = TypeVar("T")
 LIBRARY_LOGGERS = ("absl", "jax", "orbax", "tensorstore", "urllib3", "huggingface_hub", "grain")
 
 
@@ -47,6 +51,43 @@ def one_line(error: BaseException | str, limit: int = 600) -> str:
     text = "".join(("" if i == 0 else " " if lines[i - 1].endswith(":") else "; ") + line
                    for i, line in enumerate(lines)) or type(error).__name__
     return text if len(text) <= limit else text[:limit] + " ... (--debug shows everything)"
+
+
+INTERRUPTED = 130  # the exit status of a command stopped by Ctrl-C (128 + SIGINT)
+
+
+def interrupted(what: str) -> int:
+    """Report a Ctrl-C as one line; returns :data:`INTERRUPTED`."""
+    print(f"interrupted (Ctrl-C) {what}", file=sys.stderr)
+    return INTERRUPTED
+
+
+def run_interruptibly(fn: Callable[[], T]) -> T:
+    """``fn()`` on a worker thread while the main thread waits in short slices, so a Ctrl-C is
+    seen at once rather than when a compiled loop returns. On Ctrl-C the one line is printed and
+    the process ends with :data:`INTERRUPTED` there and then: a running XLA computation cannot be
+    stopped, only abandoned with the process (writes are atomic, so no partial output stays)."""
+    result: dict = {}
+
+    def work():
+        try:
+            result["value"] = fn()
+        except BaseException as e:  # noqa: BLE001 - handed to the main thread
+            result["error"] = e
+
+    worker = threading.Thread(target=work, name="acestep-work", daemon=True)
+    worker.start()
+    try:
+        while worker.is_alive():
+            worker.join(0.1)
+    except KeyboardInterrupt:
+        interrupted("while generating; nothing more was written")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(INTERRUPTED)
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
 
 
 class Parser(argparse.ArgumentParser):

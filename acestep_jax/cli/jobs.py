@@ -3,8 +3,13 @@
 
 from __future__ import annotations
 
-from acestep_jax.cli.common import report, user_errors
+import logging
+
+from acestep_jax.cli.common import report, run_interruptibly, user_errors
 from acestep_jax.errors import UsageError
+from acestep_jax.files import remove_temporaries
+
+log = logging.getLogger("acestep_jax.jobs")
 
 
 def batch_sizes(text: str) -> tuple[int, ...]:
@@ -35,6 +40,9 @@ def main(args) -> int:
         job_file = read_jobs(args.jobs)
     except (*user_errors(), ValueError) as e:
         return report(e, args.debug)
+    removed = remove_temporaries(args.out_dir)
+    if removed:
+        log.info("removed %d partial file(s) an interrupted run left in %s", len(removed), args.out_dir)
     for line, message in job_file.errors:
         report(f"{args.jobs} line {line}: {message}")
     if not job_file.jobs:
@@ -47,7 +55,7 @@ def main(args) -> int:
             check_batch_sizes(sizes, 1 if pipe.mesh is None else pipe.mesh.shape["data"])
         except (*user_errors(), ValueError) as e:
             return report(e, args.debug)
-        summary = run_jobs(pipe, job_file.jobs, args.out_dir, sizes, progress=not args.quiet,
-                           model_info=options.record())
+        summary = run_interruptibly(lambda: run_jobs(pipe, job_file.jobs, args.out_dir, sizes,
+                                                     progress=not args.quiet, model_info=options.record()))
     print(summary)
     return 1 if job_file.errors or summary.failed else 0

@@ -43,7 +43,9 @@ from acestep_jax.cli.common import (
     add_common_flags,
     add_model_flags,
     check_output_file,
+    interrupted,
     report,
+    run_interruptibly,
     setup_logging,
     start_distributed,
     user_errors,
@@ -236,7 +238,8 @@ def validate(args) -> Request:
     try:
         request = with_local_checks(request)
     except FieldError as e:
-        raise UsageError(f"--src-audio: {e.message}" if e.field == "src_audio" else str(e)) from None
+        flag = {"src_audio": "--src-audio", "lora": "--lora"}.get(e.field)
+        raise UsageError(f"{flag}: {e.message}" if flag else str(e)) from None
     if args.shard:
         _check_shard(request.count, request.params.batch_invariant)
     _check_lyrics(args, {"--lyrics": request.lyrics, "--edit-target-lyrics": request.target_lyrics or ""})
@@ -297,10 +300,14 @@ def main(argv=None) -> int:
         request = validate(args)
     except (*user_errors(), ValueError) as e:  # nothing has run yet: every error here is about the input
         return report(e, bool(args and args.debug))
+    except KeyboardInterrupt:
+        return interrupted("before generating; nothing was written")
     try:
         return run(args, request)
     except user_errors() as e:  # files, downloads, checkpoints met while running
         return report(e, args.debug)
+    except KeyboardInterrupt:  # loading or writing (generating: run_interruptibly)
+        return interrupted("; outputs written so far are complete, none is partial")
 
 
 def run(args, request: Request) -> int:
@@ -323,13 +330,13 @@ def run(args, request: Request) -> int:
              f"{params.duration:g} s" if params.task in ("text2music", "retake") else params.task)
     fill = [0] * (batch - count)
     edit = params.task == "edit"
-    result = pipe.generate(
+    result = run_interruptibly(lambda: pipe.generate(
         [request.prompt], [request.lyrics], params, seeds=[*request.seeds, *fill],
         retake_seeds=[*request.retake_seeds, *fill], src_audio=request.src_audio,
         target_prompts=[request.target_prompt] if edit else None,
         target_lyrics=[request.target_lyrics] if edit else None,
         sample_rate=request.sample_rate, batch_size=batch, progress=not args.quiet,
-    )
+    ))
     paths = output_paths(args, count)
     with OutputWriter() as writer:
         for i, path in enumerate(paths if jax.process_index() == 0 else ()):  # every host has the whole batch

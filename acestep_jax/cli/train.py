@@ -28,7 +28,12 @@ from acestep_jax.cli.common import (
     user_errors,
 )
 from acestep_jax.errors import UsageError
-from acestep_jax.files import write_json
+from acestep_jax.files import read_text, write_json
+
+CONFIG_FILE = "train_config.json"  # the run's config, in its output folder
+# what may change when a run resumes: how long and how this invocation runs, the devices' layout
+RESUME_FREE = ("run.steps", "run.progress", "run.profile_", "run.log_every", "run.eval_", "run.save_every",
+               "run.keep", "run.async_checkpoint", "optim.max_steps", "data.num_threads", "data.prefetch", "mesh.")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,6 +88,8 @@ def check_config(cfg) -> None:
     m, d, r = cfg.model, cfg.data, cfg.run
     if d.path is not None and not os.path.exists(d.path):
         raise UsageError(f"data.path {d.path} does not exist (--data)")
+    if d.path is not None:
+        _check_records(d.path)
     if d.path is None and d.synthetic == 0:
         raise UsageError("no training data: set data.path (--data) to preprocessed records, or data.synthetic")
     if m.checkpoint is not None and not os.path.exists(m.checkpoint) and not looks_like_repo_id(m.checkpoint):
@@ -100,11 +107,60 @@ def check_config(cfg) -> None:
         raise UsageError(f"model.remat must be one of {REMAT_MODES}, got {m.remat!r}")
     if r.eval_fn is not None and ":" not in r.eval_fn:
         raise UsageError(f"run.eval_fn must be 'module:function', got {r.eval_fn!r}")
+    if r.steps is not None and r.steps < 1:
+        raise UsageError(f"run.steps must be at least 1, got {r.steps} (--steps: how many steps to train now)")
     if os.path.isfile(r.output_dir):
         raise UsageError(f"run.output_dir {r.output_dir} is a file, not a folder (--output-dir)")
-    check_output_file(os.path.join(r.output_dir, "train_config.json"), "run.output_dir")
+    check_output_file(os.path.join(r.output_dir, CONFIG_FILE), "run.output_dir")
     rules_with(cfg.mesh.rules)
     _check_batch(cfg, make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor))
+
+
+def _check_records(path: str) -> None:
+    """``data.path`` holds readable training records (the first example decodes and validates)."""
+    from acestep_jax.training.records import RecordSource, validate_example
+
+    try:
+        source = RecordSource(path)
+        if len(source) == 0:
+            raise ValueError("it holds no examples")
+        validate_example(source[0], "its first example")
+    except FileNotFoundError as e:
+        raise UsageError(f"data.path: {e}; give records written by acestep-preprocess (--data)") from None
+    except Exception as e:  # noqa: BLE001 - whatever the reader says, these are no records of ours
+        raise UsageError(f"data.path {path} is not readable training records ({e}); give records written by "
+                         "acestep-preprocess (--data)") from None
+
+
+def check_resume(cfg, resume: bool) -> None:
+    """Refuse to resume a run whose saved config differs from ``cfg`` in anything but the keys that may
+    change between invocations (:data:`RESUME_FREE`); the saved config is left as it is."""
+    out = cfg.run.output_dir
+    checkpoints = os.path.join(out, "checkpoints")
+    saved_path = os.path.join(out, CONFIG_FILE)
+    if not resume or not os.path.isfile(saved_path) or not os.path.isdir(checkpoints) or not any(
+            name.isdigit() for name in os.listdir(checkpoints)):
+        return
+    fix = f"use another --output-dir, or --no-resume to start over in {out}"
+    try:
+        saved = _flat(json.loads(read_text(saved_path, "the run's config")))
+    except ValueError as e:
+        raise UsageError(f"cannot resume the run in {out}: {saved_path} is unreadable ({e}); {fix}") from None
+    new = _flat(json.loads(json.dumps(cfg.to_dict(), default=str)))
+    differ = [k for k in sorted(saved.keys() | new.keys())
+              if saved.get(k) != new.get(k) and not k.startswith(RESUME_FREE)]
+    if differ:
+        shown = ", ".join(f"{k}: {saved.get(k)!r} -> {new.get(k)!r}" for k in differ[:3])
+        more = f" and {len(differ) - 3} more" if len(differ) > 3 else ""
+        raise UsageError(f"the run in {out} was trained with another config ({shown}{more}); resuming needs the "
+                         f"same config: {fix}")
+
+
+def _flat(d, prefix: str = "") -> dict:
+    """A nested config as ``{"section.key": value}``."""
+    if not isinstance(d, dict):
+        return {prefix.rstrip("."): d}
+    return {k: v for key, value in d.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         start_distributed(args.distributed)
         cfg = resolve_config(args)
         check_config(cfg)
+        check_resume(cfg, not args.no_resume)
     except (*USER_ERRORS, ValueError) as e:  # nothing has been created yet
         return report(e, args.debug)
     try:
@@ -132,7 +189,7 @@ def _train(args, cfg, log) -> int:
     out = cfg.run.output_dir
     writer = None
     if jax.process_index() == 0:
-        write_json(os.path.join(out, "train_config.json"), cfg.to_dict(), default=str)
+        write_json(os.path.join(out, CONFIG_FILE), cfg.to_dict(), default=str)
         from tensorboardX import SummaryWriter
 
         writer = SummaryWriter(os.path.join(out, "tensorboard"))

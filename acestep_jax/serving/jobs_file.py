@@ -10,7 +10,8 @@ A job writes ``OUT/NAME.FORMAT`` (``OUT/NAME_i.FORMAT`` for several outputs), ea
 ``.json`` record: the request that reproduces that output (one seed) plus an ``output``
 entry saying how it was made. ``NAME`` is the line's ``name``, else a slug of the prompt and
 a hash of the line, so it is stable across reruns: a rerun skips the jobs whose records all
-exist. Jobs are grouped into batches as :mod:`acestep_jax.serving.batching` describes, and
+exist and hold the line's request (an edited line runs again). Relative paths in a line are
+taken against the job file's folder. Jobs are grouped into batches as :mod:`acestep_jax.serving.batching` describes, and
 files are written on background threads while the next batch samples.
 """
 
@@ -24,6 +25,8 @@ import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from acestep_jax.serving.batching import BATCH_SIZES, Item, plan, run_batch
 from acestep_jax.serving.requests import (
@@ -44,6 +47,7 @@ class Job:
     line: int
     name: str
     request: Request
+    drawn: frozenset[str] = frozenset()  # request keys the line leaves to chance (seeds it does not give)
 
     def paths(self, out_dir: str | Path) -> list[Path]:
         fmt, n = self.request.format, self.request.count
@@ -52,8 +56,26 @@ class Job:
         return [Path(out_dir) / f"{self.name}_{i}.{fmt}" for i in range(n)]
 
     def finished(self, out_dir: str | Path) -> bool:
-        """Whether every output's record exists (a record is written after its audio)."""
-        return all(p.with_suffix(".json").is_file() for p in self.paths(out_dir))
+        """Whether every output's record exists (a record is written after its audio) and holds
+        this line's request (a line edited since is not finished)."""
+        return self.changed(out_dir) == []
+
+    def changed(self, out_dir: str | Path) -> list[str] | None:
+        """``None`` when an output's record is missing, else the request keys in which the records
+        differ from this line (``[]``: finished); an unreadable record counts as changed."""
+        keys: set[str] = set()
+        for i, path in enumerate(self.paths(out_dir)):
+            path = path.with_suffix(".json")
+            if not path.is_file():
+                return None
+            try:
+                saved = parse_request(json.loads(path.read_text(encoding="utf-8"))).to_dict()
+            except (OSError, ValueError, RecursionError):
+                return ["output record"]
+            wanted = self.request.to_dict(i)
+            keys.update(k for k in saved.keys() | wanted.keys()
+                        if k not in self.drawn and saved.get(k) != wanted.get(k))
+        return sorted(keys)
 
 
 @dataclass
@@ -71,6 +93,7 @@ def _default_name(text: str, prompt: str) -> str:
 def read_jobs(path: str | Path) -> JobFile:
     """Parse and check every line of ``path`` (FileNotFoundError / OSError when unreadable)."""
     result = JobFile(str(path))
+    folder = Path(path).parent  # relative paths in lines are taken against the job file's folder
     seen: Counter[str] = Counter()
     owners: dict[str, int] = {}  # output file stem -> line
     with open(path, encoding="utf-8") as f:
@@ -83,10 +106,13 @@ def read_jobs(path: str | Path) -> JobFile:
                 result.errors.append((number, f"not valid JSON: {str(e)[:200]}"))
                 continue
             try:
-                request = with_local_checks(parse_request(data))
+                request = with_local_checks(parse_request(data), folder)
+                probe = parse_request(data, rng=np.random.default_rng(0)).to_dict()
             except RequestError as e:
                 result.errors.append((number, str(e)))
                 continue
+            drawn = frozenset(k for k, v in request.to_dict().items() if probe.get(k) != v
+                              and k not in ("src_audio", "lora"))
             if request.name is None:
                 canonical = json.dumps(data, sort_keys=True, ensure_ascii=False)
                 seen[canonical] += 1
@@ -94,7 +120,7 @@ def read_jobs(path: str | Path) -> JobFile:
                 name = name if seen[canonical] == 1 else f"{name}-{seen[canonical]}"
             else:
                 name = request.name
-            job = Job(number, name, request)
+            job = Job(number, name, request, drawn)
             clash = next((owners[p.stem] for p in job.paths(".") if p.stem in owners), None)
             if clash is not None:
                 result.errors.append((number, f"name: {name!r} writes the same files as line {clash}"))
@@ -125,10 +151,14 @@ def run_jobs(pipe, jobs: list[Job], out_dir: str | Path, sizes=BATCH_SIZES, *, p
     summary = Summary()
     todo = []
     for job in jobs:
-        if job.finished(out_dir):
+        changed = job.changed(out_dir)
+        if changed == []:
             summary.skipped += 1
-        else:
-            todo.append(job)
+            continue
+        if changed:
+            log.warning("line %d: the outputs %s were made by another request (%s differ): making them again",
+                        job.line, job.name, ", ".join(changed))
+        todo.append(job)
     by_name = {job.name: job for job in todo}
     for job in list(todo):  # the lyric token limit needs the tokenizer, loaded with the models
         for what, text in (("lyrics", job.request.lyrics), ("target_lyrics", job.request.target_lyrics)):

@@ -27,6 +27,8 @@ seeds.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
 import re
 from collections.abc import Mapping
@@ -382,12 +384,10 @@ def _lora_specs(values, limits: Limits, reference: bool, spell) -> tuple[LoraSpe
         if "lora_weight" in values:
             raise RequestError("lora_weight", "is given with a list of LoRAs (each has its weight)")
         specs = lora
-    for spec in specs:
+    for spec in specs:  # local files are checked by with_local_checks
         if not limits.local_paths and spec.path not in limits.loras:
             raise RequestError(spell("lora"), f"{spec.path!r} is not one of this server's LoRAs: "
                                f"{', '.join(limits.loras) or 'none'} (GET /v1/loras)")
-        if limits.local_paths and not lora_exists(spec.path):
-            raise RequestError(spell("lora"), f"{spec.path} does not exist (nor is it a Hub repo id)")
     return specs
 
 
@@ -419,8 +419,9 @@ def check_params(request: Request, frames: int | None = None) -> None:
         raise RequestError(request.spelled(name), message) from None
 
 
-def source_frames(path: str) -> int:
-    """Latent frames ``path`` encodes to, from its header (no decoding); RequestError if unreadable."""
+def source_length(path: str) -> tuple[int, float]:
+    """The latent frames ``path`` encodes to and its seconds, from its header (no decoding);
+    FileNotFoundError if absent."""
     import soundfile as sf
 
     from acestep_jax.codec import latent_frames
@@ -428,19 +429,58 @@ def source_frames(path: str) -> int:
     if not os.path.isfile(path):
         raise FileNotFoundError(path)
     info = sf.info(path)
-    return latent_frames(info.frames, info.samplerate)
+    return latent_frames(info.frames, info.samplerate), info.frames / info.samplerate
 
 
-def with_local_checks(request: Request) -> Request:
-    """``request`` with its files checked: the source audio exists and is readable, and the
-    task's windows fit it (job files; the server takes no files)."""
-    if request.src_audio is None:
-        return request
+@functools.lru_cache(maxsize=64)
+def _lora_problem(path: str, stamp: tuple[str, int, int]) -> str | None:
+    """What is wrong with the LoRA at ``path`` (as of ``stamp``: its absolute path, mtime and size), or ``None``."""
+    from acestep_jax.convert.core import CheckpointError
+    from acestep_jax.lora import read_lora
+
     try:
-        frames = source_frames(request.src_audio)
+        read_lora(path)
+    except (CheckpointError, ValueError) as e:
+        return str(e)
+    return None
+
+
+def with_local_checks(request: Request, folder: str | os.PathLike | None = None) -> Request:
+    """``request`` with its files resolved and checked before any model loads: relative paths
+    are taken against ``folder`` (default: the working folder); the source audio exists, is
+    readable, at most :data:`MAX_SECONDS` long and fits the task's windows; each LoRA reads
+    as an adapter with finite values (job files and ``sample.py``; the server takes no files)."""
+
+    def resolve(path: str) -> str:
+        return path if folder is None or os.path.isabs(path) else os.path.join(folder, path)
+
+    def lora_path(path: str) -> str:  # a Hub id stays one (downloaded when the models load)
+        local = resolve(path)
+        return path if not os.path.exists(local) and lora_exists(path) else local
+
+    lora = tuple(dataclasses.replace(s, path=lora_path(s.path)) for s in request.lora)
+    for spec in lora:
+        if not os.path.exists(spec.path):
+            if lora_exists(spec.path):
+                continue
+            raise RequestError(request.spelled("lora"), f"{spec.path} does not exist (nor is it a Hub repo id)")
+        stat = os.stat(spec.path)
+        problem = _lora_problem(spec.path, (os.path.abspath(spec.path), stat.st_mtime_ns, stat.st_size))
+        if problem is not None:
+            raise RequestError(request.spelled("lora"), problem)
+    src = None if request.src_audio is None else resolve(request.src_audio)
+    request = dataclasses.replace(request, lora=lora, src_audio=src)
+    if src is None:
+        return request
+    name = request.spelled("src_audio")
+    try:
+        frames, seconds = source_length(src)
     except FileNotFoundError:
-        raise RequestError(request.spelled("src_audio"), f"{request.src_audio} does not exist") from None
+        raise RequestError(name, f"{src} does not exist") from None
     except Exception as e:  # noqa: BLE001 - an unreadable header: name the file
-        raise RequestError(request.spelled("src_audio"), f"cannot read {request.src_audio}: {e}") from None
+        raise RequestError(name, f"cannot read {src}: {e}") from None
+    if seconds > MAX_SECONDS:
+        raise RequestError(name, f"{src} is {seconds:.1f} s long; source audio may be at most {MAX_SECONDS:g} s: "
+                           "cut it first")
     check_params(request, frames)
     return request

@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from acestep_jax.errors import UsageError
 from acestep_jax.files import write_json
 from acestep_jax.models.transformer import TransformerConfig
 from acestep_jax.text.lyrics.tokenizer import MAX_TOKENS as MAX_LYRIC_TOKENS
@@ -86,12 +87,22 @@ class Song:
 
 
 def discover(folder: str | os.PathLike, ssl_names: Sequence[str] = SSL_NAMES) -> list[Item]:
-    """Songs of ``folder`` that have a ``_prompt.txt`` (sorted by name; others are logged and skipped)."""
+    """Songs of ``folder`` that have a ``_prompt.txt`` (sorted by name; others are logged and skipped);
+    two audio files of one name (``song.mp3``, ``song.wav``) are a :class:`UsageError`."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"input folder not found: {folder}")
+    audios = sorted(p for p in folder.iterdir() if p.suffix.lower() in AUDIO_EXTENSIONS)
+    by_stem: dict[str, list[str]] = {}
+    for audio in audios:
+        by_stem.setdefault(audio.stem, []).append(audio.name)
+    clashes = [names for names in by_stem.values() if len(names) > 1]
+    if clashes:
+        more = f" (and {len(clashes) - 1} more such names)" if len(clashes) > 1 else ""
+        raise UsageError(f"{folder}: {' and '.join(clashes[0])} would share one _prompt.txt and one record{more}; "
+                         "keep one of them or rename the others")
     items = []
-    for audio in sorted(p for p in folder.iterdir() if p.suffix.lower() in AUDIO_EXTENSIONS):
+    for audio in audios:
         prompt_file = audio.with_name(audio.stem + "_prompt.txt")
         if not prompt_file.is_file():
             log.warning("skipping %s: no %s", audio.name, prompt_file.name)

@@ -11,6 +11,7 @@ import pytest
 import soundfile as sf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from safetensors.numpy import save_file
 
 from acestep_jax.cli.sample import main, parse_args, validate
 from acestep_jax.errors import UsageError
@@ -28,6 +29,12 @@ def _setup(tmp_path):
     (tmp_path / "bad_types.json").write_text(json.dumps({"duration": 10, "guidance_scale": [1, 2]}))
     (tmp_path / "bad_task.json").write_text(json.dumps({"task": 5}))
     sf.write(tmp_path / "src.wav", np.zeros((44100 * 2, 2), np.float32), 44100)
+    sf.write(tmp_path / "long.wav", np.zeros((8000 * 300, 1), np.float32), 8000)
+    (tmp_path / "junk.safetensors").write_bytes(b"not safetensors")
+    a = np.ones((2, 4), np.float32)
+    save_file({"transformer_blocks.0.attn.to_q.lora_A.weight": a,
+               "transformer_blocks.0.attn.to_q.lora_B.weight": np.full((4, 2), np.nan, np.float32)},
+              str(tmp_path / "nan.safetensors"))
 
 
 CASES = [
@@ -59,6 +66,11 @@ CASES = [
      "outside the source audio"),
     (["--task", "extend", "--src-audio", "missing.wav"], "--src-audio: missing.wav does not exist"),
     (["--transformer", "a_folder"], "--transformer needs --checkpoint"),
+    (["--task", "extend", "--src-audio", "long.wav"], "--src-audio: long.wav is 300.0 s long; source audio may be at most 240 s"),
+    (["--task", "audio2audio", "--src-audio", "long.wav"], "long.wav is 300.0 s long"),
+    (["--lora", "junk.safetensors"], "--lora: junk.safetensors is not a readable safetensors file"),
+    (["--lora", "nan.safetensors"], "tensors hold NaN or Inf values: ['transformer_blocks.0.attn.to_q.lora_B.weight']"),
+    (["--lora", "a_folder"], "--lora: LoRA file not found: a_folder/pytorch_lora_weights.safetensors"),
     (["--out", "song.aiff"], "output format 'aiff'"),
 ]
 
@@ -138,3 +150,34 @@ def test_params_json_fuzz(tmp_path, lyrics_vocab_path, record):
             validate(args)
     except UsageError:
         pass
+
+
+def test_ctrl_c_while_generating_stops_at_once_with_one_line(tmp_path, lyrics_vocab_path):
+    """SIGINT mid-generation: exit 130 within seconds, one line, no traceback, no output files."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.helpers import REPO
+
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "sample.py"), "--tiny-random", "--duration", "240", "--steps", "1000",
+         "--lyrics-vocab", str(lyrics_vocab_path), "--compile-cache", "", "--quiet", "--out", str(tmp_path / "x.wav")],
+        cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in proc.stderr:  # wait until the models are loaded and the generation has started
+        lines.append(line)
+        if "generating" in line:
+            break
+    time.sleep(2.0)
+    assert proc.poll() is None, "".join(lines)
+    proc.send_signal(signal.SIGINT)
+    start = time.monotonic()
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=30) == 130
+    assert time.monotonic() - start < 5.0
+    assert rest.strip().splitlines() == ["interrupted (Ctrl-C) while generating; nothing more was written"], rest
+    assert list(tmp_path.iterdir()) == []

@@ -1,8 +1,10 @@
 """``train.py`` user errors: one line naming the culprit, exit code 2, no traceback, nothing created."""
 
+import json
+
 import pytest
 
-from acestep_jax.cli.train import main
+from acestep_jax.cli.train import build_parser, check_resume, main, resolve_config
 
 BASE = ["--config", "train_tiny", "--tiny-random", "--output-dir", "run"]
 
@@ -24,6 +26,11 @@ CASES = [
     (["--set", "data.batch_size=3"], "data.batch_size 3 is not divisible by the mesh's data×fsdp = 8"),
     (["--set", "run.eval_fn=\"nocolon\""], "run.eval_fn must be 'module:function'"),
     (["--output-dir", "a_file"], "run.output_dir a_file is a file, not a folder"),
+    (["--steps", "0"], "run.steps must be at least 1, got 0 (--steps"),
+    (["--steps", "-1"], "run.steps must be at least 1, got -1"),
+    (["--data", "empty"], "data.path: no .array_record files in empty; give records written by acestep-preprocess"),
+    (["--data", "junk"], "data.path junk is not readable training records ("),
+    (["--data", "junk/a.array_record"], "data.path junk/a.array_record is not readable training records"),
 ]
 
 
@@ -31,6 +38,9 @@ CASES = [
 def test_user_errors_are_one_line(argv, message, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "a_file").write_text("x")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "a.array_record").write_bytes(b"not records" * 10000)
     before = sorted(tmp_path.rglob("*"))
     assert main([*BASE, *argv]) == 2
     err = capsys.readouterr().err
@@ -56,3 +66,25 @@ def test_missing_config(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(["--config", "nope.yaml"]) == 2
     assert "training config not found: nope.yaml (packaged configs: train_lora, train_tiny)" in capsys.readouterr().err
+
+
+def test_resuming_with_another_config_is_refused(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    base = [*BASE, "--set", "data.batch_size=8"]
+    saved = resolve_config(build_parser().parse_args(base)).to_dict()
+    (tmp_path / "run" / "checkpoints" / "2").mkdir(parents=True)
+    (tmp_path / "run" / "train_config.json").write_text(json.dumps(saved, default=str))
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert main([*base, "optim.learning_rate=1e-5", "loss.shift=2.0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert ("the run in run was trained with another config (loss.shift: 3.0 -> 2.0, optim.learning_rate: "
+            "0.001 -> 1e-05); resuming needs the same config: use another --output-dir, or --no-resume") in err
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+    (tmp_path / "run" / "train_config.json").write_text("{oops")
+    assert main(base) == 2
+    assert "run/train_config.json is unreadable" in capsys.readouterr().err
+    (tmp_path / "run" / "train_config.json").write_text(json.dumps(saved, default=str))
+    for argv in (["optim.max_steps=9", "--steps", "5"], ["optim.learning_rate=1e-5"]):
+        args = build_parser().parse_args([*base, *argv])
+        check_resume(resolve_config(args), resume="--steps" in argv)  # what may change, or --no-resume

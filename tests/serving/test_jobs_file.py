@@ -102,5 +102,58 @@ def test_job_file_runs_in_batches_and_reruns_skip_finished_jobs(tmp_path, capsys
 
     monkeypatch.setattr(loading, "load_pipeline", lambda *a, **k: pytest.fail("models loaded"))
     _write(jobs, [GOOD[0], GOOD[1], "", GOOD[2], GOOD[3]])
+    (out / ".tmp-killed.wav").write_bytes(b"partial")  # a write interrupted by a kill
     assert main(_argv(jobs, out, lyrics_vocab_path)) == 0
     assert "0 job(s) done, 4 skipped (finished earlier), 0 failed" in capsys.readouterr().out
+    assert not (out / ".tmp-killed.wav").exists()
+
+    def loaded(*a, **k):
+        raise OSError("models loaded")
+
+    monkeypatch.setattr(loading, "load_pipeline", loaded)
+    _write(jobs, [{**GOOD[0], "guidance_scale": 3.0}, GOOD[1], GOOD[2], GOOD[3]])  # line 1 edited, same name
+    assert main(_argv(jobs, out, lyrics_vocab_path)) == 2  # runs it again: the models load
+    assert "models loaded" in capsys.readouterr().err
+
+
+def _record(job, out, i, **changes):
+    path = job.paths(out)[i].with_suffix(".json")
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps({**job.request.to_dict(i), **changes, "output": {"line": job.line}}))
+
+
+def test_a_record_that_no_longer_matches_its_line_is_not_finished(tmp_path):
+    out = tmp_path / "out"
+    jobs = _write(tmp_path / "jobs.jsonl", [{"prompt": "rock", "duration": SHORT, "name": "rock"},
+                                            {"prompt": "jazz", "duration": SHORT, "seeds": [1, 2], "name": "jazz"}])
+    rock, jazz = read_jobs(jobs).jobs
+    assert rock.changed(out) is None and not rock.finished(out)
+    _record(rock, out, 0)
+    _record(jazz, out, 0)
+    assert rock.finished(out)
+    assert jazz.changed(out) is None  # the second output is missing
+    _record(jazz, out, 1)
+    again = read_jobs(jobs).jobs
+    assert [job.finished(out) for job in again] == [True, True]  # the seeds rock's line leaves to chance differ
+    _record(jazz, out, 1, guidance_scale=3.0, prompt="blues")
+    assert jazz.changed(out) == ["guidance_scale", "prompt"] and not jazz.finished(out)
+    jazz.paths(out)[0].with_suffix(".json").write_text("{broken")
+    assert jazz.changed(out) == ["output record"]
+
+
+def test_relative_paths_in_lines_are_taken_against_the_job_file(tmp_path, monkeypatch):
+    folder = tmp_path / "project"
+    folder.mkdir()
+    sf.write(folder / "src.wav", np.zeros((44100 * 2, 2), np.float32), 44100)
+    sf.write(folder / "long.wav", np.zeros((8000 * 250, 1), np.float32), 8000)
+    jobs = _write(folder / "jobs.jsonl", [
+        {"prompt": "x", "task": "repaint", "src_audio": "src.wav", "repaint_start": 0.5, "repaint_end": 1.5},
+        {"prompt": "x", "task": "extend", "src_audio": "long.wav", "repaint_end": 251},
+        {"prompt": "x", "lora": "missing_lora"},
+    ])
+    monkeypatch.chdir(tmp_path)
+    result = read_jobs("project/jobs.jsonl")
+    assert [j.request.src_audio for j in result.jobs] == [str(jobs.parent.relative_to(tmp_path) / "src.wav")]
+    messages = dict(result.errors)
+    assert "src_audio: project/long.wav is 250.0 s long; source audio may be at most 240 s" in messages[2]
+    assert messages[3] == "lora: project/missing_lora does not exist"

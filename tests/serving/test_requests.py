@@ -97,7 +97,6 @@ def test_reference_random_duration_is_drawn_and_recorded():
     ({"prompt": "x", "src_audio_path": "a.wav"}, "src_audio_path: is not used by task 'text2music'"),
     ({"prompt": "x", "audio2audio_enable": True}, "audio2audio_enable: needs ref_audio_input"),
     ({"prompt": "x", "ref_audio_input": "a.wav"}, "ref_audio_input: is only read with audio2audio_enable"),
-    ({"prompt": "x", "lora_name_or_path": "/nonexistent/lora"}, "lora_name_or_path: /nonexistent/lora does not"),
     ({"prompt": "x", "lora_weight": 0.5}, "lora_weight: is given without lora"),
     ({"prompt": "x", "output": 1, "audio_duration": 2}, "output: is this project's name"),
     ({"prompt": None}, "prompt: must not be null"),
@@ -149,6 +148,16 @@ def test_source_tasks_check_their_audio(tmp_path):
     with pytest.raises(RequestError, match="repaint_start: repaint window"):
         with_local_checks(parse_request({"prompt": "x", "task": "repaint", "src_audio": str(src),
                                          "repaint_start": 1, "repaint_end": 9}))
+    with pytest.raises(RequestError, match="lora_name_or_path: /nonexistent/lora does not exist"):
+        with_local_checks(parse_request({"prompt": "x", "lora_name_or_path": "/nonexistent/lora"}))
+    long = tmp_path / "long.wav"
+    sf.write(long, np.zeros((8000 * 241, 1), np.float32), 8000)
+    with pytest.raises(RequestError, match=r"src_audio: .*long.wav is 241.0 s long; source audio may be at most 240 s"):
+        with_local_checks(parse_request({"prompt": "x", "task": "extend", "src_audio": str(long)}))
+    assert with_local_checks(ok, tmp_path).src_audio == str(src)  # absolute paths stay
+    rel = with_local_checks(parse_request({"prompt": "x", "task": "repaint", "src_audio": "src.wav",
+                                           "repaint_start": 0.5, "repaint_end": 1.5}), tmp_path)
+    assert rel.src_audio == str(tmp_path / "src.wav")
     with pytest.raises(RequestError, match="src_audio_path: .*missing.wav does not exist"):
         with_local_checks(parse_request({"prompt": "x", "task": "repaint", "src_audio_path": str(tmp_path / "missing.wav"),
                                          "repaint_end": 1}))

@@ -183,6 +183,10 @@ def _bad_cases(tmp_path):
     settings = {"checkpoint": "x", "ssl_models": {}, "repeat": 1}
     (other / MANIFEST).write_text(json.dumps({"format": "acestep-jax-records", "version": 1, "parts": {},
                                               "silent": [], "settings": settings}))
+    twins = tmp_path / "twins"
+    twins.mkdir()
+    _song(twins, "song", 3.0, "pop")
+    (twins / "song.mp3").write_bytes((twins / "song.wav").read_bytes())
     not_ckpt = tmp_path / "not_a_checkpoint"
     not_ckpt.mkdir()
     out = str(tmp_path / "out")
@@ -191,6 +195,7 @@ def _bad_cases(tmp_path):
         "missing input": ([str(tmp_path / "missing"), out, "--tiny-random"], "missing"),
         "input is a file": ([str(a_file), out, "--tiny-random"], "file.txt"),
         "no songs": ([str(empty), out, "--tiny-random"], "empty"),
+        "same stem": ([str(twins), out, "--tiny-random"], "song.mp3 and song.wav would share one _prompt.txt"),
         "output is a file": ([str(songs), str(a_file), "--tiny-random"], "file.txt"),
         "foreign records": ([str(songs), str(foreign), "--tiny-random"], "foreign"),
         "other settings": ([str(songs), str(other), "--tiny-random"], "other settings"),
@@ -207,7 +212,7 @@ def _bad_cases(tmp_path):
     }
 
 
-BAD_CASES = ["missing input", "input is a file", "no songs", "output is a file", "foreign records",
+BAD_CASES = ["missing input", "input is a file", "no songs", "same stem", "output is a file", "foreign records",
              "other settings", "missing checkpoint", "not a checkpoint", "missing mert", "mhubert not a model",
              "missing vocabulary", "shard size", "repeat", "chunk batch", "unknown flag", "no model"]
 
