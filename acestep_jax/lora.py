@@ -174,9 +174,11 @@ class LoraFile:
 def resolve_lora(spec: str | os.PathLike) -> str:
     """A LoRA's local path: ``spec`` itself when it exists, else the Hub repo it names (e.g.
     ``ACE-Step/ACE-Step-v1-chinese-rap-LoRA``), downloaded once into the Hugging Face cache."""
-    from acestep_jax.convert.hub import local_folder, snapshot
+    from acestep_jax.convert.hub import looks_like_repo_id, snapshot
 
-    return os.fspath(local_folder(spec, "LoRA", lambda repo: snapshot(repo, ["*.safetensors", "*.json"], "LoRA")))
+    if os.path.exists(spec) or not looks_like_repo_id(os.fspath(spec)):
+        return os.fspath(spec)
+    return os.fspath(snapshot(os.fspath(spec), ["*.safetensors", "*.json"], "LoRA"))
 
 
 def lora_exists(spec: str | os.PathLike) -> bool:

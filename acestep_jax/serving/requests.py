@@ -38,7 +38,8 @@ import numpy as np
 
 from acestep_jax.codec.audio_io import FORMATS
 from acestep_jax.codec.codec import OUTPUT_SAMPLE_RATE
-from acestep_jax.lora import SCALE_MODES, LoraSpec, lora_exists
+from acestep_jax.convert.hub import looks_like_repo_id
+from acestep_jax.lora import SCALE_MODES, LoraSpec
 from acestep_jax.sampling import SamplingParams
 from acestep_jax.sampling.fields import Field, FieldError, json_type
 from acestep_jax.sampling.params import (
@@ -454,16 +455,15 @@ def with_local_checks(request: Request, folder: str | os.PathLike | None = None)
     def resolve(path: str) -> str:
         return path if folder is None or os.path.isabs(path) else os.path.join(folder, path)
 
-    def lora_path(path: str) -> str:  # a Hub id stays one (downloaded when the models load)
-        local = resolve(path)
-        return path if not os.path.exists(local) and lora_exists(path) else local
+    def hub_id(path: str) -> bool:  # kept as it is, downloaded when the models load
+        return not os.path.exists(resolve(path)) and looks_like_repo_id(path)
 
-    lora = tuple(dataclasses.replace(s, path=lora_path(s.path)) for s in request.lora)
-    for spec in lora:
+    lora = tuple(s if hub_id(s.path) else dataclasses.replace(s, path=resolve(s.path)) for s in request.lora)
+    for spec, original in zip(lora, request.lora, strict=True):
+        if hub_id(original.path):
+            continue
         if not os.path.exists(spec.path):
-            if lora_exists(spec.path):
-                continue
-            raise RequestError(request.spelled("lora"), f"{spec.path} does not exist (nor is it a Hub repo id)")
+            raise RequestError(request.spelled("lora"), f"{spec.path} does not exist")
         stat = os.stat(spec.path)
         problem = _lora_problem(spec.path, (os.path.abspath(spec.path), stat.st_mtime_ns, stat.st_size))
         if problem is not None:

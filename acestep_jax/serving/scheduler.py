@@ -49,7 +49,7 @@ from acestep_jax.serving.requests import (
     RequestError,
     check_params,
     parse_request,
-    source_frames,
+    source_length,
 )
 from acestep_jax.serving.uploads import UploadStore
 
@@ -296,7 +296,7 @@ class Scheduler:
             raise RequestError("src_upload", f"no upload {request.src_upload} (uploads expire after "
                                f"{self.config.upload_ttl_s:g} s unless a job holds them)")
         request = dataclasses.replace(request, upload_path=str(path))
-        check_params(request, source_frames(str(path)))
+        check_params(request, source_length(str(path))[0])
         return request
 
     def add_upload(self, data: bytes):
