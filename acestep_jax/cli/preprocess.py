@@ -27,7 +27,8 @@ log = logging.getLogger("acestep_jax.preprocess")
 
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="acestep-preprocess", description="Turn a folder of songs into training records.")
-    p.add_argument("input", help="folder of audio files with <name>_prompt.txt / <name>_lyrics.txt")
+    p.add_argument("input", help="folder of audio files with <name>_prompt.txt / <name>_lyrics.txt, or a Hugging "
+                   "Face datasets folder as the reference's convert2hf_dataset.py writes it")
     p.add_argument("output", help="folder for the .array_record files (a rerun resumes it)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="converted checkpoint, reference checkpoint folder or Hub id")
@@ -43,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lyrics-vocab", help="lyric BPE vocabulary (default: found beside the checkpoint or downloaded)")
     p.add_argument("--shard-size", type=int, default=256, help="examples per record file")
     p.add_argument("--repeat", type=int, default=1, help="write each example this many times")
+    p.add_argument("--prompt-variants", type=int, default=1,
+                   help="prompts kept per song (its tags in other orders, its recaptions); training draws one "
+                   "per step, as the reference's recipe does")
     add_common_flags(p)
     return p
 
@@ -69,7 +73,7 @@ def check_arguments(args):
     from acestep_jax.convert import release, ssl
     from acestep_jax.training.preprocess import OutputFolder, discover
 
-    for flag in ("shard_size", "repeat", "songs_per_batch", "ssl_chunk_batch"):
+    for flag in ("shard_size", "repeat", "songs_per_batch", "ssl_chunk_batch", "prompt_variants"):
         if getattr(args, flag) < 1:
             raise UsageError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
     try:
@@ -88,7 +92,8 @@ def check_arguments(args):
         if spec is not None:
             ssl_models[name] = _check_model_spec(
                 flag, spec, is_model_folder=lambda p: ssl.is_converted(p) or (p / "config.json").is_file())
-    settings = {"checkpoint": checkpoint, "ssl_models": ssl_models, "repeat": args.repeat}
+    settings = {"checkpoint": checkpoint, "ssl_models": ssl_models, "repeat": args.repeat,
+                "prompt_variants": args.prompt_variants}
     out = OutputFolder.open(args.output, settings)
     return items, out, ssl_models
 
@@ -123,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         pre = (Preprocessor.tiny_random(lyrics_vocab=args.lyrics_vocab, ssl=ssl) if args.tiny_random
                else Preprocessor.from_checkpoint(args.checkpoint, args.lyrics_vocab, ssl=ssl))
         summary = preprocess_folder(args.input, args.output, pre, shard_size=args.shard_size, repeat=args.repeat,
-                                    songs_per_batch=args.songs_per_batch, settings=out.settings, items=items)
+                                    songs_per_batch=args.songs_per_batch, prompt_variants=args.prompt_variants,
+                                    settings=out.settings, items=items)
     except (*user_errors(), ValueError) as e:  # bad checkpoints, downloads, no usable song
         return report(e, args.debug)
     except KeyboardInterrupt:

@@ -15,7 +15,7 @@ import numpy as np
 from acestep_jax.codec.codec import LATENT_CHANNELS, LATENT_HEIGHT
 from acestep_jax.models.transformer import TransformerConfig
 from acestep_jax.training.config import DataSection
-from acestep_jax.training.records import SSL_PREFIX
+from acestep_jax.training.records import PROMPT_PREFIX, PROMPT_WEIGHTS, SSL_PREFIX
 
 
 def pad_length(n: int, buckets: Sequence[int], multiple: int) -> int:
@@ -24,6 +24,31 @@ def pad_length(n: int, buckets: Sequence[int], multiple: int) -> int:
         if b >= n:
             return b
     return max(multiple, math.ceil(n / multiple) * multiple)
+
+
+def choose_prompt(ex: dict, rng: np.random.Generator) -> dict:
+    """One of an example's prompt variants as its ``text_states``, drawn by ``prompt_weights``
+    (the reference's recipe draws a prompt each time it reads a song); no draw without variants."""
+    names = ["text_states", *sorted((k for k in ex if k.startswith(PROMPT_PREFIX)),
+                                    key=lambda k: int(k[len(PROMPT_PREFIX):]))]
+    if len(names) == 1:
+        return ex
+    weights = np.asarray(ex.get(PROMPT_WEIGHTS, np.ones(len(names))), np.float64)
+    pick = names[int(rng.choice(len(names), p=weights / weights.sum()))]
+    out = {k: v for k, v in ex.items() if not k.startswith(PROMPT_PREFIX) and k != PROMPT_WEIGHTS}
+    out["text_states"] = ex[pick]
+    return out
+
+
+def weighted(source) -> grain.MapDataset:
+    """``source`` as a dataset where an example of weight ``w`` (``source.weights()``) appears ``w`` times:
+    a dataset's repeats of one song, kept as one record."""
+    ds = grain.MapDataset.source(source)
+    weights = source.weights() if hasattr(source, "weights") else None
+    if weights is None or np.all(weights == 1):
+        return ds
+    index = np.repeat(np.arange(len(source)), weights)
+    return grain.MapDataset.range(len(index)).map(lambda j: source[int(index[j])])
 
 
 def crop_example(ex: dict, rng: np.random.Generator, max_frames: int) -> dict:
@@ -135,8 +160,9 @@ def make_dataset(
         raise ValueError(f"batch size {batch_size} does not split into {micro_batches} micro-batches")
     if len(source) < 1:
         raise ValueError("the training data holds no examples")
-    stream = grain.MapDataset.source(source).shuffle(seed=cfg.seed).repeat(None)
-    stream = stream.random_map(lambda ex, rng: crop_example(ex, rng, cfg.max_frames), seed=cfg.seed + 1)
+    stream = weighted(source).shuffle(seed=cfg.seed).repeat(None)
+    stream = stream.random_map(lambda ex, rng: crop_example(choose_prompt(ex, rng), rng, cfg.max_frames),
+                               seed=cfg.seed + 1)
     micro = batch_size // micro_batches  # per host
     hosts, host = shard.shard_count, shard.shard_index
 

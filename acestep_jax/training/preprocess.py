@@ -11,8 +11,12 @@ Input layout (the reference's LoRA data folder)::
 As the reference's dataset: audio is resampled to 48 kHz, clipped to [-1, 1], padded to
 at least 3 s, skipped when more than 95 % of it is exact silence and cut to 240 s; the
 latents are the codec's encoding of that 48 kHz audio; the speaker embedding is zero.
-The prompt is encoded once with its tags in file order (the reference reshuffles tags
-each time an example is drawn). With ``--mert`` / ``--mhubert`` the REPA targets are
+The prompt's tags (``", "``-separated) are encoded in file order and, with
+``prompt_variants`` > 1, in other orders and as each recaption too: the reference's recipe
+shuffles the tags and picks the tags or a recaption each time it draws a song, so the
+records keep several prompt variants with the chance of each, and training draws one per
+step. The input may also be a Hugging Face ``datasets`` folder as the reference's
+``convert2hf_dataset.py`` writes it (see :mod:`acestep_jax.training.hf_dataset`). With ``--mert`` / ``--mhubert`` the REPA targets are
 computed here from the same audio, as the reference trainer does (see
 :mod:`acestep_jax.training.ssl_features`); otherwise ``song_<ssl>.npy`` files are read.
 
@@ -28,8 +32,10 @@ name and skipped (and retried by the next run).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import math
 import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -42,7 +48,13 @@ from acestep_jax.errors import UsageError
 from acestep_jax.files import write_json
 from acestep_jax.models.transformer import TransformerConfig
 from acestep_jax.text.lyrics.tokenizer import MAX_TOKENS as MAX_LYRIC_TOKENS
-from acestep_jax.training.records import SSL_PREFIX, write_records
+from acestep_jax.training.records import (
+    PROMPT_PREFIX,
+    PROMPT_WEIGHTS,
+    SSL_PREFIX,
+    WEIGHT,
+    write_records,
+)
 from acestep_jax.training.ssl_features import INPUT_RATE, RECIPES
 
 log = logging.getLogger("acestep_jax.training.preprocess")
@@ -66,32 +78,67 @@ class SongError(Exception):
 
 @dataclass(frozen=True)
 class Item:
-    """The files of one song."""
+    """One song: its audio and where its texts come from — files (a song folder) or the row of a
+    ``datasets`` folder (``tags``, ``recaptions``, ``lyrics``; ``weight``: its repeats there)."""
 
     key: str
     audio: Path
-    prompt_file: Path
+    prompt_file: Path | None
     lyrics_file: Path | None
     ssl: dict[str, Path]  # precomputed feature files by SSL name
+    tags: tuple[str, ...] | None = None
+    recaptions: tuple[str, ...] = ()
+    lyrics: str | None = None
+    weight: int = 1
 
 
 @dataclass
 class Song:
-    """One decoded song: 48 kHz audio ``[2, N]`` (prepared) and its texts."""
+    """One decoded song: 48 kHz audio ``[2, N]`` (prepared), its prompt variants and their chances."""
 
     key: str
     audio: np.ndarray
-    prompt: str
+    prompts: list[str]
     lyrics: str
     ssl: dict[str, np.ndarray]
+    prompt_weights: list[float] = field(default_factory=lambda: [1.0])
+    weight: int = 1
+
+    @property
+    def prompt(self) -> str:
+        return self.prompts[0]
+
+
+def prompt_variants(tags: Sequence[str], recaptions: Sequence[str], count: int, seed: int):
+    """Up to ``count`` prompts and the chance of each, as the reference's recipe draws them: the
+    tags joined (file order first, then shuffled orders) or one of the recaptions, each with
+    equal chance, cut to :data:`MAX_PROMPT_CHARS`."""
+    tags = [t for t in tags if t] or ["music"]
+    captions = list(dict.fromkeys(r[:MAX_PROMPT_CHARS] for r in recaptions if r))[: max(count - 1, 0)]
+    orders = [", ".join(tags)[:MAX_PROMPT_CHARS]]
+    rng = np.random.default_rng(seed)
+    for _ in range(20 * count):
+        if len(orders) >= count - len(captions) or len(orders) == math.factorial(min(len(tags), 8)):
+            break
+        order = ", ".join(rng.permutation(tags))[:MAX_PROMPT_CHARS]
+        if order not in orders:
+            orders.append(order)
+    share = 1.0 / (len(captions) + 1)  # the tags are one choice among the recaptions
+    return orders + captions, [share / len(orders)] * len(orders) + [share] * len(captions)
 
 
 def discover(folder: str | os.PathLike, ssl_names: Sequence[str] = SSL_NAMES) -> list[Item]:
     """Songs of ``folder`` that have a ``_prompt.txt`` (sorted by name; others are logged and skipped);
-    two audio files of one name (``song.mp3``, ``song.wav``) are a :class:`UsageError`."""
+    two audio files of one name (``song.mp3``, ``song.wav``) are a :class:`UsageError`. A
+    ``datasets`` folder gives its songs (see :func:`acestep_jax.training.hf_dataset.read_dataset`)."""
+    from acestep_jax.training.hf_dataset import is_dataset, read_dataset
+
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"input folder not found: {folder}")
+    if is_dataset(folder):
+        return [Item(song.key, song.audio, None, None, _npy_files(song.audio, ssl_names), song.tags,
+                     song.recaptions, song.lyrics, song.weight) for song in read_dataset(folder)]
     audios = sorted(p for p in folder.iterdir() if p.suffix.lower() in AUDIO_EXTENSIONS)
     by_stem: dict[str, list[str]] = {}
     for audio in audios:
@@ -108,12 +155,17 @@ def discover(folder: str | os.PathLike, ssl_names: Sequence[str] = SSL_NAMES) ->
             log.warning("skipping %s: no %s", audio.name, prompt_file.name)
             continue
         lyrics_file = audio.with_name(audio.stem + "_lyrics.txt")
-        ssl = {n: audio.with_name(f"{audio.stem}_{n}.npy") for n in ssl_names}
         items.append(Item(audio.stem, audio, prompt_file, lyrics_file if lyrics_file.is_file() else None,
-                          {n: p for n, p in ssl.items() if p.is_file()}))
+                          _npy_files(audio, ssl_names)))
     if not items:
         raise FileNotFoundError(f"no audio with a matching _prompt.txt in {folder}")
     return items
+
+
+def _npy_files(audio: Path, ssl_names: Sequence[str]) -> dict[str, Path]:
+    """The precomputed feature files beside ``audio`` (``<stem>_<ssl name>.npy``) that exist."""
+    files = {n: audio.with_name(f"{audio.stem}_{n}.npy") for n in ssl_names}
+    return {n: p for n, p in files.items() if p.is_file()}
 
 
 def prepare_audio(audio: np.ndarray, sample_rate: int) -> np.ndarray | None:
@@ -127,10 +179,11 @@ def prepare_audio(audio: np.ndarray, sample_rate: int) -> np.ndarray | None:
     return audio[:, : int(MAX_SECONDS * sample_rate)]
 
 
-def load_song(item: Item, npy_names: Sequence[str] = SSL_NAMES) -> Song | None:
+def load_song(item: Item, npy_names: Sequence[str] = SSL_NAMES, prompt_variants_count: int = 1) -> Song | None:
     """Decode ``item`` (``None`` for silent audio); :class:`SongError` when a file cannot be read.
 
-    Only the ``npy_names`` feature files are read (features computed here replace them).
+    Only the ``npy_names`` feature files are read (features computed here replace them);
+    ``prompt_variants_count``: how many prompt variants to keep (see :func:`prompt_variants`).
     """
     from acestep_jax.codec import load_audio
     from acestep_jax.codec.resample import resample
@@ -140,13 +193,20 @@ def load_song(item: Item, npy_names: Sequence[str] = SSL_NAMES) -> Song | None:
     except (ValueError, OSError) as e:
         raise SongError(f"cannot decode: {e}") from None
     try:
-        prompt = item.prompt_file.read_text(encoding="utf-8").strip()
-        lyrics = item.lyrics_file.read_text(encoding="utf-8").strip() if item.lyrics_file else ""
+        tags = item.tags
+        if tags is None:
+            tags = tuple(item.prompt_file.read_text(encoding="utf-8").strip().split(", "))
+        lyrics = item.lyrics if item.lyrics is not None else (
+            item.lyrics_file.read_text(encoding="utf-8").strip() if item.lyrics_file else "")
         ssl = {n: np.load(p, allow_pickle=False) for n, p in item.ssl.items() if n in npy_names}
     except (ValueError, OSError) as e:  # UnicodeDecodeError is a ValueError
         raise SongError(f"cannot read the files of {item.key}: {e}") from None
     audio = prepare_audio(resample(audio, sr, INPUT_RATE), INPUT_RATE)
-    return None if audio is None else Song(item.key, audio, prompt, lyrics, ssl)
+    if audio is None:
+        return None
+    seed = int(hashlib.sha1(item.key.encode()).hexdigest()[:8], 16)  # the same variants on every run
+    prompts, chances = prompt_variants(tags, item.recaptions, prompt_variants_count, seed)
+    return Song(item.key, audio, prompts, lyrics, ssl, chances, item.weight)
 
 
 class Preprocessor:
@@ -200,7 +260,12 @@ class Preprocessor:
                 "lyric_ids": self.lyric_ids(song.lyrics),
                 "speaker": np.zeros((SPEAKER_DIM,), np.float32),
                 "key": song.key, "prompt": song.prompt, "lyrics": song.lyrics,
+                WEIGHT: np.asarray(song.weight, np.int32),
             }
+            if len(song.prompts) > 1:
+                for j, prompt in enumerate(song.prompts[1:], 1):
+                    ex[f"{PROMPT_PREFIX}{j}"] = self.text_states(prompt)
+                ex[PROMPT_WEIGHTS] = np.asarray(song.prompt_weights, np.float32)
             features = {**song.ssl, **{name: feats[i] for name, feats in computed.items()}}
             for name, feats in features.items():
                 ex[SSL_PREFIX + name] = np.asarray(feats, np.float32)
@@ -298,13 +363,13 @@ class Summary:
 
 
 def preprocess_folder(folder, output, pre: Preprocessor, *, shard_size: int = 256, repeat: int = 1,
-                      songs_per_batch: int = 4, settings: dict | None = None,
+                      songs_per_batch: int = 4, prompt_variants: int = 1, settings: dict | None = None,
                       items: Sequence[Item] | None = None) -> Summary:
     """Encode every song of ``folder`` not yet in ``output`` into ``output/part-NNNNN.array_record``.
 
     ``repeat`` writes each example that many times (the reference's ``repeat_count`` for tiny
     LoRA datasets). ``songs_per_batch`` songs are decoded and encoded together (their SSL
-    chunks share calls). ``settings`` (what the records depend on) are pinned in the manifest;
+    chunks share calls). ``prompt_variants``: prompts kept per song (see :func:`prompt_variants`). ``settings`` (what the records depend on) are pinned in the manifest;
     ``items`` are the songs (default: :func:`discover`). Raises ``ValueError`` when no record
     exists after the run.
     """
@@ -328,7 +393,7 @@ def preprocess_folder(folder, output, pre: Preprocessor, *, shard_size: int = 25
     npy_names = [n for n in SSL_NAMES if n not in pre.ssl]
     try:
         for start in range(0, len(todo), songs_per_batch):
-            songs = _decode(todo[start : start + songs_per_batch], npy_names, summary, out, bar)
+            songs = _decode(todo[start : start + songs_per_batch], npy_names, summary, out, bar, prompt_variants)
             for ex in pre.examples(songs):
                 pending.extend([ex] * repeat)
                 summary.written.append(ex["key"])
@@ -346,12 +411,13 @@ def preprocess_folder(folder, output, pre: Preprocessor, *, shard_size: int = 25
     return summary
 
 
-def _decode(items: Sequence[Item], npy_names, summary: Summary, out: OutputFolder, bar) -> list[Song]:
+def _decode(items: Sequence[Item], npy_names, summary: Summary, out: OutputFolder, bar,
+            prompt_variants: int = 1) -> list[Song]:
     """The readable, non-silent songs of ``items``; the others are reported, counted and skipped."""
     songs = []
     for item in items:
         try:
-            song = load_song(item, npy_names)
+            song = load_song(item, npy_names, prompt_variants)
         except SongError as e:
             log.warning("skipping %s: %s", item.audio.name, e)
             summary.failed[item.audio.name] = str(e)

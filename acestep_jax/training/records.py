@@ -26,6 +26,9 @@ from acestep_jax.codec.codec import LATENT_CHANNELS, LATENT_HEIGHT
 REQUIRED = ("latents", "text_states", "lyric_ids", "speaker")
 STRINGS = ("key", "prompt", "lyrics")
 SSL_PREFIX = "ssl/"
+PROMPT_PREFIX = "text_states/"  # more prompt variants' states: text_states/1, text_states/2, ...
+PROMPT_WEIGHTS = "prompt_weights"  # [variants]: how likely each of text_states, text_states/1, ... is drawn
+WEIGHT = "weight"  # how many times the dataset holds the song (a sampling weight)
 
 
 def validate_example(ex: Mapping, where: str = "example") -> None:
@@ -42,9 +45,19 @@ def validate_example(ex: Mapping, where: str = "example") -> None:
         raise ValueError(f"{where}: lyric_ids must be a non-empty 1-D id list")
     if np.asarray(ex["speaker"]).ndim != 1:
         raise ValueError(f"{where}: speaker must be a vector")
+    width = np.shape(ex["text_states"])[-1]
+    variants = 1
     for k, v in ex.items():
         if k.startswith(SSL_PREFIX) and np.asarray(v).ndim != 2:
             raise ValueError(f"{where}: {k} must be [frames, width], got {list(np.shape(v))}")
+        if k.startswith(PROMPT_PREFIX):
+            variants += 1
+            if np.ndim(v) != 2 or np.shape(v)[-1] != width:
+                raise ValueError(f"{where}: {k} must be [tokens, {width}] like text_states, got {list(np.shape(v))}")
+    if PROMPT_WEIGHTS in ex and np.shape(ex[PROMPT_WEIGHTS]) != (variants,):
+        raise ValueError(f"{where}: {PROMPT_WEIGHTS} must hold {variants} weights (one per prompt variant)")
+    if WEIGHT in ex and (np.ndim(ex[WEIGHT]) != 0 or int(ex[WEIGHT]) < 1):
+        raise ValueError(f"{where}: {WEIGHT} must be a positive integer")
 
 
 def encode_example(ex: Mapping) -> bytes:
@@ -125,6 +138,10 @@ class RecordSource:
 
     def __getitem__(self, index: int) -> dict:
         return decode_example(self._source[index])
+
+    def weights(self) -> np.ndarray:
+        """Each example's sampling weight (its ``weight`` field, else 1); reads every record once."""
+        return np.asarray([int(self[i].get(WEIGHT, 1)) for i in range(len(self))], np.int64)
 
     def __repr__(self) -> str:
         return f"RecordSource({self.files!r}, {len(self)} examples)"
