@@ -161,3 +161,10 @@ def test_source_tasks_check_their_audio(tmp_path):
     with pytest.raises(RequestError, match="src_audio_path: .*missing.wav does not exist"):
         with_local_checks(parse_request({"prompt": "x", "task": "repaint", "src_audio_path": str(tmp_path / "missing.wav"),
                                          "repaint_end": 1}))
+
+
+def test_a_reference_record_naming_a_lora_by_hub_id():
+    record = {**REFERENCE_RECORD, "lora_name_or_path": "ACE-Step/ACE-Step-v1-chinese-rap-LoRA", "lora_weight": 0.8}
+    r = with_local_checks(parse_request(record))
+    assert [(s.path, s.weight) for s in r.lora] == [("ACE-Step/ACE-Step-v1-chinese-rap-LoRA", 0.8)]
+    assert parse_request(r.to_dict()).lora == r.lora
