@@ -79,18 +79,24 @@ PAGE = Path(__file__).with_name("page.html")
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")  # metric labels; others: "other"
 
 
-async def _json_body(request: HTTPRequest, limit: int):
-    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media != "application/json":
-        raise _BodyError(415, f"the body must be JSON sent as Content-Type: application/json, got {media or 'none'!r}")
+async def _read_body(request: HTTPRequest, limit: int, what: str) -> bytes:
+    """The request's body; a ``413`` as soon as it (or its announced length) passes ``limit`` bytes."""
     length = request.headers.get("content-length")
     if length is not None and (not length.isdigit() or int(length) > limit):
-        raise _BodyError(413, f"the body exceeds {limit} bytes")
+        raise _BodyError(413, f"{what} exceeds {limit} bytes")
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
-            raise _BodyError(413, f"the body exceeds {limit} bytes")
+            raise _BodyError(413, f"{what} exceeds {limit} bytes")
+    return bytes(body)
+
+
+async def _json_body(request: HTTPRequest, limit: int):
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media != "application/json":
+        raise _BodyError(415, f"the body must be JSON sent as Content-Type: application/json, got {media or 'none'!r}")
+    body = await _read_body(request, limit, "the body")
     try:
         return json.loads(body)
     except (ValueError, RecursionError) as e:
@@ -312,14 +318,9 @@ def create_app(scheduler: Scheduler, config: AppConfig = AppConfig()) -> FastAPI
     @app.post("/v1/uploads", status_code=201, dependencies=auth)
     async def upload(http: HTTPRequest):
         """Store an audio file for a request's ``src_upload`` (decoded and checked now)."""
-        limit = scheduler.uploads.max_bytes
-        body = bytearray()
-        async for chunk in http.stream():
-            body += chunk
-            if len(body) > limit:
-                raise HTTPException(413, f"the upload exceeds {limit} bytes")
+        body = await _read_body(http, scheduler.uploads.max_bytes, "the upload")
         try:
-            stored = await run_in_threadpool(scheduler.add_upload, bytes(body))
+            stored = await run_in_threadpool(scheduler.add_upload, body)
         except UploadError as e:
             raise HTTPException(e.status, str(e)) from None
         except OSError as e:

@@ -24,10 +24,6 @@ Records go to ``<output>/part-NNNNN.array_record``; ``<output>/preprocess.json``
 the songs of every finished file, so a rerun resumes where a run stopped (an interrupted
 run still writes the songs it finished). A song that cannot be decoded is reported by
 name and skipped (and retried by the next run).
-
-    acestep-preprocess data/ data/records --checkpoint ACE-Step/ACE-Step-v1-3.5B \\
-        --mert m-a-p/MERT-v1-330M --mhubert utter-project/mHuBERT-147
-    acestep-preprocess data/ /tmp/records --tiny-random
 """
 
 from __future__ import annotations
