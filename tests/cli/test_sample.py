@@ -1,5 +1,6 @@
 """``sample.py``: argument errors fail before any model loads; outputs and reloadable parameters."""
 
+import errno
 import json
 
 import numpy as np
@@ -149,3 +150,33 @@ def test_shard_pads_an_invariant_batch_with_fillers(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"pad_{i}.{ext}" for i in range(3) for ext in ("json", "wav")]
     record = json.loads((tmp_path / "pad_2.json").read_text())
     assert record["seeds"] == [3] and record["batch_invariant"] and record["output"]["index"] == 2
+
+
+class _FullDisk:
+    """A file whose writes store a little, then fail as a full disk does (ENOSPC)."""
+
+    def __init__(self, path, mode):
+        self._f = open(path, mode)  # noqa: SIM115 - closed by __exit__
+
+    def write(self, data):
+        self._f.write(bytes(data)[:100])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._f.close()
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, xla_cache, monkeypatch, capsys):
+    from acestep_jax.codec import audio_io
+
+    monkeypatch.setattr(audio_io, "open", _FullDisk, raising=False)
+    argv = ["--tiny-random", "--duration", "2", "--steps", "3", "--batch", "2", "--out", str(tmp_path / "x.wav"),
+            "--compile-cache", xla_cache, "--quiet"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no space left on device writing ") and err.count("\n") == 1, err
+    assert "free some space or write elsewhere" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
