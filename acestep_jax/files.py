@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import threading
 from collections.abc import Callable
@@ -40,6 +41,22 @@ def make_folder_beside(path: str | os.PathLike, prefix: str) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=folder))
     os.chmod(tmp, 0o777 & ~_umask())
     return tmp
+
+
+def check_free_space(path: str | os.PathLike, needed: int, what: str) -> None:
+    """Raise :class:`UsageError` when the file system of ``path`` (which may not exist yet) has
+    less than ``needed`` bytes free: a full disk is found before writing, not halfway."""
+    folder = Path(path).absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise UsageError(f"no space left on device for {what} in {path}: it needs about {_size(needed)}, "
+                         f"{_size(free)} are free; free some space or write elsewhere")
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
 TEMP_PREFIX = ".tmp-"  # the temporary files of write_atomic

@@ -51,8 +51,16 @@ class ModelOptions:
             raise UsageError("--transformer needs --checkpoint (the other models come from it), not --tiny-random")
         if self.transformer and not os.path.isdir(self.transformer):
             raise UsageError(f"--transformer {self.transformer} is not a folder")
-        if self.lyrics_vocab and not os.path.isfile(self.lyrics_vocab):
-            raise UsageError(f"--lyrics-vocab {self.lyrics_vocab} does not exist")
+        if self.lyrics_vocab:
+            if os.path.isdir(self.lyrics_vocab):
+                raise UsageError(f"--lyrics-vocab {self.lyrics_vocab} is a folder; give its vocab.json")
+            if not os.path.isfile(self.lyrics_vocab):
+                raise UsageError(f"--lyrics-vocab {self.lyrics_vocab} does not exist")
+            try:
+                from acestep_jax.text.lyrics.tokenizer import read_vocab
+            except ImportError:  # no lyrics extra: only lyrics need the vocabulary, and they say so
+                return
+            read_vocab(self.lyrics_vocab)
 
     @property
     def checkpoint_dir(self) -> str | None:

@@ -114,7 +114,8 @@ class OutputWriter:
         try:  # an exception is already on its way: finish the writes, report (not raise) theirs
             self.close()
         except Exception as err:  # noqa: BLE001
-            log.error("writing outputs failed too: %s", err)
+            if err is not exc:  # the write error itself is already on its way
+                log.error("writing outputs failed too: %s", err)
 
     def _write(self, path, audio, sample_rate, fmt, record, record_path) -> str:
         try:

@@ -58,8 +58,7 @@ def test_bad_requests_fail_at_submit(tmp_path):
 
 def test_write_errors_surface_and_leave_nothing_half_written(tmp_path, monkeypatch):
     def broken(file, *args, **kwargs):
-        with open(file, "wb") as f:
-            f.write(b"RIFF....")  # a partial file, then the disk fills up
+        file.write(b"RIFF....")  # part of the file, then the disk fills up
         raise OSError(28, "No space left on device")
 
     writer = OutputWriter(workers=1)

@@ -11,6 +11,7 @@ Anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import re
@@ -26,6 +27,7 @@ from acestep_jax.errors import UsageError
 # errors that user input or the user's environment cause (files, downloads, checkpoints, extras)
 USER_ERRORS: tuple[type[BaseException], ...] = (UsageError, OSError, ImportError)
 T = TypeVar("T")
+FULL_DISK_MARKS = ("No space left on device", "os_error_code='28'")  # what libraries' errors say of ENOSPC
 LIBRARY_LOGGERS = ("absl", "jax", "orbax", "tensorstore", "urllib3", "huggingface_hub", "grain")
 
 
@@ -47,7 +49,7 @@ def report(error: BaseException | str, debug: bool = False) -> int:
 
 def one_line(error: BaseException | str, limit: int = 600) -> str:
     """A message on one line: a listing's lines joined, a long one cut (``--debug`` has it all)."""
-    lines = [re.sub(r"^\s*(- )?", "", line) for line in str(error).strip().splitlines() if line.strip()]
+    lines = [re.sub(r"^\s*(- )?", "", line) for line in describe(error).strip().splitlines() if line.strip()]
     text = "".join(("" if i == 0 else " " if lines[i - 1].endswith(":") else "; ") + line
                    for i, line in enumerate(lines)) or type(error).__name__
     return text if len(text) <= limit else text[:limit] + " ... (--debug shows everything)"
@@ -90,6 +92,31 @@ def run_interruptibly(fn: Callable[[], T]) -> T:
     return result["value"]
 
 
+def full_disk(error: BaseException) -> bool:
+    """Whether ``error`` (an OSError, or a library's error about one, as orbax/tensorstore raise) is a full disk."""
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return True
+    return any(mark in str(error) for mark in FULL_DISK_MARKS)
+
+
+def _quiet_full_disk(record: logging.LogRecord) -> bool:
+    """A logging filter: drops library records about a full disk (and the writer threads it stops)."""
+    if record.name.startswith("acestep_jax"):
+        return True
+    text = record.getMessage() + (str(record.exc_info[1]) if record.exc_info else "")
+    return not any(mark in text for mark in (*FULL_DISK_MARKS, "Event loop is closed"))
+
+
+def describe(error: BaseException | str) -> str:
+    """The message of ``error``; a full disk says so, with the file being written (its note) and the fix."""
+    if isinstance(error, BaseException) and full_disk(error):
+        notes = [n.removeprefix("while ") for n in getattr(error, "__notes__", ())]
+        filename = getattr(error, "filename", None)
+        where = f" {notes[0]}" if notes else f" writing {filename}" if filename else ""
+        return f"no space left on device{where}; free some space or write elsewhere (nothing partial was kept)"
+    return str(error)
+
+
 class Parser(argparse.ArgumentParser):
     """An argument parser whose errors are one :func:`report` line (exit code 2), not the usage block."""
 
@@ -103,8 +130,11 @@ class Parser(argparse.ArgumentParser):
 
 
 def setup_logging(verbose: bool = False, fmt: str = "%(levelname)s %(name)s: %(message)s") -> None:
-    """INFO logs of the project; libraries (orbax, absl, jax, ...) only warn unless ``verbose``."""
+    """INFO logs of the project; libraries (orbax, absl, jax, ...) only warn unless ``verbose``, and say
+    nothing of a full disk (their writer threads' tracebacks): the command's one error line does."""
     logging.basicConfig(level=logging.INFO, format=fmt)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_quiet_full_disk)
     for name in LIBRARY_LOGGERS:
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
 

@@ -22,6 +22,7 @@ from acestep_jax.cli.common import (
     Parser,
     add_common_flags,
     check_output_file,
+    full_disk,
     report,
     setup_logging,
     start_distributed,
@@ -179,6 +180,10 @@ def main(argv: list[str] | None = None) -> int:
         return _train(args, cfg, log)
     except user_errors() as e:
         return report(e, args.debug)
+    except Exception as e:
+        if full_disk(e):  # orbax's and tensorstore's words for ENOSPC
+            return report(e, args.debug)
+        raise
 
 
 def _train(args, cfg, log) -> int:
@@ -199,6 +204,7 @@ def _train(args, cfg, log) -> int:
     try:
         if not args.no_resume:
             trainer.restore()
+        trainer.check_space()  # now, not after the first save_every steps
         start = trainer.step
         history = trainer.fit()
         if history:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 
 import numpy as np
@@ -94,6 +95,12 @@ def save_audio(path: str | os.PathLike, audio, sample_rate: int, format: str | N
     audio = as_channels(audio)
     if fmt != "wav":
         audio = np.clip(audio, -1.0, 1.0)
-    write_atomic(path, lambda tmp: sf.write(tmp, audio.T, int(sample_rate), format=major, subtype=subtype),
-                 suffix=f".{fmt}")
+
+    def write(tmp):  # encoded in memory, so a failed write is Python's OSError (libsndfile says "System error.")
+        encoded = io.BytesIO()
+        sf.write(encoded, audio.T, int(sample_rate), format=major, subtype=subtype)
+        with open(tmp, "wb") as f:
+            f.write(encoded.getbuffer())
+
+    write_atomic(path, write, suffix=f".{fmt}")
     return path

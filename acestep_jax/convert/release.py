@@ -20,6 +20,7 @@ from __future__ import annotations
 import glob
 import json
 import logging
+import math
 import os
 import shutil
 import socket
@@ -38,7 +39,7 @@ from acestep_jax.convert.hub import (
     reason,
     snapshot,
 )
-from acestep_jax.files import make_folder_beside
+from acestep_jax.files import check_free_space, make_folder_beside
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +151,10 @@ def convert_checkpoint(
                     what=str(folder))
         plans[name] = (cfg, source)
     vocab = _find_vocab(lyrics_vocab, src_path)
+    itemsize = 4 if param_dtype == "float32" else 2
+    needed = sum(math.prod(shape) * itemsize for name, (cfg, _) in plans.items()
+                 for shape in param_shapes(components()[name].abstract(cfg)).values())
+    check_free_space(dst, needed + (1 << 20), "the converted checkpoint")
 
     tmp = _temporary_folder(dst)
     try:

@@ -26,6 +26,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from acestep_jax.files import check_free_space
 from acestep_jax.models.transformer import ACEStepTransformer, TransformerConfig
 from acestep_jax.profiling import StepTrace
 from acestep_jax.sharding import axis_rules, make_mesh, rules_with, shard_model, state_shardings
@@ -469,11 +470,18 @@ class Trainer:
         directory = os.path.abspath(os.path.join(run.output_dir, "checkpoints"))
         return ocp.CheckpointManager(directory, options=options, item_names=("state", "data"))
 
+    def check_space(self) -> None:
+        """:class:`UsageError` when the checkpoint folder has no room for one more checkpoint."""
+        if self.manager is not None:
+            needed = sum(x.nbytes for x in jax.tree.leaves(self.state) if hasattr(x, "nbytes"))
+            check_free_space(os.fspath(self.manager.directory), needed, f"the checkpoint of step {self.step}")
+
     def save(self) -> None:
         """Save state and data-iterator position at the current step (async); with LoRA also the adapters."""
         import grain
         import orbax.checkpoint as ocp
 
+        self.check_space()
         snapshot = _IteratorSnapshot(self.data_iter.get_state())
         self.manager.save(
             self.step,

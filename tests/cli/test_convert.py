@@ -172,3 +172,26 @@ def test_ssl_conversion(tmp_path, capsys):
     assert err[0].startswith("error: ") and "already exists" in err[0]
     assert err[1].startswith("error: ") and "nowhere" in err[1]
     assert err[2] == "error: --components does not go with --ssl" and not (tmp_path / "y").exists()
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing(reference_dir, tmp_path, lyrics_vocab_path, capsys, monkeypatch):
+    from acestep_jax import files
+    from acestep_jax.convert import checkpoint
+
+    argv = [str(reference_dir), str(tmp_path / "ckpt"), "--lyrics-vocab", str(lyrics_vocab_path), "--quiet"]
+    monkeypatch.setattr(files.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 4096, 4096))
+    assert main(argv) == 2  # found before writing
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: no space left on device for the converted checkpoint in {tmp_path / 'ckpt'}: "
+                          "it needs about ") and err.count("\n") == 1, err
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+
+    def full(*args):  # how orbax / tensorstore report ENOSPC met halfway
+        raise ValueError("RESOURCE_EXHAUSTED: Error writing \"x\": No space left on device [os_error_code='28']")
+
+    monkeypatch.setattr(checkpoint, "_save_params", full)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no space left on device; free some space") and err.count("\n") == 1, err
+    assert list(tmp_path.iterdir()) == []

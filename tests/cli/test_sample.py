@@ -1,5 +1,6 @@
 """``sample.py``: argument errors fail before any model loads; outputs and reloadable parameters."""
 
+import errno
 import json
 
 import numpy as np
@@ -179,3 +180,33 @@ def test_loras_by_hub_id_download_once(tmp_path, xla_cache, monkeypatch, capsys)
     assert main([*common, "--lora", "owner/missing-lora", "--out", str(tmp_path / "x.wav")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "could not download the LoRA owner/missing-lora" in err
+
+
+class _FullDisk:
+    """A file whose writes store a little, then fail as a full disk does (ENOSPC)."""
+
+    def __init__(self, path, mode):
+        self._f = open(path, mode)  # noqa: SIM115 - closed by __exit__
+
+    def write(self, data):
+        self._f.write(bytes(data)[:100])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._f.close()
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, xla_cache, monkeypatch, capsys):
+    from acestep_jax.codec import audio_io
+
+    monkeypatch.setattr(audio_io, "open", _FullDisk, raising=False)
+    argv = ["--tiny-random", "--duration", "2", "--steps", "3", "--batch", "2", "--out", str(tmp_path / "x.wav"),
+            "--compile-cache", xla_cache, "--quiet"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no space left on device writing ") and err.count("\n") == 1, err
+    assert "free some space or write elsewhere" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []

@@ -88,3 +88,17 @@ def test_resuming_with_another_config_is_refused(tmp_path, monkeypatch, capsys):
     for argv in (["optim.max_steps=9", "--steps", "5"], ["optim.learning_rate=1e-5"]):
         args = build_parser().parse_args([*base, *argv])
         check_resume(resolve_config(args), resume="--steps" in argv)  # what may change, or --no-resume
+
+
+def test_a_full_disk_is_one_line_before_training(tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from acestep_jax import files
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(files.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 4096, 4096))
+    assert main([*BASE, "--set", "data.batch_size=8", "run.progress=false"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert "error: no space left on device for the checkpoint of step 0 in " in err and "free some space" in err
+    assert not list((tmp_path / "run" / "checkpoints").iterdir())

@@ -9,6 +9,8 @@ import re
 import numpy as np
 from tokenizers import Tokenizer
 
+from acestep_jax.errors import UsageError
+
 from ._deps import MissingLyricsExtra, require_all
 from .language import detect_language
 from .normalize import normalize_line
@@ -48,7 +50,7 @@ class LyricTokenizer:
                 f"vocab_path: lyric vocabulary {str(vocab_path)!r} does not exist"
             )
         require_all()
-        self.bpe = Tokenizer.from_file(os.fspath(vocab_path))
+        self.bpe = read_vocab(vocab_path)
 
     def encode_line(self, line: str, lang: str) -> list[int]:
         """BPE ids (language tag first) of one lyric line already assigned language ``lang``."""
@@ -106,6 +108,15 @@ def check_length(num_tokens: int, what: str = "lyrics", characters: int | None =
             f"{what} are {size} tokens long{chars}; the limit is {MAX_TOKENS} tokens, the longest "
             "lyrics the model was trained on (about 6,800 characters of English, 2,800 of Chinese)"
         )
+
+
+def read_vocab(path: str | os.PathLike) -> Tokenizer:
+    """The BPE vocabulary file ``path``; one that does not parse is a :class:`UsageError` naming it."""
+    try:
+        return Tokenizer.from_file(os.fspath(path))
+    except Exception as e:  # noqa: BLE001 - the tokenizers library raises a bare Exception
+        raise UsageError(f"lyric vocabulary {path} is not a tokenizer vocabulary ({e}); give the checkpoint's "
+                         "vocab.json (--lyrics-vocab)") from None
 
 
 def check_lyrics(
