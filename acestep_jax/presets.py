@@ -86,20 +86,44 @@ def byte_tokenizer(max_length: int = 256):
     return PromptTokenizer(tok, pad_id=0, max_length=max_length)
 
 
-def random_weights(abstract: nnx.Module, seed: int) -> nnx.Module:
+def _conv_fan_ins(abstract: nnx.Module) -> dict[str, int]:
+    """Inputs each output of a convolution sums: ``taps x channels`` (transposed: ``taps / stride x channels``),
+    by kernel path."""
+    from acestep_jax.codec.vocoder import ConvTranspose1d
+    from acestep_jax.nn.layers import Conv
+
+    fans = {}
+    for path, module in nnx.iter_graph(abstract):
+        if isinstance(module, (Conv, ConvTranspose1d)):
+            shape = module.kernel.shape
+            fan = math.prod(shape[:-1])
+            if isinstance(module, ConvTranspose1d):
+                fan = max(shape[0] // module.stride, 1) * shape[1]
+            fans["/".join(map(str, (*path, "kernel")))] = fan
+    return fans
+
+
+def random_weights(abstract: nnx.Module, seed: int, *, conv_fan_in: bool = False) -> nnx.Module:
     """Fill an abstract model (``nnx.eval_shape``) with host-generated random weights.
 
     Much faster than running each layer's initialiser eagerly on CPU: matrices get
     ``N(0, 1/fan_in)``, vectors named like norm scales get ones, other vectors zeros.
+    ``fan_in`` is the next-to-last dimension (input channels), or with ``conv_fan_in``
+    a convolution's whole receptive field (:func:`_conv_fan_ins`). The codec needs the
+    latter: with channels only, each of the vocoder's convolutions gains about
+    ``sqrt(taps)``, its output reaches ~1e12 before the final tanh, and the audio is a
+    +-1 square wave whose zero crossings flip sign under float rounding.
     """
     from acestep_jax.convert.core import load_flat
 
     rng = np.random.default_rng(seed)
+    fans = _conv_fan_ins(abstract) if conv_fan_in else {}
     arrays = {}
     for path, var in nnx.to_flat_state(nnx.state(abstract)):
         key, shape = "/".join(map(str, path)), tuple(var.shape)
         if len(shape) >= 2:
-            value = rng.standard_normal(shape, np.float32) / np.sqrt(max(math.prod(shape[-2:-1]), 1))
+            fan = fans.get(key, math.prod(shape[-2:-1]))
+            value = rng.standard_normal(shape, np.float32) / np.sqrt(max(fan, 1))
         elif str(path[-1]) in ("scale", "weight", "gamma"):
             value = np.ones(shape, np.float32)
         else:
@@ -108,10 +132,10 @@ def random_weights(abstract: nnx.Module, seed: int) -> nnx.Module:
     return load_flat(abstract, arrays)
 
 
-def _build(factory, seed: int, on_device: bool):
+def _build(factory, seed: int, on_device: bool, conv_fan_in: bool = False):
     if on_device:  # large models: run the initialisers as one compiled program on the accelerator
         return nnx.jit(lambda: factory(nnx.Rngs(seed)))()
-    return random_weights(nnx.eval_shape(lambda: factory(nnx.Rngs(0))), seed)
+    return random_weights(nnx.eval_shape(lambda: factory(nnx.Rngs(0))), seed, conv_fan_in=conv_fan_in)
 
 
 def random_models(preset: str = "tiny", seed: int = 0, *, dtype: str = "float32", param_dtype: str = "float32",
@@ -131,6 +155,6 @@ def random_models(preset: str = "tiny", seed: int = 0, *, dtype: str = "float32"
     u_cfg = preset_config(preset, "umt5")
     big = preset != "tiny"
     transformer = _build(lambda r: ACEStepTransformer(t_cfg, rngs=r), seed, big)
-    codec = _build(lambda r: MusicCodec(d_cfg, v_cfg, rngs=r), seed + 1, big)
+    codec = _build(lambda r: MusicCodec(d_cfg, v_cfg, rngs=r), seed + 1, big, conv_fan_in=True)
     text_encoder = _build(lambda r: UMT5Encoder(u_cfg, rngs=r), seed + 2, big)
     return transformer, codec, text_encoder, byte_tokenizer()
