@@ -57,7 +57,7 @@ def _check(alone, out, idx, what):
         assert err <= AUDIO_RTOL * peak, f"{what}: audio of item {i} differs by {err:.3g} (peak {peak:.3g})"
 
 
-@pytest.mark.parametrize("idx", [[1, 0], [2, 5, 0], [3, 7, 1, 6, 2, 4, 0, 5]], ids=["b2", "b3", "b8"])
+@pytest.mark.parametrize("idx", [[1, 0], [3, 7, 1, 6, 2, 4, 0, 5]], ids=["b2", "b8"])
 def test_items_equal_their_solo_runs(pipe, alone, idx):
     _check(alone, _run(pipe, idx), idx, f"batch of {len(idx)}")
 
@@ -69,11 +69,11 @@ def test_random_codec_is_not_saturated(pipe):
     assert 0 < np.abs(audio).max() < 0.5
 
 
-def test_decode_in_batches_of_four_to_seven(pipe):
+def test_decode_in_batches_of_three_to_seven(pipe):
     """The sizes the end-to-end cases above leave out, on the decode alone."""
     latents = np.random.default_rng(1).standard_normal((7, 8, 16, 8)).astype(np.float32)
     alone = pipe.decode(latents[:1], 44100)[0]
     peak = np.abs(alone).max()
-    for b in range(4, 8):
+    for b in range(3, 8):
         err = np.abs(pipe.decode(latents[:b], 44100)[0] - alone).max()
         assert err <= AUDIO_RTOL * peak, f"batch of {b}: {err:.3g} (peak {peak:.3g})"
