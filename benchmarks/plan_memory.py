@@ -203,16 +203,16 @@ def train_flops(tcfg, remat: str, accum: int, global_batch: int) -> float:
 
 
 # ----------------------------------------------------------------------------- sampling
-def lower_sample(batch: int, mesh, layers: int | None = None, seconds: float = SECONDS):
+def lower_sample(batch: int, mesh, layers: int | None = None, seconds: float = SECONDS, preset: str = "full"):
     """The lowered guided sampling loop (the reference's defaults) for ``batch`` songs of
-    ``seconds`` (``layers``: with that many blocks)."""
+    ``seconds`` (``layers``: with that many blocks; ``preset``: the model's sizes)."""
     from acestep_jax.models.transformer import ACEStepTransformer
     from acestep_jax.sampling import Conditioning, Noise, SamplingParams
     from acestep_jax.sampling.inputs import LoopInputs
     from acestep_jax.sampling.sampler import loop_compiler_options, text2music_loop
     from acestep_jax.sampling.tasks import frame_multiple, prepare
 
-    tcfg = with_layers(preset_config("full", "transformer", dtype="bfloat16", param_dtype="bfloat16"), layers)
+    tcfg = with_layers(preset_config(preset, "transformer", dtype="bfloat16", param_dtype="bfloat16"), layers)
     model = nnx.eval_shape(lambda: ACEStepTransformer(tcfg, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(model)
     params = SamplingParams(duration=seconds, infer_steps=STEPS)
@@ -246,12 +246,12 @@ def lower_sample(batch: int, mesh, layers: int | None = None, seconds: float = S
         return fn.lower(state, cond, inputs, jax.tree.map(lambda a: sds(a.shape, a.dtype), noise)), tcfg
 
 
-def lower_guided_decode(batch: int, mesh, layers: int | None = None):
+def lower_guided_decode(batch: int, mesh, layers: int | None = None, preset: str = "full"):
     """One guided transformer call (cond + uncond: ``2 * batch`` items), as the sampling loop makes it
-    (``layers``: with that many blocks)."""
+    (``layers``: with that many blocks; ``preset``: the model's sizes)."""
     from acestep_jax.models.transformer import ACEStepTransformer
 
-    tcfg = with_layers(preset_config("full", "transformer", dtype="bfloat16", param_dtype="bfloat16"), layers)
+    tcfg = with_layers(preset_config(preset, "transformer", dtype="bfloat16", param_dtype="bfloat16"), layers)
     model = nnx.eval_shape(lambda: ACEStepTransformer(tcfg, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(model)
     n, t = 2 * batch, -(-latent_frames(SECONDS) // 128) * 128
