@@ -501,8 +501,8 @@ def load(path: Path) -> dict:
 
 
 def table(records: dict, tops: list[str], programs) -> str:
-    head = ("| GPUs | program | args / temp / peak GB per GPU | largest batch per GPU | kernels (per block) | "
-            "transposes / copies (per block) | f32 GEMMs | custom calls | host transfers | TFLOP | GB moved | "
+    head = ("| GPUs | program | args / temp / peak GB per GPU | largest batch per GPU | kernels (per block*) | "
+            "transposes / copies (per block*) | f32 GEMMs | custom calls | host transfers | TFLOP | GB moved | "
             "roofline ms |")
     rows = [head, "|---" * (head.count("|") - 1) + "|"]
     for t in tops:
@@ -521,14 +521,19 @@ def table(records: dict, tops: list[str], programs) -> str:
                 memory = GPUS[gpu].memory
                 fit = "-" if twice is None else (
                     "none" if f("peak") > memory else str(1 + int((memory - f("peak")) // max(twice - f("peak"), 1))))
-                kinds = {k: at_depth({d or LAYERS: records[(t, program, seconds, d, 1)]["kinds"].get(k, 0)
-                                      for d in DEPTHS[program]}) or 0 for k in ("transpose", "copy")}
-                bk = sample["block_kinds"]
+                runs = [records[(t, program, seconds, d, 1)] for d in DEPTHS[program]]
+                kinds = {k: at_depth({d or LAYERS: r["kinds"].get(k, 0) for d, r in zip(DEPTHS[program], runs)}) or 0
+                         for k in ("transpose", "copy")}
+                bk = {k: sample["block_kinds"].get(k, 0) for k in ("transpose", "copy")} | {"": sample["block_kernels"]}
+                if len(runs) == 2:  # extrapolated: what one more block adds to the whole program
+                    (a, ra), (b, rb) = zip(DEPTHS[program], runs)
+                    bk = {k: (rb["kinds"].get(k, 0) - ra["kinds"].get(k, 0)) / (b - a) for k in ("transpose", "copy")}
+                    bk[""] = (rb["kernels"] - ra["kernels"]) / (b - a)
                 rows.append(
                     f"| {GPUS[gpu].label} x{n} | {program} {seconds:.0f} s | {f('arguments') / GB:.2f} / "
                     f"{f('temporaries') / GB:.2f} / {f('peak') / GB:.2f} | {fit} | {f('kernels'):.0f} "
-                    f"({sample['block_kernels']:.0f}) | {kinds['transpose']:.0f} / {kinds['copy']:.0f} "
-                    f"({bk.get('transpose', 0):.0f} / {bk.get('copy', 0):.0f}) | {len(sample['f32_gemms'])} | "
+                    f"({bk['']:.0f}) | {kinds['transpose']:.0f} / {kinds['copy']:.0f} "
+                    f"({bk['transpose']:.0f} / {bk['copy']:.0f}) | {len(sample['f32_gemms'])} | "
                     f"{sum(sample['custom_calls'].values()):.0f} | {sample['host_transfers']:.0f} | "
                     f"{f('flops') / 1e12:.1f} | {f('bytes') / GB:.1f} | {f('roofline_seconds') * 1e3:.1f} |")
     return "\n".join(rows)
