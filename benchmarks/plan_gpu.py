@@ -549,7 +549,11 @@ def rtf_table(records: dict, tops: list[str]) -> str:
         for seconds in (60.0, 240.0):
             loop = figure(records, t, "loop", seconds, "roofline_seconds")
             codec = figure(records, t, "codec", seconds, "roofline_seconds")
-            cells.append("-" if loop is None or codec is None else f"{seconds * int(n) / (loop + codec):.1f}x")
+            if loop is None:
+                cells.append("-")
+            else:  # the codec's decode where it compiled
+                rtf = seconds * int(n) / (loop + (codec or 0.0))
+                cells.append(f"{rtf:.1f}x" + (" (loop only: codec refused)" if codec is None else ""))
         ref = f"{REFERENCE_RTF[gpu]}x" if gpu in REFERENCE_RTF and n == "1" else "-"
         rows.append(f"| {GPUS[gpu].label} x{n} | {cells[0]} | {cells[1]} | {ref} |")
     return "\n".join(rows)
