@@ -203,19 +203,19 @@ def train_flops(tcfg, remat: str, accum: int, global_batch: int) -> float:
 
 
 # ----------------------------------------------------------------------------- sampling
-def lower_sample(batch: int, mesh, layers: int | None = None):
-    """The lowered guided sampling loop (the reference's defaults) for ``batch`` songs
-    (``layers``: with that many blocks)."""
+def lower_sample(batch: int, mesh, layers: int | None = None, seconds: float = SECONDS, preset: str = "full"):
+    """The lowered guided sampling loop (the reference's defaults) for ``batch`` songs of
+    ``seconds`` (``layers``: with that many blocks; ``preset``: the model's sizes)."""
     from acestep_jax.models.transformer import ACEStepTransformer
     from acestep_jax.sampling import Conditioning, Noise, SamplingParams
     from acestep_jax.sampling.inputs import LoopInputs
     from acestep_jax.sampling.sampler import loop_compiler_options, text2music_loop
-    from acestep_jax.sampling.tasks import prepare
+    from acestep_jax.sampling.tasks import frame_multiple, prepare
 
-    tcfg = with_layers(preset_config("full", "transformer", dtype="bfloat16", param_dtype="bfloat16"), layers)
+    tcfg = with_layers(preset_config(preset, "transformer", dtype="bfloat16", param_dtype="bfloat16"), layers)
     model = nnx.eval_shape(lambda: ACEStepTransformer(tcfg, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(model)
-    params = SamplingParams(duration=SECONDS, infer_steps=STEPS)
+    params = SamplingParams(duration=seconds, infer_steps=STEPS)
     by_batch = NamedSharding(mesh, P("data"))
     d = tcfg.text_embedding_dim
     cond = Conditioning(
@@ -225,9 +225,10 @@ def lower_sample(batch: int, mesh, layers: int | None = None):
     )
     noise = Noise.from_seeds(list(range(batch)))
     found = {}
+    platform = mesh.devices.flat[0].platform
 
     def inputs_of(c, n):
-        lc, inputs, _ = prepare(params, c, n)
+        lc, inputs, _ = prepare(params, c, n, frame_multiple(platform))
         found["lc"] = lc
         return inputs
 
@@ -236,7 +237,6 @@ def lower_sample(batch: int, mesh, layers: int | None = None):
     replicated = NamedSharding(mesh, P())
     in_sh = LoopInputs(jax.tree.map(lambda _: by_batch, inputs.latents), jax.tree.map(lambda _: by_batch, inputs.items),
                        jax.tree.map(lambda _: replicated, inputs.schedule))
-    platform = mesh.devices.flat[0].platform
     fn = jax.jit(lambda s, c, i, n: text2music_loop(nnx.merge(graphdef, s), lc, c, i, n),
                  compiler_options=loop_compiler_options(platform),
                  in_shardings=(state_shardings(state, mesh), jax.tree.map(lambda _: by_batch, cond),
@@ -246,12 +246,12 @@ def lower_sample(batch: int, mesh, layers: int | None = None):
         return fn.lower(state, cond, inputs, jax.tree.map(lambda a: sds(a.shape, a.dtype), noise)), tcfg
 
 
-def lower_guided_decode(batch: int, mesh, layers: int | None = None):
+def lower_guided_decode(batch: int, mesh, layers: int | None = None, preset: str = "full"):
     """One guided transformer call (cond + uncond: ``2 * batch`` items), as the sampling loop makes it
-    (``layers``: with that many blocks)."""
+    (``layers``: with that many blocks; ``preset``: the model's sizes)."""
     from acestep_jax.models.transformer import ACEStepTransformer
 
-    tcfg = with_layers(preset_config("full", "transformer", dtype="bfloat16", param_dtype="bfloat16"), layers)
+    tcfg = with_layers(preset_config(preset, "transformer", dtype="bfloat16", param_dtype="bfloat16"), layers)
     model = nnx.eval_shape(lambda: ACEStepTransformer(tcfg, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(model)
     n, t = 2 * batch, -(-latent_frames(SECONDS) // 128) * 128

@@ -36,6 +36,14 @@ from acestep_jax.sampling.schedulers import Schedule, omega_rescale, schedule, s
 from acestep_jax.sharding import shard_model
 
 BUCKET_MULTIPLE = 128  # latent frames (~11.9 s): durations within one bucket share a compile
+# GPU programs pad the frame axis to a multiple of 16 (masked): XLA:GPU's Triton GEMMs find no
+# tiling for the [items * frames, width] projections when that row count is not one
+GPU_FRAME_MULTIPLE = 16
+
+
+def frame_multiple(platform: str) -> int:
+    """The frame multiple the sampling loop is padded to on ``platform`` (1: unpadded)."""
+    return GPU_FRAME_MULTIPLE if platform in ("gpu", "cuda", "rocm") else 1
 
 
 def bucket_frames(frames: int, multiple: int = BUCKET_MULTIPLE) -> int:
@@ -196,14 +204,19 @@ _FAMILIES = {
 }
 
 
-def prepare(params: SamplingParams | Sequence[SamplingParams], cond: Conditioning, noise: Noise):
+def prepare(params: SamplingParams | Sequence[SamplingParams], cond: Conditioning, noise: Noise,
+            multiple: int = 1):
     """Returns ``(loop_config, inputs, output_frames)``: the static structure, the typed
-    loop inputs (padded to the bucket, with a per-item frame mask, when ``bucket`` is set
-    or the items' lengths differ) and the longest item's length."""
+    loop inputs (padded to the bucket, or else to a multiple of ``multiple`` frames, with a
+    per-item frame mask, when ``bucket`` is set, the items' lengths differ or the length is
+    not such a multiple; the edit loop, which masks no frames, is never padded for it) and
+    the longest item's length."""
     items = item_params(params, cond.batch_size)
     lc, inputs, frames = _FAMILIES[items[0].task](items, cond, noise)
     longest = max(frames)
-    length = bucket_frames(longest) if items[0].bucket else longest
+    if items[0].task == "edit":
+        multiple = 1
+    length = bucket_frames(longest, BUCKET_MULTIPLE if items[0].bucket else multiple)
     if length == longest and min(frames) == longest:
         return lc, inputs, longest
     mask = (np.arange(length)[None, :] < np.asarray(frames)[:, None]).astype(np.float32)
@@ -272,7 +285,8 @@ def generate(
         shard_model(model, mesh)
         cond, noise = shard_batch(cond, mesh), noise.shard(mesh)
     with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
-        lc, inputs, frames = prepare(items, cond, noise)
+        platform = (mesh.devices.flat[0] if mesh is not None else jax.devices()[0]).platform
+        lc, inputs, frames = prepare(items, cond, noise, frame_multiple(platform))
         if mesh is not None:
             inputs = inputs.shard(mesh)
         if inputs.frame_mask is not None:

@@ -101,6 +101,21 @@ def test_bucketed_run_equals_unpadded(tiny_model, pipeline_golden):
     assert_close(out, ref, rtol=1e-3, atol=1e-3, what="bucketed heun")
 
 
+def test_gpu_frame_multiple_run_equals_unpadded(tiny_model, pipeline_golden, monkeypatch):
+    """On GPU the frames are padded (masked) to a multiple of 16; the result is the unpadded one."""
+    from acestep_jax.sampling import tasks
+
+    assert tasks.frame_multiple("cuda") == 16 and tasks.frame_multiple("cpu") == 1
+    cond = pair(pipeline_golden.io)
+    params = FAST.replace(scheduler_type="euler", omega_scale=10.0)
+    ref = np.asarray(generate(tiny_model, params, cond, [1, 2]))
+    monkeypatch.setattr(tasks, "frame_multiple", lambda platform: 16)
+    assert FRAMES % 16 and prepare(params, cond, Noise.from_seeds([1, 2]), 16)[1].latents.x.shape[-1] == 32
+    out = np.asarray(generate(tiny_model, params, cond, [1, 2]))
+    assert out.shape == ref.shape == (2, 8, 16, FRAMES)
+    assert_close(out, ref, rtol=1e-3, atol=1e-3, what="frames padded to 16")
+
+
 def test_validation_errors(tiny_model, pipeline_golden):
     cond = pair(pipeline_golden.io)
     # source latents as long as FAST's duration, so the windows below sit where the messages say
