@@ -30,6 +30,7 @@ import jax
 import numpy as np
 
 from acestep_jax.codec.audio_io import save_audio
+from acestep_jax.codec.codec import OUTPUT_SAMPLE_RATE, SAMPLE_RATE
 from acestep_jax.codec.resample import resample, resampled_length, sinc_resample_kernel
 from acestep_jax.outputs import OutputWriter
 
@@ -70,9 +71,9 @@ def main(argv=None) -> int:
     decoded = jax.device_put(rng.uniform(-0.5, 0.5, (args.batch, 2, n)).astype(np.float32), device)
     jax.block_until_ready(decoded)
 
-    host_s, host_out = _median_time(lambda: host_resample(np.asarray(decoded), 44100, 48000), args.repeats)
-    dev_s, dev_out = _median_time(lambda: np.asarray(resample(decoded, 44100, 48000)), args.repeats)
-    dev_only_s, _ = _median_time(lambda: jax.block_until_ready(resample(decoded, 44100, 48000)), args.repeats)
+    host_s, host_out = _median_time(lambda: host_resample(np.asarray(decoded), SAMPLE_RATE, OUTPUT_SAMPLE_RATE), args.repeats)
+    dev_s, dev_out = _median_time(lambda: np.asarray(resample(decoded, SAMPLE_RATE, OUTPUT_SAMPLE_RATE)), args.repeats)
+    dev_only_s, _ = _median_time(lambda: jax.block_until_ready(resample(decoded, SAMPLE_RATE, OUTPUT_SAMPLE_RATE)), args.repeats)
     print(f"# {device.device_kind} ({platform.machine()}, {os.cpu_count()} CPUs), jax {jax.__version__}")
     print(f"\nResampling {args.batch} x {args.seconds:g} s stereo, 44.1 -> 48 kHz:\n")
     print("| path | seconds | vs host |")
@@ -87,12 +88,12 @@ def main(argv=None) -> int:
         paths = [Path(folder) / f"song_{i}.{args.format}" for i in range(len(audio))]
         t0 = time.perf_counter()
         for path, item in zip(paths, audio):
-            save_audio(path, item, 48000)
+            save_audio(path, item, OUTPUT_SAMPLE_RATE)
         blocking = time.perf_counter() - t0
         with OutputWriter() as writer:
             t0 = time.perf_counter()
             for path, item in zip(paths, audio):
-                writer.submit(path, item, 48000, record={"path": str(path)})
+                writer.submit(path, item, OUTPUT_SAMPLE_RATE, record={"path": str(path)})
             submitted = time.perf_counter() - t0
             writer.flush()
             flushed = time.perf_counter() - t0

@@ -51,6 +51,7 @@ from jax.sharding import PartitionSpec as P
 
 from benchmarks.plan_memory import (
     GB,
+    LATENT,
     STEPS,
     lower_guided_decode,
     lower_sample,
@@ -187,7 +188,7 @@ def lower_codec(batch: int, mesh, seconds: float):
     fn = jax.jit(decode, in_shardings=(jax.tree.map(lambda _: replicated, state), by_batch), out_shardings=by_batch)
     frames = lib.seconds_to_frames(seconds)
     with jax.set_mesh(mesh):
-        return fn.lower(state, jax.ShapeDtypeStruct((batch, 8, 16, frames), jnp.float32))
+        return fn.lower(state, jax.ShapeDtypeStruct((batch, *LATENT, frames), jnp.float32))
 
 
 def lower(job: Job):

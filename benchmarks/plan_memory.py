@@ -45,10 +45,12 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from acestep_jax.codec.codec import LATENT_CHANNELS, LATENT_HEIGHT
 from acestep_jax.models.transformer.flops import decode_flops
 from acestep_jax.presets import preset_config
 from acestep_jax.sharding import make_mesh, state_shardings
 
+LATENT = (LATENT_CHANNELS, LATENT_HEIGHT)  # a latent frame's layout
 GB = 1e9
 SECONDS = 240.0
 TRAIN_TEXT, TRAIN_LYRICS = 256, 1024
@@ -182,7 +184,7 @@ def lower_train(mode: str, remat: str, accum: int, per_device: int, mesh, layers
 def train_batch(accum: int, b: int, tcfg) -> dict:
     t = -(-latent_frames(SECONDS) // 16) * 16
     batch = {
-        "latents": sds((accum, b, 8, 16, t), jnp.float32), "frame_mask": sds((accum, b, t), jnp.int32),
+        "latents": sds((accum, b, *LATENT, t), jnp.float32), "frame_mask": sds((accum, b, t), jnp.int32),
         "text_states": sds((accum, b, TRAIN_TEXT, tcfg.text_embedding_dim), jnp.float32),
         "text_mask": sds((accum, b, TRAIN_TEXT), jnp.int32), "speaker": sds((accum, b, 512), jnp.float32),
         "lyric_ids": sds((accum, b, TRAIN_LYRICS), jnp.int32), "lyric_mask": sds((accum, b, TRAIN_LYRICS), jnp.int32),
@@ -262,7 +264,7 @@ def lower_guided_decode(batch: int, mesh, layers: int | None = None, preset: str
         return nnx.merge(graphdef, s).decode(x, mask, c, cm, ts, isolate_padding=True)
 
     fn = jax.jit(decode, in_shardings=(state_shardings(state, mesh),) + (by_batch,) * 5, out_shardings=by_batch)
-    args = (sds((n, 8, 16, t), jnp.float32), sds((n, t), jnp.float32), sds((n, ctx, tcfg.inner_dim), jnp.bfloat16),
+    args = (sds((n, *LATENT, t), jnp.float32), sds((n, t), jnp.float32), sds((n, ctx, tcfg.inner_dim), jnp.bfloat16),
             sds((n, ctx), jnp.float32), sds((n,), jnp.float32))
     with jax.set_mesh(mesh):
         return fn.lower(state, *args)
