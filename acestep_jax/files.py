@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -41,6 +42,16 @@ def make_folder_beside(path: str | os.PathLike, prefix: str) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=folder))
     os.chmod(tmp, 0o777 & ~_umask())
     return tmp
+
+
+FULL_DISK_MARKS = ("No space left on device", "os_error_code='28'")  # what libraries' errors say of ENOSPC
+
+
+def full_disk(error: BaseException) -> bool:
+    """Whether ``error`` (an OSError, or a library's error about one, as orbax/tensorstore raise) is a full disk."""
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return True
+    return any(mark in str(error) for mark in FULL_DISK_MARKS)
 
 
 def check_free_space(path: str | os.PathLike, needed: int, what: str) -> None:

@@ -11,7 +11,6 @@ Anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
-import errno
 import logging
 import os
 import re
@@ -23,11 +22,11 @@ from pathlib import Path
 from typing import TypeVar
 
 from acestep_jax.errors import UsageError
+from acestep_jax.files import FULL_DISK_MARKS, full_disk
 
 # errors that user input or the user's environment cause (files, downloads, checkpoints, extras)
 USER_ERRORS: tuple[type[BaseException], ...] = (UsageError, OSError, ImportError)
 T = TypeVar("T")
-FULL_DISK_MARKS = ("No space left on device", "os_error_code='28'")  # what libraries' errors say of ENOSPC
 LIBRARY_LOGGERS = ("absl", "jax", "orbax", "tensorstore", "urllib3", "huggingface_hub", "grain")
 
 
@@ -90,13 +89,6 @@ def run_interruptibly(fn: Callable[[], T]) -> T:
     if "error" in result:
         raise result["error"]
     return result["value"]
-
-
-def full_disk(error: BaseException) -> bool:
-    """Whether ``error`` (an OSError, or a library's error about one, as orbax/tensorstore raise) is a full disk."""
-    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
-        return True
-    return any(mark in str(error) for mark in FULL_DISK_MARKS)
 
 
 def _quiet_full_disk(record: logging.LogRecord) -> bool:

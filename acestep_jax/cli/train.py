@@ -22,14 +22,13 @@ from acestep_jax.cli.common import (
     Parser,
     add_common_flags,
     check_output_file,
-    full_disk,
     report,
     setup_logging,
     start_distributed,
     user_errors,
 )
 from acestep_jax.errors import UsageError
-from acestep_jax.files import read_text, write_json
+from acestep_jax.files import full_disk, read_text, write_json
 
 CONFIG_FILE = "train_config.json"  # the run's config, in its output folder
 # what may change when a run resumes: how long and how this invocation runs, the devices' layout

@@ -43,10 +43,15 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTex
 from starlette.requests import Request as HTTPRequest
 
 from acestep_jax.codec.audio_io import MEDIA_TYPES
-from acestep_jax.codec.codec import OUTPUT_SAMPLE_RATE
 from acestep_jax.sampling import SamplingParams
 from acestep_jax.serving.metrics import CONTENT_TYPE
-from acestep_jax.serving.requests import FIELDS, REQUEST_DEFAULTS, RequestError, parse_request
+from acestep_jax.serving.requests import (
+    FIELDS,
+    REQUEST_DEFAULTS,
+    Request,
+    RequestError,
+    parse_request,
+)
 from acestep_jax.serving.scheduler import (
     CANCELLED,
     DONE,
@@ -167,8 +172,9 @@ async def _disconnected(http: HTTPRequest, every: float = 0.5) -> None:
 
 def request_fields() -> list[dict]:
     """The request fields as the page reads them (from the one field table)."""
-    defaults = {**{f.name: getattr(SamplingParams(), f.name) for f in dataclasses.fields(SamplingParams)},
-                **REQUEST_DEFAULTS, "prompt": "", "lyrics": "", "format": "wav", "sample_rate": OUTPUT_SAMPLE_RATE}
+    defaults = {**{f.name: f.default for f in dataclasses.fields(SamplingParams)}, **REQUEST_DEFAULTS,
+                **{f.name: f.default for f in dataclasses.fields(Request) if f.default is not dataclasses.MISSING},
+                "prompt": ""}
     out = []
     for f in FIELDS:
         default = defaults.get(f.name)

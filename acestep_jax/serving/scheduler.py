@@ -19,10 +19,8 @@ full disk) refuses new jobs with :class:`JournalError` and shows in :attr:`Sched
 from __future__ import annotations
 
 import dataclasses
-import errno
 import logging
 import math
-import shutil
 import threading
 import time
 import uuid
@@ -30,6 +28,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from acestep_jax.files import full_disk
 from acestep_jax.outputs import OutputWriter
 from acestep_jax.sampling.params import MAX_SECONDS, MAX_STEPS
 from acestep_jax.serving.batching import (
@@ -83,15 +82,10 @@ STATUSES = (QUEUED, RUNNING, DONE, FAILED, CANCELLED)
 
 
 def describe_write_error(error: BaseException, folder) -> str:
-    """``error`` of a failed write in ``folder``, naming a full disk when that is the cause
-    (soundfile reports one as "System error.")."""
-    full = getattr(error, "errno", None) == errno.ENOSPC
-    if not full:
-        try:
-            full = shutil.disk_usage(folder).free < (1 << 20)
-        except OSError:
-            pass
-    return f"no space left on device in {folder} ({error})" if full else f"{type(error).__name__}: {error}"
+    """``error`` of a failed write in ``folder``, naming a full disk when that is the cause."""
+    if full_disk(error):
+        return f"no space left on device in {folder} ({error})"
+    return f"{type(error).__name__}: {error}"
 
 
 @dataclass(frozen=True)
