@@ -8,6 +8,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -64,6 +65,27 @@ def check_free_space(path: str | os.PathLike, needed: int, what: str) -> None:
     if free < needed:
         raise UsageError(f"no space left on device for {what} in {path}: it needs about {_size(needed)}, "
                          f"{_size(free)} are free; free some space or write elsewhere")
+
+
+def wait_until_settled(folder: str | os.PathLike, quiet: float = 0.5, limit: float = 10.0) -> None:
+    """Wait (at most ``limit`` seconds) until nothing in ``folder`` has changed for ``quiet`` seconds.
+
+    After a failed orbax save, tensorstore's writer threads can still create files for a moment;
+    removing the folder before they stop would leave their files behind.
+    """
+
+    def snapshot():
+        try:
+            return {(p, p.stat().st_size) for p in Path(folder).rglob("*")}
+        except OSError:  # a file vanished while listing
+            return None
+
+    deadline, last, since = time.monotonic() + limit, snapshot(), time.monotonic()
+    while time.monotonic() < deadline and time.monotonic() - since < quiet:
+        time.sleep(0.05)
+        now = snapshot()
+        if now != last:
+            last, since = now, time.monotonic()
 
 
 def _size(n: int) -> str:

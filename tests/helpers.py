@@ -4,10 +4,13 @@ import json
 import math
 import os
 import re
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -102,3 +105,26 @@ def assert_close(actual, expected, rtol=1e-4, atol=1e-4, what=""):
     assert not bad.any(), (
         f"{what}: {bad.sum()} of {bad.size} values differ; max abs err {err.max():.3g}"
     )
+
+
+def _small_disk_available() -> bool:
+    try:
+        return subprocess.run(["unshare", "-rm", "true"], check=False, capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+small_disk = pytest.mark.skipif(not _small_disk_available(),
+                                reason="needs user namespaces (unshare -rm) to mount a small tmpfs")
+
+
+def run_on_small_disk(disk: Path, size: str, prelude: str, module: str, argv: list[str], timeout: int = 600):
+    """Run ``python -m module argv`` (after the Python ``prelude``) with a ``size`` tmpfs mounted on ``disk``
+    in a private mount namespace; returns the finished process and what was left on the disk (paths)."""
+    disk.mkdir(parents=True)
+    listing = disk.parent / f"{disk.name}.left"
+    code = f"{prelude}\nimport sys\nfrom {module} import main\nsys.exit(main(sys.argv[1:]))"
+    shell = 'mount -t tmpfs -o size="$0" tmpfs "$1" && "${@:2}"; rc=$?; (cd "$1" && find . -mindepth 1) > "$1.left"; exit $rc'
+    proc = subprocess.run(["unshare", "-rm", "bash", "-c", shell, size, str(disk), sys.executable, "-c", code, *argv],
+                          check=False, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    return proc, sorted(listing.read_text().split())

@@ -91,12 +91,27 @@ def run_interruptibly(fn: Callable[[], T]) -> T:
     return result["value"]
 
 
+FAILED_WRITER_MARKS = (*FULL_DISK_MARKS, "Event loop is closed")  # what writer threads say once a write failed
+
+
 def _quiet_full_disk(record: logging.LogRecord) -> bool:
     """A logging filter: drops library records about a full disk (and the writer threads it stops)."""
     if record.name.startswith("acestep_jax"):
         return True
     text = record.getMessage() + (str(record.exc_info[1]) if record.exc_info else "")
-    return not any(mark in text for mark in (*FULL_DISK_MARKS, "Event loop is closed"))
+    return not any(mark in text for mark in FAILED_WRITER_MARKS)
+
+
+def _quiet_unraisable(default: Callable) -> Callable:
+    """A ``sys.unraisablehook`` that drops the errors of tensorstore's writer callbacks after a failed
+    orbax write (a full disk; "Event loop is closed" once orbax closed its loop) and hands on the rest."""
+
+    def hook(args) -> None:
+        if not (isinstance(args.exc_value, Exception) and any(m in str(args.exc_value) for m in FAILED_WRITER_MARKS)):
+            default(args)
+
+    hook.quiet_unraisable = True
+    return hook
 
 
 def describe(error: BaseException | str) -> str:
@@ -127,6 +142,8 @@ def setup_logging(verbose: bool = False, fmt: str = "%(levelname)s %(name)s: %(m
     logging.basicConfig(level=logging.INFO, format=fmt)
     for handler in logging.getLogger().handlers:
         handler.addFilter(_quiet_full_disk)
+    if not getattr(sys.unraisablehook, "quiet_unraisable", False):
+        sys.unraisablehook = _quiet_unraisable(sys.unraisablehook)
     for name in LIBRARY_LOGGERS:
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
 

@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "with --to-reference: a converted checkpoint or a transformer component folder")
     p.add_argument("dst", help="output folder (must not exist unless --overwrite)")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="parameter storage dtype")
-    p.add_argument("--components", nargs="+", help="convert only these components (default: all)")
+    p.add_argument("--components", nargs="+", action="extend", help="convert only these components (default: all)")
     p.add_argument("--lyrics-vocab", help="lyric vocabulary to bundle (default: found or downloaded)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--to-reference", action="store_true",

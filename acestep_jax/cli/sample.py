@@ -108,7 +108,7 @@ def _add_field_flag(group, f) -> None:
         group.add_argument(f.option, dest=f.name, action="store_false" if f.option.startswith("--no-") else
                            "store_true", help=f.help)
     elif f.kind == "ints":  # "--seeds 1 2" or "--oss-steps 16,29,52"
-        group.add_argument(f.option, dest=f.name, nargs="+", metavar="INT", help=f.help)
+        group.add_argument(f.option, dest=f.name, nargs="+", action="extend", metavar="INT", help=f.help)
     else:
         group.add_argument(f.option, dest=f.name, type={"int": int, "float": float, "str": str}[f.kind],
                            choices=f.choices if f.kind == "str" and f.choices else None,

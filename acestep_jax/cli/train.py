@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="train.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", required=True,
                    help="training config (.json, .yaml) or a packaged one by name (train_tiny, train_lora)")
-    p.add_argument("--set", nargs="+", default=[], metavar="SECTION.KEY=VALUE",
+    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="SECTION.KEY=VALUE",
                    help="override config values (JSON-parsed), e.g. optim.learning_rate=1e-5 mesh.fsdp=8")
     p.add_argument("--output-dir", help="shortcut for run.output_dir")
     p.add_argument("--data", help="shortcut for data.path (record file or folder)")

@@ -32,7 +32,7 @@ from acestep_jax.convert.core import (
     param_shapes,
     read_json,
 )
-from acestep_jax.files import write_json
+from acestep_jax.files import check_free_space, wait_until_settled, write_json
 from acestep_jax.sharding import state_shardings
 
 CONFIG_FILE = "config.json"
@@ -102,17 +102,26 @@ def _shard_groups(sizes: Mapping[str, int]) -> list[list[str]]:
     return groups
 
 
-def _save_params(params_dir: str, groups: list[list[str]], arrays_for: Callable[[list[str]], Mapping]) -> None:
-    """Save each group with orbax in turn; ``arrays_for(paths)`` produces that group's arrays."""
+def _save_params(
+    params_dir: str, sizes: Mapping[str, int], arrays_for: Callable[[list[str]], Mapping], what: str
+) -> None:
+    """Save the arrays of ``sizes`` (path → bytes) with orbax, one shard group at a time;
+    ``arrays_for(paths)`` produces a group's arrays. The free space for ``what`` is checked first."""
     import orbax.checkpoint as ocp
 
+    check_free_space(params_dir, sum(sizes.values()) + (1 << 20), what)
+    groups = _shard_groups(sizes)
     os.makedirs(params_dir)
     checkpointer = ocp.StandardCheckpointer()
     index = {}
     for i, paths in enumerate(groups):
         name = f"shard-{i:05d}"
-        checkpointer.save(os.path.join(params_dir, name), _nest(arrays_for(paths)))
-        checkpointer.wait_until_finished()
+        try:
+            checkpointer.save(os.path.join(params_dir, name), _nest(arrays_for(paths)))
+            checkpointer.wait_until_finished()
+        except BaseException:
+            wait_until_settled(params_dir)  # the writers still running, so that the caller's cleanup is final
+            raise
         index.update({p: name for p in paths})
     write_json(os.path.join(params_dir, INDEX_FILE), {"format": FORMAT, "version": 1, "arrays": index})
 
@@ -201,7 +210,7 @@ def write_component(
 
     os.makedirs(folder)
     try:
-        _save_params(os.path.join(folder, PARAMS_DIR), _shard_groups(sizes), arrays_for)
+        _save_params(os.path.join(folder, PARAMS_DIR), sizes, arrays_for, f"the converted {component.name}")
         write_json(os.path.join(folder, CONFIG_FILE), _config_dict(cfg))
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
@@ -221,8 +230,8 @@ def save_component(folder: str | os.PathLike, model: nnx.Module, cfg) -> None:
     sizes = {k: v[...].nbytes for k, v in variables.items()}
     os.makedirs(folder)
     try:
-        _save_params(os.path.join(folder, PARAMS_DIR), _shard_groups(sizes),
-                     lambda paths: {p: variables[p][...] for p in paths})
+        _save_params(os.path.join(folder, PARAMS_DIR), sizes, lambda paths: {p: variables[p][...] for p in paths},
+                     "the saved model")
         write_json(os.path.join(folder, CONFIG_FILE), _config_dict(cfg))
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)

@@ -9,14 +9,17 @@ sharded over ``("data", "fsdp")``), then applies one clipped AdamW update. Rando
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +29,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from acestep_jax.files import check_free_space
+from acestep_jax.files import check_free_space, wait_until_settled
 from acestep_jax.models.transformer import ACEStepTransformer, TransformerConfig
 from acestep_jax.profiling import StepTrace
 from acestep_jax.sharding import axis_rules, make_mesh, rules_with, shard_model, state_shardings
@@ -37,6 +40,7 @@ from acestep_jax.training.optim import lr_schedule, make_optimizer
 log = logging.getLogger("acestep_jax.training")
 
 BATCH_AXES = ("data", "fsdp")
+UNFINISHED_SUFFIX = ".orbax-checkpoint-tmp"  # orbax's name for a checkpoint being written
 _STEP_CACHE: dict = {}  # trainers of one setup share the compiled step
 
 
@@ -401,8 +405,7 @@ class Trainer:
             profile.close()
             if bar is not None:
                 bar.close()
-            if self.manager is not None:
-                self.manager.wait_until_finished()
+            self.wait_for_saves()
         return out
 
     def _log(self, step: int, metrics: dict, seconds: float) -> None:
@@ -445,8 +448,6 @@ class Trainer:
         ``sample.py --transformer FOLDER`` samples with it and ``convert_weights.py
         --to-reference FOLDER OUT`` exports it to the reference's safetensors.
         """
-        import shutil
-
         from acestep_jax.convert.checkpoint import save_component
 
         folder = os.path.abspath(folder or os.path.join(self.cfg.run.output_dir, "transformer"))
@@ -464,11 +465,30 @@ class Trainer:
         import orbax.checkpoint as ocp
 
         run = self.cfg.run
-        options = ocp.CheckpointManagerOptions(
-            max_to_keep=run.keep, enable_async_checkpointing=run.async_checkpoint, create=True
+        options = ocp.CheckpointManagerOptions(  # cleanup: the unfinished saves of killed runs go at start
+            max_to_keep=run.keep, enable_async_checkpointing=run.async_checkpoint, create=True,
+            cleanup_tmp_directories=True,
         )
         directory = os.path.abspath(os.path.join(run.output_dir, "checkpoints"))
         return ocp.CheckpointManager(directory, options=options, item_names=("state", "data"))
+
+    @contextlib.contextmanager
+    def _discarding_unfinished_saves(self):
+        """Remove the temporary folders of a checkpoint whose save failed (e.g. on a full disk), then re-raise."""
+        try:
+            yield
+        except BaseException:
+            if jax.process_index() == 0:
+                wait_until_settled(self.manager.directory)
+                for tmp in Path(self.manager.directory).glob("*" + UNFINISHED_SUFFIX + "*"):
+                    shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    def wait_for_saves(self) -> None:
+        """Block until the asynchronous saves are written; a failed one leaves nothing behind."""
+        if self.manager is not None:
+            with self._discarding_unfinished_saves():
+                self.manager.wait_until_finished()
 
     def check_space(self) -> None:
         """:class:`UsageError` when the checkpoint folder has no room for one more checkpoint."""
@@ -483,12 +503,13 @@ class Trainer:
 
         self.check_space()
         snapshot = _IteratorSnapshot(self.data_iter.get_state())
-        self.manager.save(
-            self.step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(self.state), data=grain.checkpoint.CheckpointSave(snapshot)
-            ),
-        )
+        with self._discarding_unfinished_saves():
+            self.manager.save(
+                self.step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(self.state), data=grain.checkpoint.CheckpointSave(snapshot)
+                ),
+            )
         if self.lora is not None:
             self.save_lora()
 
@@ -519,7 +540,7 @@ class Trainer:
 
     def close(self) -> None:
         if self.manager is not None:
-            self.manager.wait_until_finished()
+            self.wait_for_saves()
             self.manager.close()
         if self.writer is not None:
             self.writer.close()

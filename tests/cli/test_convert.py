@@ -15,7 +15,7 @@ import pytest
 from acestep_jax.cli.convert import main
 from acestep_jax.convert import release
 from tests.fake_checkpoint import build_reference_folder
-from tests.helpers import REPO, golden_root
+from tests.helpers import REPO, golden_root, run_on_small_disk, small_disk
 
 
 @pytest.fixture(scope="module")
@@ -195,3 +195,28 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(reference_dir, tmp_path, lyr
     err = capsys.readouterr().err
     assert err.startswith("error: no space left on device; free some space") and err.count("\n") == 1, err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_convert_ssl_checks_the_free_space_first(tmp_path, capsys, monkeypatch):
+    from acestep_jax import files
+
+    src = golden_root() / "ssl" / "hubert_group_postln"
+    monkeypatch.setattr(files.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 4096, 4096))
+    assert main(["--ssl", "m-hubert", str(src), str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no space left on device for the converted m-hubert in ") and err.count("\n") == 1, err
+    assert "free some space" in err and list(tmp_path.iterdir()) == []
+
+
+@small_disk
+def test_a_disk_that_fills_during_the_write_is_one_line(reference_dir, tmp_path, lyrics_vocab_path):
+    """A real full disk met halfway through orbax's writes (the free-space check is passed by a disk
+    that fills later): one line, exit 2, no writer-thread tracebacks, nothing left on the disk."""
+    skip_check = "from acestep_jax.convert import checkpoint, release\n" \
+                 "checkpoint.check_free_space = release.check_free_space = lambda *a: None\n"
+    argv = [str(reference_dir), str(tmp_path / "disk" / "ckpt"), "--lyrics-vocab", str(lyrics_vocab_path), "--quiet"]
+    proc, left = run_on_small_disk(tmp_path / "disk", "4m", skip_check, "acestep_jax.cli.convert", argv)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr == ("error: no space left on device; free some space or write elsewhere "
+                           "(nothing partial was kept)\n"), proc.stderr[-3000:]
+    assert left == []

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from acestep_jax.cli.train import build_parser, check_resume, main, resolve_config
+from tests.helpers import run_on_small_disk, small_disk
 
 BASE = ["--config", "train_tiny", "--tiny-random", "--output-dir", "run"]
 
@@ -102,3 +103,26 @@ def test_a_full_disk_is_one_line_before_training(tmp_path, monkeypatch, capsys):
     assert err.count("\n") == 1 and "Traceback" not in err, err
     assert "error: no space left on device for the checkpoint of step 0 in " in err and "free some space" in err
     assert not list((tmp_path / "run" / "checkpoints").iterdir())
+
+
+@small_disk
+def test_a_disk_that_fills_during_a_checkpoint_is_one_line(tmp_path):
+    """The disk fills during orbax's asynchronous checkpoint write (after the free-space check passed):
+    one line, exit 2, no writer-thread tracebacks, and no unfinished checkpoint left behind."""
+    skip_check = "from acestep_jax.convert import checkpoint\nfrom acestep_jax.training import trainer\n" \
+                 "checkpoint.check_free_space = trainer.check_free_space = lambda *a: None"
+    run = tmp_path / "disk" / "run"
+    argv = ["--config", "train_tiny", "--tiny-random", "--output-dir", str(run), "--steps", "1",
+            "--set", "run.progress=false", "data.batch_size=8", "--set", "run.save_every=1"]
+    proc, left = run_on_small_disk(tmp_path / "disk", "6m", skip_check, "acestep_jax.cli.train", argv)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    err = [line for line in proc.stderr.splitlines() if " INFO " not in line]
+    assert err == ["error: no space left on device; free some space or write elsewhere (nothing partial was kept)"], \
+        proc.stderr[-3000:]
+    assert not [p for p in left if "checkpoints/" in p], left
+
+
+def test_set_may_be_repeated():
+    args = build_parser().parse_args([*BASE, "--set", "optim.learning_rate=1e-5", "--set", "run.keep=5", "run.log_every=3"])
+    cfg = resolve_config(args)
+    assert (cfg.optim.learning_rate, cfg.run.keep, cfg.run.log_every) == (1e-5, 5, 3)
