@@ -261,8 +261,8 @@ def edit_loop(model, lc: LoopConfig, cond: Conditioning, inputs: LoopInputs, noi
     ctx_all, ctx_tar = _join(src + tar), _join(tar)
 
     def predict(zs, ctx, t):
-        """One decode over the latents ``zs`` against the joined contexts ``ctx``."""
-        return jnp.split(_decode(model, jnp.concatenate(zs), None, ctx, t), len(zs))
+        """One decode over the latents ``zs`` against the joined contexts ``ctx`` (padding masked)."""
+        return jnp.split(_decode(model, jnp.concatenate(zs), inputs.items.frame_mask, ctx, t), len(zs))
 
     def phase1(i, carry):
         zt_edit, buf = carry

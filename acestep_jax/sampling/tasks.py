@@ -209,13 +209,10 @@ def prepare(params: SamplingParams | Sequence[SamplingParams], cond: Conditionin
     """Returns ``(loop_config, inputs, output_frames)``: the static structure, the typed
     loop inputs (padded to the bucket, or else to a multiple of ``multiple`` frames, with a
     per-item frame mask, when ``bucket`` is set, the items' lengths differ or the length is
-    not such a multiple; the edit loop, which masks no frames, is never padded for it) and
-    the longest item's length."""
+    not such a multiple) and the longest item's length."""
     items = item_params(params, cond.batch_size)
     lc, inputs, frames = _FAMILIES[items[0].task](items, cond, noise)
     longest = max(frames)
-    if items[0].task == "edit":
-        multiple = 1
     length = bucket_frames(longest, BUCKET_MULTIPLE if items[0].bucket else multiple)
     if length == longest and min(frames) == longest:
         return lc, inputs, longest

@@ -52,10 +52,7 @@ def case_noise(io: dict, name: str, params: SamplingParams) -> Noise:
     return Noise(steps=np.stack(normal) if normal else None, **kw)
 
 
-@pytest.mark.parametrize("case", _cases(), ids=lambda c: c["name"])
-def test_pipeline_case(tiny_model, pipeline_golden: Golden, case):
-    io, name = pipeline_golden.io, case["name"]
-    params = case_params(case["kwargs"], pipeline_golden.config["duration"])
+def _case_cond(io: dict, name: str, params: SamplingParams):
     cond = make_cond(io, src=params.task != "text2music")
     if params.task == "edit":
         target_ids = io[f"{name}__target_lyric_ids"]
@@ -67,5 +64,30 @@ def test_pipeline_case(tiny_model, pipeline_golden: Golden, case):
             target_lyric_mask=np.ones_like(target_ids),
             target_speaker=io["speaker_embds"],
         )
-    out = generate(tiny_model, params, cond, case_noise(io, name, params))
+    return cond
+
+
+@pytest.mark.parametrize("case", _cases(), ids=lambda c: c["name"])
+def test_pipeline_case(tiny_model, pipeline_golden: Golden, case):
+    io, name = pipeline_golden.io, case["name"]
+    params = case_params(case["kwargs"], pipeline_golden.config["duration"])
+    out = generate(tiny_model, params, _case_cond(io, name, params), case_noise(io, name, params))
     assert_close(out, io[f"{name}__out"], rtol=1e-3, atol=1e-3, what=name)
+
+
+@pytest.mark.parametrize("case", [c for c in _cases() if c["kwargs"].get("_task") == "edit"], ids=lambda c: c["name"])
+def test_padded_edit_case(tiny_model, pipeline_golden: Golden, case, monkeypatch):
+    """The edit loop pads (and masks) frames as the others do: on GPU (to a multiple of 16) and
+    bucketed, it still replays the reference's edit."""
+    from acestep_jax.sampling import tasks
+
+    io, name = pipeline_golden.io, case["name"]
+    params = case_params(case["kwargs"], pipeline_golden.config["duration"])
+    cond = _case_cond(io, name, params)
+    frames = np.asarray(cond.src_latents).shape[-1]
+    monkeypatch.setattr(tasks, "frame_multiple", lambda platform: 16)
+    for p in (params, params.replace(bucket=True)):
+        padded = tasks.prepare(p, cond, case_noise(io, name, p), 16)[1].latents.x.shape[-1]
+        assert padded > frames, "the golden source length is already a multiple: nothing is padded"
+        out = generate(tiny_model, p, cond, case_noise(io, name, p))
+        assert_close(out, io[f"{name}__out"], rtol=1e-3, atol=1e-3, what=f"{name} padded to {padded}")
