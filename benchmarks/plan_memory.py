@@ -205,26 +205,31 @@ def train_flops(tcfg, remat: str, accum: int, global_batch: int) -> float:
 
 
 # ----------------------------------------------------------------------------- sampling
-def lower_sample(batch: int, mesh, layers: int | None = None, seconds: float = SECONDS, preset: str = "full"):
+def lower_sample(batch: int, mesh, layers: int | None = None, seconds: float = SECONDS, preset: str = "full",
+                 task: str = "text2music"):
     """The lowered guided sampling loop (the reference's defaults) for ``batch`` songs of
-    ``seconds`` (``layers``: with that many blocks; ``preset``: the model's sizes)."""
+    ``seconds`` (``layers``: with that many blocks; ``preset``: the model's sizes; ``task``:
+    ``text2music`` or ``edit``, whose source latents are ``seconds`` long)."""
+    from acestep_jax.codec.codec import seconds_to_frames
     from acestep_jax.models.transformer import ACEStepTransformer
     from acestep_jax.sampling import Conditioning, Noise, SamplingParams
     from acestep_jax.sampling.inputs import LoopInputs
-    from acestep_jax.sampling.sampler import loop_compiler_options, text2music_loop
+    from acestep_jax.sampling.sampler import edit_loop, loop_compiler_options, text2music_loop
     from acestep_jax.sampling.tasks import frame_multiple, prepare
 
     tcfg = with_layers(preset_config(preset, "transformer", dtype="bfloat16", param_dtype="bfloat16"), layers)
     model = nnx.eval_shape(lambda: ACEStepTransformer(tcfg, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(model)
-    params = SamplingParams(duration=seconds, infer_steps=STEPS)
+    params = SamplingParams(task=task, duration=seconds, infer_steps=STEPS)
     by_batch = NamedSharding(mesh, P("data"))
     d = tcfg.text_embedding_dim
-    cond = Conditioning(
-        text=sds((batch, SAMPLE_TEXT, d), jnp.float32), text_mask=sds((batch, SAMPLE_TEXT), jnp.int32),
-        lyric_ids=sds((batch, SAMPLE_LYRICS), jnp.int32), lyric_mask=sds((batch, SAMPLE_LYRICS), jnp.int32),
-        speaker=sds((batch, 512), jnp.float32), text_null=sds((batch, SAMPLE_TEXT, d), jnp.float32),
-    )
+    text = {"text": sds((batch, SAMPLE_TEXT, d), jnp.float32), "text_mask": sds((batch, SAMPLE_TEXT), jnp.int32),
+            "lyric_ids": sds((batch, SAMPLE_LYRICS), jnp.int32), "lyric_mask": sds((batch, SAMPLE_LYRICS), jnp.int32),
+            "speaker": sds((batch, 512), jnp.float32)}
+    cond = Conditioning(**text, text_null=sds((batch, SAMPLE_TEXT, d), jnp.float32))
+    if task == "edit":
+        cond = dataclasses.replace(cond, src_latents=sds((batch, *LATENT, seconds_to_frames(seconds)), jnp.float32),
+                                   **{f"target_{k}": v for k, v in text.items()})
     noise = Noise.from_seeds(list(range(batch)))
     found = {}
     platform = mesh.devices.flat[0].platform
@@ -239,7 +244,8 @@ def lower_sample(batch: int, mesh, layers: int | None = None, seconds: float = S
     replicated = NamedSharding(mesh, P())
     in_sh = LoopInputs(jax.tree.map(lambda _: by_batch, inputs.latents), jax.tree.map(lambda _: by_batch, inputs.items),
                        jax.tree.map(lambda _: replicated, inputs.schedule))
-    fn = jax.jit(lambda s, c, i, n: text2music_loop(nnx.merge(graphdef, s), lc, c, i, n),
+    loop = edit_loop if task == "edit" else text2music_loop
+    fn = jax.jit(lambda s, c, i, n: loop(nnx.merge(graphdef, s), lc, c, i, n),
                  compiler_options=loop_compiler_options(platform),
                  in_shardings=(state_shardings(state, mesh), jax.tree.map(lambda _: by_batch, cond),
                                in_sh, jax.tree.map(lambda _: by_batch, noise)),
