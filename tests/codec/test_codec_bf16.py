@@ -62,3 +62,11 @@ def test_bf16_encode_drift_within_the_reference(codecs):
     out, _ = bf16.encode(g.io["audio_44k"], 44100)
     assert out.dtype == jnp.float32 and out.shape == ref.shape
     assert _rel(ref, out) < REFERENCE_ENCODE_DRIFT
+
+
+def test_random_models_take_the_codec_dtype():
+    from acestep_jax.presets import random_models
+
+    codec = random_models("tiny", codec_dtype="bfloat16")[1]
+    assert codec.dcae.config.dtype == codec.vocoder.config.dtype == "bfloat16"
+    assert {x.dtype for x in jax.tree.leaves(nnx.state(codec, nnx.Param))} == {jnp.dtype(jnp.bfloat16)}
