@@ -13,6 +13,22 @@ from acestep_jax.errors import UsageError
 log = logging.getLogger(__name__)
 
 DTYPES = ("bfloat16", "float32")
+CODEC_DTYPES = ("auto", *DTYPES)
+# ``--codec-dtype auto``: the codec's dtype per platform. bfloat16 drifts no more than the
+# reference's own bfloat16 codec on the same weights (benchmarks/RESULTS.md, "Codec in bfloat16").
+AUTO_CODEC_DTYPE = {"gpu": "bfloat16", "cuda": "bfloat16", "rocm": "bfloat16"}
+
+
+def resolve_codec_dtype(codec_dtype: str, platform: str | None = None) -> str:
+    """The codec dtype that ``codec_dtype`` names on ``platform`` (default: JAX's backend);
+    ``auto`` is :data:`AUTO_CODEC_DTYPE`'s entry, float32 elsewhere."""
+    if codec_dtype != "auto":
+        return codec_dtype
+    if platform is None:
+        import jax
+
+        platform = jax.default_backend()
+    return AUTO_CODEC_DTYPE.get(platform, "float32")
 
 
 @dataclass(frozen=True)
@@ -24,6 +40,8 @@ class ModelOptions:
     (``None``: the cache folder's ``xla/``; ``""``: off). ``random_preset`` (benchmarks):
     random weights of that preset (``tiny``, ``full``) at ``dtype``, with
     ``transformer_overrides`` (``(key, value)`` pairs) applied to its transformer config.
+    ``codec_dtype``: the DC-AE and vocoder's compute and storage dtype (``auto``:
+    :func:`resolve_codec_dtype`).
     """
 
     checkpoint: str = HUB_REPO
@@ -36,6 +54,7 @@ class ModelOptions:
     compile_cache: str | None = None
     random_preset: str | None = None
     transformer_overrides: tuple[tuple[str, object], ...] = ()
+    codec_dtype: str = "auto"
 
     @classmethod
     def from_args(cls, args) -> ModelOptions:
@@ -47,6 +66,8 @@ class ModelOptions:
         for name in ("dtype", "param_dtype"):
             if getattr(self, name) not in (None, *DTYPES):
                 raise UsageError(f"--{name.replace('_', '-')} must be one of {DTYPES}, got {getattr(self, name)!r}")
+        if self.codec_dtype not in CODEC_DTYPES:
+            raise UsageError(f"--codec-dtype must be one of {CODEC_DTYPES}, got {self.codec_dtype!r}")
         if self.transformer and self.tiny_random:
             raise UsageError("--transformer needs --checkpoint (the other models come from it), not --tiny-random")
         if self.transformer and not os.path.isdir(self.transformer):
@@ -70,7 +91,8 @@ class ModelOptions:
     def record(self) -> dict:
         """What outputs record about the models that made them."""
         return {"checkpoint": None if self.tiny_random else self.checkpoint, "tiny_random": self.tiny_random,
-                "dtype": "float32" if self.tiny_random else self.dtype, "transformer": self.transformer}
+                "dtype": "float32" if self.tiny_random else self.dtype, "transformer": self.transformer,
+                "codec_dtype": resolve_codec_dtype(self.codec_dtype)}
 
 
 def load_pipeline(options: ModelOptions, progress: bool = True, *, lyrics: bool = True):
@@ -91,18 +113,21 @@ def load_pipeline(options: ModelOptions, progress: bool = True, *, lyrics: bool 
 
         mesh = make_mesh(data=-1)
     start = time.perf_counter()
+    codec_dtype = resolve_codec_dtype(options.codec_dtype)
     if options.random_preset:
         pipe = ACEStepPipeline.random(options.random_preset, 0, dtype=options.dtype,
                                       param_dtype=options.param_dtype or options.dtype, mesh=mesh,
                                       lyrics_vocab=options.lyrics_vocab,
-                                      transformer_overrides=dict(options.transformer_overrides) or None)
+                                      transformer_overrides=dict(options.transformer_overrides) or None,
+                                      codec_dtype=codec_dtype)
     elif options.tiny_random:
-        pipe = ACEStepPipeline.random("tiny", 0, lyrics_vocab=options.lyrics_vocab, mesh=mesh)
+        pipe = ACEStepPipeline.random("tiny", 0, lyrics_vocab=options.lyrics_vocab, mesh=mesh,
+                                      codec_dtype=codec_dtype)
     else:
         pipe = ACEStepPipeline.from_checkpoint(options.checkpoint, dtype=options.dtype,
                                                param_dtype=options.param_dtype, mesh=mesh,
                                                lyrics_vocab=options.lyrics_vocab, transformer=options.transformer,
-                                               progress=progress)
+                                               progress=progress, codec_dtype=codec_dtype)
     if lyrics:
         pipe.tokenize_lyrics(["la"])
     log.info("models loaded in %.1f s", time.perf_counter() - start)

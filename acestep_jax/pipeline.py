@@ -116,11 +116,13 @@ class ACEStepPipeline:
         lyrics_vocab: str | os.PathLike | None = None,
         transformer: str | os.PathLike | None = None,
         progress: bool = True,
+        codec_dtype: str = "float32",
     ) -> ACEStepPipeline:
         """Load a converted checkpoint, a reference-layout folder (converted once, cached) or a Hub id.
 
         ``dtype`` is the transformer's compute dtype; ``param_dtype`` (default: as
-        converted) its storage dtype. The codec and text encoder run in float32.
+        converted) its storage dtype. The text encoder runs in float32, the codec (DC-AE and
+        vocoder) in ``codec_dtype`` (weights stored in it too, as the reference's ``.to(dtype)``).
         ``transformer`` replaces the checkpoint's transformer with a component folder,
         e.g. the fine-tuned ``RUN/transformer`` that ``train.py`` writes.
         """
@@ -136,7 +138,8 @@ class ACEStepPipeline:
         overrides = {"dtype": dtype} if param_dtype is None else {"dtype": dtype, "param_dtype": param_dtype}
         transformer = load_component(transformer or ckpt / "transformer", COMPONENTS["transformer"], mesh=mesh,
                                      **overrides)
-        pipe = cls(transformer, *load_conditioning_models(ckpt, mesh=mesh, lyrics_vocab=lyrics_vocab), mesh=mesh)
+        pipe = cls(transformer, *load_conditioning_models(ckpt, mesh=mesh, lyrics_vocab=lyrics_vocab,
+                                                          codec_dtype=codec_dtype), mesh=mesh)
         pipe.checkpoint = ckpt
         return pipe
 
@@ -144,7 +147,8 @@ class ACEStepPipeline:
     def random(cls, preset: str = "tiny", seed: int = 0, *, dtype: str = "float32",
                lyrics_vocab: str | os.PathLike | None = None, mesh=None, **kwargs) -> ACEStepPipeline:
         """Randomly initialised models of a preset (``tiny`` for demos and tests, ``full`` for
-        benchmarks); nothing is downloaded unless lyrics are given without a local vocabulary."""
+        benchmarks); nothing is downloaded unless lyrics are given without a local vocabulary.
+        ``kwargs`` go to :func:`acestep_jax.presets.random_models` (``param_dtype``, ``codec_dtype``, ...)."""
         from acestep_jax.presets import random_models
 
         transformer, codec, text_encoder, prompt_tokenizer = random_models(preset, seed, dtype=dtype, **kwargs)
@@ -338,17 +342,19 @@ class ACEStepPipeline:
         return audio
 
 
-def load_conditioning_models(ckpt: str | os.PathLike, *, mesh=None, lyrics_vocab=None):
+def load_conditioning_models(ckpt: str | os.PathLike, *, mesh=None, lyrics_vocab=None, codec_dtype: str = "float32"):
     """``(codec, text_encoder, prompt_tokenizer, lyric_tokenizer)`` of a converted checkpoint folder:
-    everything but the transformer (sampling and training preprocessing share it)."""
+    everything but the transformer (sampling and training preprocessing share it). The codec
+    computes and stores its weights in ``codec_dtype``."""
     from acestep_jax.convert.checkpoint import load_component
     from acestep_jax.convert.components import COMPONENTS
     from acestep_jax.convert.release import LYRICS_VOCAB, TOKENIZER_DIR
 
     ckpt = Path(ckpt)
     text_encoder = load_component(ckpt / "text_encoder", COMPONENTS["text_encoder"], mesh=mesh, dtype="float32")
-    codec = MusicCodec.from_parts(load_component(ckpt / "dcae", COMPONENTS["dcae"], mesh=mesh),
-                                  load_component(ckpt / "vocoder", COMPONENTS["vocoder"], mesh=mesh))
+    dt = {"dtype": codec_dtype, "param_dtype": codec_dtype}
+    codec = MusicCodec.from_parts(load_component(ckpt / "dcae", COMPONENTS["dcae"], mesh=mesh, **dt),
+                                  load_component(ckpt / "vocoder", COMPONENTS["vocoder"], mesh=mesh, **dt))
     prompt_tokenizer = PromptTokenizer.from_folder(ckpt / TOKENIZER_DIR)
     vocab = lyrics_vocab or (ckpt / LYRICS_VOCAB if (ckpt / LYRICS_VOCAB).is_file() else None)
     return codec, text_encoder, prompt_tokenizer, LazyLyricTokenizer(vocab, ckpt)

@@ -139,10 +139,11 @@ def _build(factory, seed: int, on_device: bool, conv_fan_in: bool = False):
 
 
 def random_models(preset: str = "tiny", seed: int = 0, *, dtype: str = "float32", param_dtype: str = "float32",
-                  transformer_overrides: dict | None = None):
+                  transformer_overrides: dict | None = None, codec_dtype: str = "float32"):
     """``(transformer, codec, text_encoder, prompt_tokenizer)`` with random weights from ``seed``.
 
-    ``dtype``/``param_dtype`` apply to the transformer. The prompt tokenizer is the
+    ``dtype``/``param_dtype`` apply to the transformer; ``codec_dtype`` is the codec's
+    compute and storage dtype. The prompt tokenizer is the
     byte-level one (its ids fit the tiny and full UMT5 vocabularies).
     """
     from acestep_jax.codec import MusicCodec
@@ -151,7 +152,8 @@ def random_models(preset: str = "tiny", seed: int = 0, *, dtype: str = "float32"
 
     t_cfg = preset_config(preset, "transformer", dtype=dtype, param_dtype=param_dtype,
                           **(transformer_overrides or {}))
-    d_cfg, v_cfg = preset_config(preset, "dcae"), preset_config(preset, "vocoder")
+    codec_dt = {"dtype": codec_dtype, "param_dtype": codec_dtype}
+    d_cfg, v_cfg = preset_config(preset, "dcae", **codec_dt), preset_config(preset, "vocoder", **codec_dt)
     u_cfg = preset_config(preset, "umt5")
     big = preset != "tiny"
     transformer = _build(lambda r: ACEStepTransformer(t_cfg, rngs=r), seed, big)

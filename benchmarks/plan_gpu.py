@@ -21,7 +21,7 @@ update), and the roofline: the sum over kernels of max(FLOPs / peak, bytes / ban
 ignores launch gaps and is a **lower bound** on the time, not a prediction.
 
 Programs: ``sample``, one guided transformer call (cond + uncond) at 240 s; ``loop``, the whole
-27-step sampling loop (240 s and 60 s); ``codec``, decode + vocoder of one song (float32);
+27-step sampling loop (240 s and 60 s); ``codec``, decode + vocoder of one song (float32; ``codec-bf16`` the same in bfloat16, ``--codec-dtype``);
 ``lora`` / ``full``, one training step (as ``plan_tpu.py``). ``sample`` and ``codec`` compile
 at full depth; the scanned 24-block programs compile with 2 and 4 blocks and every figure is
 extrapolated linearly to 24 (``plan_tpu.at_depth``): the compiler's time on 2 CPU cores, not
@@ -140,9 +140,9 @@ def topology(gpu: str, gpus: int) -> Topology:
 
 
 # ----------------------------------------------------------------------------- programs
-PROGRAMS = ("sample", "loop", "codec", "lora", "full")
-DEPTHS = {"sample": (LAYERS,), "loop": (2, 4), "codec": (0,), "lora": (2, 4), "full": (2, 4)}
-DURATIONS = {"loop": (240.0, 60.0), "codec": (240.0, 60.0)}  # the others at 240 s
+PROGRAMS = ("sample", "loop", "codec", "codec-bf16", "lora", "full")
+DEPTHS = {"sample": (LAYERS,), "loop": (2, 4), "codec": (0,), "codec-bf16": (0,), "lora": (2, 4), "full": (2, 4)}
+DURATIONS = {"loop": (240.0, 60.0), "codec": (240.0, 60.0), "codec-bf16": (240.0, 60.0)}  # the others at 240 s
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,14 +168,15 @@ def jobs(t: Topology, program: str, fit: bool) -> list[Job]:
     return out
 
 
-def lower_codec(batch: int, mesh, seconds: float):
-    """Decode + vocoder of ``batch`` songs of ``seconds`` (float32, as the pipeline decodes)."""
+def lower_codec(batch: int, mesh, seconds: float, dtype: str = "float32"):
+    """Decode + vocoder of ``batch`` songs of ``seconds`` as the pipeline decodes, the codec in ``dtype``."""
     from acestep_jax.codec import MusicCodec
     from acestep_jax.codec import codec as lib
     from acestep_jax.presets import preset_config
 
-    model = nnx.eval_shape(lambda: MusicCodec(preset_config("full", "dcae"), preset_config("full", "vocoder"),
-                                              rngs=nnx.Rngs(0)))
+    dt = {"dtype": dtype, "param_dtype": dtype}
+    model = nnx.eval_shape(lambda: MusicCodec(preset_config("full", "dcae", **dt),
+                                              preset_config("full", "vocoder", **dt), rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(model)
 
     def decode(s, latents):
@@ -199,8 +200,9 @@ def lower(job: Job):
         return lower_guided_decode(batch, sample_mesh(n, batch, devices), layers=layers)
     if job.program == "loop":
         return lower_sample(batch, sample_mesh(n, batch, devices), layers=layers, seconds=job.seconds)[0]
-    if job.program == "codec":
-        return lower_codec(batch, sample_mesh(n, batch, devices), job.seconds)
+    if job.program in ("codec", "codec-bf16"):
+        dtype = "bfloat16" if job.program == "codec-bf16" else "float32"
+        return lower_codec(batch, sample_mesh(n, batch, devices), job.seconds, dtype)
     return lower_train(job.program, "full", 1, job.unit, train_mesh(n, devices), layers=layers)[0]
 
 

@@ -185,3 +185,21 @@ def test_broken_config_in_a_checkpoint_is_one_line(converted, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "transformer/config.json is not valid JSON" in err
     assert "convert the checkpoint again" in err and not (tmp_path / "o.wav").exists()
+
+
+def test_codec_dtype_loads_the_codec_in_bfloat16(pipe):
+    """``codec_dtype`` (``--codec-dtype``): the checkpoint's codec restored in bfloat16, close to float32."""
+    import jax
+    from flax import nnx
+
+    from acestep_jax.pipeline import load_conditioning_models
+
+    codec = load_conditioning_models(pipe.checkpoint, codec_dtype="bfloat16")[0]
+    assert {x.dtype for x in jax.tree.leaves(nnx.state(codec, nnx.Param))} == {jnp.dtype(jnp.bfloat16)}
+    kernel = codec.dcae.decoder.conv_in.kernel[...]
+    np.testing.assert_array_equal(np.asarray(kernel),
+                                  np.asarray(pipe.codec.dcae.decoder.conv_in.kernel[...].astype(jnp.bfloat16)))
+    latents = np.random.default_rng(0).standard_normal((1, 8, 16, 4)).astype(np.float32)
+    ref, out = pipe.codec.decode(latents), codec.decode(latents)
+    assert out.dtype == np.float32
+    assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < 0.05

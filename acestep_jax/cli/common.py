@@ -156,7 +156,7 @@ def add_common_flags(parser: argparse.ArgumentParser) -> None:
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
     """The flags of :class:`~acestep_jax.loading.ModelOptions` (and ``--distributed``)."""
     from acestep_jax.convert.hub import HUB_REPO
-    from acestep_jax.loading import DTYPES
+    from acestep_jax.loading import CODEC_DTYPES, DTYPES
 
     g = parser.add_argument_group("model")
     g.add_argument("--checkpoint", default=HUB_REPO,
@@ -164,6 +164,8 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--tiny-random", action="store_true", help="tiny random models instead of a checkpoint (demo)")
     g.add_argument("--dtype", choices=DTYPES, default="bfloat16", help="transformer compute dtype")
     g.add_argument("--param-dtype", choices=DTYPES, help="transformer storage dtype (default: as converted)")
+    g.add_argument("--codec-dtype", choices=CODEC_DTYPES, default="auto",
+                   help="the audio codec's (DC-AE and vocoder) dtype; auto: bfloat16 on GPU, float32 elsewhere")
     g.add_argument("--lyrics-vocab", help="lyric vocabulary (default: in the checkpoint, else downloaded)")
     g.add_argument("--transformer", help="a fine-tuned transformer folder (train.py's RUN/transformer) "
                    "replacing the checkpoint's")

@@ -24,6 +24,7 @@ reproduces the plain decode exactly (up to float reassociation):
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
@@ -302,3 +303,15 @@ class MusicCodec(nnx.Module):
                 [_vocode(self, mel[:, s : s + size])[:, a * HOP : e * HOP] for s, a, e in spans], axis=1
             )
         return audio.reshape(b, c, -1)
+
+
+def codec_in_dtype(codec: MusicCodec, dtype: str) -> MusicCodec:
+    """A copy of ``codec`` whose DC-AE and vocoder compute and store their weights in ``dtype``
+    (what the reference's ``MusicDCAE.to(dtype)`` does). Norm statistics, the linear-attention
+    sums, the mel (de)normalisation and the audio stay float32 whatever ``dtype`` is."""
+    d_cfg = dataclasses.replace(codec.dcae.config, dtype=dtype, param_dtype=dtype)
+    v_cfg = dataclasses.replace(codec.vocoder.config, dtype=dtype, param_dtype=dtype)
+    constants = {k: getattr(codec, k) for k in ("scale_factor", "shift_factor", "min_mel", "max_mel")}
+    graphdef, target = nnx.split(nnx.eval_shape(lambda: MusicCodec(d_cfg, v_cfg, rngs=nnx.Rngs(0), **constants)))
+    state = jax.tree.map(lambda t, x: jnp.asarray(x, t.dtype), target, nnx.state(codec))
+    return nnx.merge(graphdef, state)

@@ -187,8 +187,8 @@ class Vocoder(nnx.Module):
         self.head = HiFiGANGenerator(cfg, **kw)
 
     def decode_channels_last(self, mel: jax.Array) -> jax.Array:
-        """``mel [B, frames, n_mels]`` → audio ``[B, frames * hop_length]``."""
-        return self.head(self.backbone(mel))[..., 0]
+        """``mel [B, frames, n_mels]`` → float32 audio ``[B, frames * hop_length]`` (whatever the compute dtype)."""
+        return self.head(self.backbone(mel))[..., 0].astype(jnp.float32)
 
     def decode(self, mel: jax.Array) -> jax.Array:
         """``mel [B, n_mels, frames]`` → audio ``[B, 1, frames * hop_length]`` (the reference layout)."""
