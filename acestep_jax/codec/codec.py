@@ -20,6 +20,15 @@ reproduces the plain decode exactly (up to float reassociation):
   accumulated window by window over each window's own frames, one pass per
   attention block (each pass feeding the sums found so far to the earlier blocks),
   and the final pass decodes every window with the whole-sequence sums.
+
+Padded batches: ``decode(..., lengths=frames)`` decodes latents padded to any length
+``T`` (a duration bucket) with each item's true length as a traced array, so one
+program per ``(batch, T, rate)`` serves every mix of lengths. Every convolution (the
+DC-AE levels, the vocoder, the resampler's filter) sees zeros past an item's end at its
+own resolution, the vocoder's stem repeats its last frame, and the attention sums skip
+the frames past it: each item's audio equals its unpadded decode (up to float
+reassociation). Windows then sit at positions fixed by ``T``, so neither mode compiles
+for a new length inside a padded shape.
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ from acestep_jax.codec.dcae import DCAE
 from acestep_jax.codec.logmel import log_mel_spectrogram
 from acestep_jax.codec.resample import resample, resampled_length
 from acestep_jax.codec.vocoder import Vocoder
+from acestep_jax.nn.layers import mask_time
 
 SAMPLE_RATE = 44100  # the codec's own rate
 OUTPUT_SAMPLE_RATE = 48000  # the rate of generated files unless asked otherwise (the reference writes 48 kHz)
@@ -154,12 +164,24 @@ def _denorm(codec, mel):
     return (mel.astype(jnp.float32) * 0.5 + 0.5) * (codec.max_mel - codec.min_mel) + codec.min_mel
 
 
+def _per_channel(n, channels: int):
+    return None if n is None else jnp.repeat(n, channels)
+
+
+def _finish(codec: MusicCodec, audio, n, n_out, sample_rate: int):
+    """Resample ``audio [B, 2, samples]``, item ``i`` cut to ``n[i]`` latent frames before and
+    to ``n_out[i]`` samples after (zeros past them)."""
+    audio = resample(mask_time(audio, None if n is None else n * codec.downsample * HOP, 2), SAMPLE_RATE, sample_rate)
+    return mask_time(audio, n_out, 2)
+
+
 @functools.partial(nnx.jit, static_argnames=("sample_rate",))
-def _decode_plain(codec: MusicCodec, latents, sample_rate: int):
-    mel = _denorm(codec, codec.dcae.decoder(_unscale(codec, latents)))  # [B, H, W, 2]
+def _decode_plain(codec: MusicCodec, latents, n, n_out, sample_rate: int):
+    mel = _denorm(codec, codec.dcae.decoder(_unscale(codec, latents), n))  # [B, H, W, 2]
     b, h, w, c = mel.shape
     mel = mel.transpose(0, 3, 2, 1).reshape(b * c, w, h)  # one vocoder item per stereo channel
-    return resample(codec.vocoder.decode_channels_last(mel).reshape(b, c, -1), SAMPLE_RATE, sample_rate)
+    nv = _per_channel(None if n is None else n * codec.downsample, c)
+    return _finish(codec, codec.vocoder.decode_channels_last(mel, nv).reshape(b, c, -1), n, n_out, sample_rate)
 
 
 @nnx.jit
@@ -168,16 +190,26 @@ def _unscaled(codec: MusicCodec, latents):
 
 
 @functools.partial(nnx.jit, static_argnames=("stats_of",))
-def _dcae_window(codec: MusicCodec, z, stats, mask, stats_of):
+def _dcae_window(codec: MusicCodec, z, stats, mask, n, stats_of):
     """One window of the DC-AE decode: attention sums of block ``stats_of``, or (``None``) the mel."""
     decoder = codec.dcae.decoder
-    out = decoder.global_stage(z, stats, stats_of, mask)
-    return out if stats_of is not None else _denorm(codec, decoder.local_stage(out))
+    out = decoder.global_stage(z, stats, stats_of, mask, n)
+    return out if stats_of is not None else _denorm(codec, decoder.local_stage(out, n))
 
 
 @nnx.jit
-def _vocode(codec: MusicCodec, mel):
-    return codec.vocoder.decode_channels_last(mel)
+def _vocode(codec: MusicCodec, mel, n):
+    return codec.vocoder.decode_channels_last(mel, n)
+
+
+@functools.partial(nnx.jit, static_argnames=("sample_rate",))
+def _finished(codec: MusicCodec, audio, n, n_out, sample_rate: int):
+    return _finish(codec, audio, n, n_out, sample_rate)
+
+
+def _local(n, start: int, size: int):
+    """Lengths ``n`` (host) inside the window ``[start, start + size)``, as a device array."""
+    return None if n is None else jnp.asarray(np.clip(n - start, 0, size), jnp.int32)
 
 
 class MusicCodec(nnx.Module):
@@ -242,28 +274,42 @@ class MusicCodec(nnx.Module):
         *,
         window: int | None = None,
         vocoder_window: int | None = None,
+        lengths=None,
     ) -> np.ndarray:
         """``latents [B, 8, 16, T]`` → float32 audio ``[B, 2, T * 4096 (resampled)]`` at ``sample_rate``.
 
         ``window`` (latent frames) decodes in overlapping windows of that many frames
         (plus context); ``vocoder_window`` (mel frames, default ``8 * window``) sets
         the vocoder's windows. Both give the plain decode's result (see the module doc).
-        Everything, resampling included, runs on the device (the plain decode as one
-        program); only the finished audio is copied to the host.
+        ``lengths [B]`` (latent frames, ``1..T``): item ``i`` is decoded as its first
+        ``lengths[i]`` frames alone and is zero past them; the programs depend on ``T``
+        only. Everything, resampling included, runs on the device (the plain decode as
+        one program); only the finished audio is copied to the host.
         """
         latents = jnp.asarray(latents)
         if latents.ndim != 4 or latents.shape[1] != self.dcae.config.latent_channels:
             raise ValueError(
                 f"latents must be [B, {self.dcae.config.latent_channels}, H, T], got {latents.shape}"
             )
+        if lengths is not None:
+            lengths = np.asarray(lengths, np.int64).reshape(-1)
+            if lengths.shape[0] != latents.shape[0] or lengths.min() < 1 or lengths.max() > latents.shape[-1]:
+                raise ValueError(
+                    f"lengths must be {latents.shape[0]} values in 1..{latents.shape[-1]}, got {lengths.tolist()}"
+                )
+        n = n_out = None
+        if lengths is not None:
+            n = jnp.asarray(lengths, jnp.int32)
+            n_out = jnp.asarray([resampled_length(int(f) * self.downsample * HOP, SAMPLE_RATE, sample_rate)
+                                 for f in lengths], jnp.int32)
         if window is None:
-            audio = _decode_plain(self, latents, sample_rate)
+            audio = _decode_plain(self, latents, n, n_out, sample_rate)
         else:
-            audio = self._decode_windowed(latents, int(window), vocoder_window)
-            audio = resample(audio, SAMPLE_RATE, sample_rate)
+            audio = self._decode_windowed(latents, int(window), vocoder_window, lengths)
+            audio = _finished(self, audio, n, n_out, sample_rate)
         return np.asarray(audio, np.float32)
 
-    def _decode_windowed(self, latents, window: int, vocoder_window: int | None):
+    def _decode_windowed(self, latents, window: int, vocoder_window: int | None, lengths):
         if window <= 0:
             raise ValueError(f"window must be a positive number of latent frames, got {window}")
         z = _unscaled(self, latents)  # [B, H, T, latent_channels]
@@ -271,7 +317,7 @@ class MusicCodec(nnx.Module):
         f = self.downsample
         spans, size = _windows(total, window, dcae_context_frames(self.dcae.config))
         if size >= total:
-            mel = _dcae_window(self, z, None, None, None)
+            mel = _dcae_window(self, z, None, None, _local(lengths, 0, total), None)
         else:
             own = [
                 (np.arange(size) >= a) & (np.arange(size) < e) for _, a, e in spans
@@ -280,13 +326,18 @@ class MusicCodec(nnx.Module):
             stats = []
             for i in range(self.dcae.decoder.num_global_attention):
                 parts = [
-                    _dcae_window(self, z[:, :, s : s + size], tuple(stats), jnp.asarray(m, jnp.float32), i)
+                    _dcae_window(
+                        self, z[:, :, s : s + size], tuple(stats), jnp.asarray(m, jnp.float32),
+                        _local(lengths, s, size), i,
+                    )
                     for (s, _, _), m in zip(spans, own)
                 ]
                 stats.append(jax.tree.map(lambda *xs: sum(xs[1:], xs[0]), *parts))
             mel = jnp.concatenate(
                 [
-                    _dcae_window(self, z[:, :, s : s + size], tuple(stats), None, None)[:, :, a * f : e * f]
+                    _dcae_window(self, z[:, :, s : s + size], tuple(stats), None, _local(lengths, s, size), None)[
+                        :, :, a * f : e * f
+                    ]
                     for s, a, e in spans
                 ],
                 axis=2,
@@ -295,10 +346,12 @@ class MusicCodec(nnx.Module):
         mel = mel.transpose(0, 3, 2, 1).reshape(b * c, w, h)
         vw = 8 * window if vocoder_window is None else int(vocoder_window)
         spans, size = _windows(w, vw, vocoder_context_frames(self.vocoder.config))
+        nv = None if lengths is None else np.repeat(lengths * f, c)
         if size >= w:
-            audio = _vocode(self, mel)
+            audio = _vocode(self, mel, _local(nv, 0, w))
         else:
             audio = jnp.concatenate(
-                [_vocode(self, mel[:, s : s + size])[:, a * HOP : e * HOP] for s, a, e in spans], axis=1
+                [_vocode(self, mel[:, s : s + size], _local(nv, s, size))[:, a * HOP : e * HOP] for s, a, e in spans],
+                axis=1,
             )
         return audio.reshape(b, c, -1)
