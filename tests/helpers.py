@@ -1,5 +1,6 @@
 """Shared test helpers: golden-vector access and tolerance checks."""
 
+import contextlib
 import json
 import math
 import os
@@ -102,3 +103,21 @@ def assert_close(actual, expected, rtol=1e-4, atol=1e-4, what=""):
     assert not bad.any(), (
         f"{what}: {bad.sum()} of {bad.size} values differ; max abs err {err.max():.3g}"
     )
+
+
+@contextlib.contextmanager
+def backend_compiles():
+    """The list of XLA programs compiled (their seconds) while the block runs."""
+    from jax import monitoring
+
+    seen, active = [], [True]
+
+    def listen(event, duration, **kwargs):
+        if active[0] and event == "/jax/core/compile/backend_compile_duration":
+            seen.append(duration)
+
+    monitoring.register_event_duration_secs_listener(listen)
+    try:
+        yield seen
+    finally:
+        active[0] = False  # the public API removes no single listener

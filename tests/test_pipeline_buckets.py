@@ -1,34 +1,13 @@
 """A warmed duration bucket serves every exact duration inside it without compiling."""
 
-import contextlib
-
 import numpy as np
 import pytest
-from jax import monitoring
 
 from acestep_jax.codec.codec import FRAME_SAMPLES, SAMPLE_RATE, seconds_to_frames
 from acestep_jax.codec.resample import resampled_length
 from acestep_jax.pipeline import ACEStepPipeline
 from acestep_jax.sampling import SamplingParams
-from tests.helpers import assert_close
-
-_BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
-
-
-@contextlib.contextmanager
-def backend_compiles():
-    """The list of backend compilations (XLA programs built) while the block runs."""
-    seen, active = [], [True]
-
-    def listen(event, duration, **kwargs):
-        if active[0] and event == _BACKEND_COMPILE:
-            seen.append(duration)
-
-    monitoring.register_event_duration_secs_listener(listen)
-    try:
-        yield seen
-    finally:
-        active[0] = False  # listeners cannot be removed one by one through the public API
+from tests.helpers import assert_close, backend_compiles
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from acestep_jax.codec.codec import dcae_context_frames, vocoder_context_frames
 from acestep_jax.codec.config import DCAEConfig, VocoderConfig
 from acestep_jax.convert.dcae import load_dcae
 from acestep_jax.convert.vocoder import load_vocoder
-from tests.helpers import assert_close
+from tests.helpers import assert_close, backend_compiles
 
 
 @pytest.fixture(scope="module")
@@ -149,6 +149,18 @@ def test_masked_windowed_decode_equals_each_item_alone(codec):
     for i, n in enumerate(lengths):
         alone = model.decode(latents[i : i + 1, ..., :n], 48000)[0]
         assert_close(padded[i, :, : alone.shape[-1]], alone, what=f"item {i} ({n} frames)")
+
+
+def test_new_lengths_at_a_padded_length_compile_nothing(codec):
+    """Plain and windowed decodes with lengths depend on the padded length only."""
+    g, model = codec
+    total = 3 * 6 + 2 * dcae_context_frames(model.dcae.config) + 3
+    latents = _padded_case(g, [total, total], total, seed=2)
+    for window in (None, 6):
+        model.decode(latents, 48000, window=window, vocoder_window=64, lengths=[total, 4])
+        with backend_compiles() as seen:
+            model.decode(latents, 48000, window=window, vocoder_window=64, lengths=[total - 7, 9])
+        assert not seen, f"window {window}: {len(seen)} programs compiled for new lengths"
 
 
 def test_bad_lengths_are_refused(codec):
