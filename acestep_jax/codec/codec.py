@@ -164,10 +164,6 @@ def _denorm(codec, mel):
     return (mel.astype(jnp.float32) * 0.5 + 0.5) * (codec.max_mel - codec.min_mel) + codec.min_mel
 
 
-def _per_channel(n, channels: int):
-    return None if n is None else jnp.repeat(n, channels)
-
-
 def _finish(codec: MusicCodec, audio, n, n_out, sample_rate: int):
     """Resample ``audio [B, 2, samples]``, item ``i`` cut to ``n[i]`` latent frames before and
     to ``n_out[i]`` samples after (zeros past them)."""
@@ -180,7 +176,7 @@ def _decode_plain(codec: MusicCodec, latents, n, n_out, sample_rate: int):
     mel = _denorm(codec, codec.dcae.decoder(_unscale(codec, latents), n))  # [B, H, W, 2]
     b, h, w, c = mel.shape
     mel = mel.transpose(0, 3, 2, 1).reshape(b * c, w, h)  # one vocoder item per stereo channel
-    nv = _per_channel(None if n is None else n * codec.downsample, c)
+    nv = None if n is None else jnp.repeat(n * codec.downsample, c)
     return _finish(codec, codec.vocoder.decode_channels_last(mel, nv).reshape(b, c, -1), n, n_out, sample_rate)
 
 
@@ -291,14 +287,13 @@ class MusicCodec(nnx.Module):
             raise ValueError(
                 f"latents must be [B, {self.dcae.config.latent_channels}, H, T], got {latents.shape}"
             )
+        n = n_out = None
         if lengths is not None:
             lengths = np.asarray(lengths, np.int64).reshape(-1)
             if lengths.shape[0] != latents.shape[0] or lengths.min() < 1 or lengths.max() > latents.shape[-1]:
                 raise ValueError(
                     f"lengths must be {latents.shape[0]} values in 1..{latents.shape[-1]}, got {lengths.tolist()}"
                 )
-        n = n_out = None
-        if lengths is not None:
             n = jnp.asarray(lengths, jnp.int32)
             n_out = jnp.asarray([resampled_length(int(f) * self.downsample * HOP, SAMPLE_RATE, sample_rate)
                                  for f in lengths], jnp.int32)
