@@ -106,15 +106,19 @@ def assert_close(actual, expected, rtol=1e-4, atol=1e-4, what=""):
 
 
 @contextlib.contextmanager
-def backend_compiles():
-    """The list of XLA programs compiled (their seconds) while the block runs."""
+def compile_events():
+    """The functions traced and programs compiled (event names) while the block runs.
+
+    Traces count too: a program found in the persistent compilation cache is traced
+    but not compiled."""
     from jax import monitoring
 
     seen, active = [], [True]
+    events = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/backend_compile_duration")
 
     def listen(event, duration, **kwargs):
-        if active[0] and event == "/jax/core/compile/backend_compile_duration":
-            seen.append(duration)
+        if active[0] and event in events:
+            seen.append(event)
 
     monitoring.register_event_duration_secs_listener(listen)
     try:
