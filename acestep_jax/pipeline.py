@@ -11,7 +11,8 @@ Prompt and lyric lengths are padded to buckets (:data:`TEXT_BUCKET`,
 :data:`LYRIC_BUCKET`) so new inputs reuse compiled programs; the padding is masked and
 the conditions keep the positions they have unpadded (the transformer's
 ``context_positions``), so it leaves the result unchanged. Durations are bucketed
-with ``SamplingParams(bucket=True)``.
+with ``SamplingParams(bucket=True)``: the noise, the loop and the length-masked decode
+then depend on the bucket only, so a new duration inside a warm bucket compiles nothing.
 """
 
 from __future__ import annotations
