@@ -42,8 +42,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=240.0)
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    ap.add_argument("--preset", default="full", help="model sizes (tiny: a smoke test)")
     args = ap.parse_args(argv)
-    dcae, vocoder = preset_config("full", "dcae"), preset_config("full", "vocoder")
+    dcae, vocoder = preset_config(args.preset, "dcae"), preset_config(args.preset, "vocoder")
     codec = nnx.eval_shape(lambda: MusicCodec(dcae, vocoder, rngs=nnx.Rngs(0)))
     frames = bucket_frames(seconds_to_frames(args.seconds))
     for b in args.batch:
