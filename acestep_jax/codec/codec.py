@@ -7,8 +7,8 @@ scaling, runs the DC-AE decoder, maps the mels back and vocodes each stereo
 channel, optionally resampling the 44.1 kHz result (on the device, see :mod:`.resample`).
 
 Long audio: ``decode(..., window=frames)`` decodes in fixed-size overlapping
-windows, so memory stays bounded and one compilation serves any length, and it
-reproduces the plain decode exactly (up to float reassociation):
+windows, one at a time inside one program (``lax.map``), so memory stays bounded, and
+it reproduces the plain decode exactly (up to float reassociation):
 
 - The vocoder and the DC-AE decoder's up-sampling levels are convolutional with a
   bounded receptive field. Every window carries at least that much real context on
@@ -180,32 +180,58 @@ def _decode_plain(codec: MusicCodec, latents, n, n_out, sample_rate: int):
     return _finish(codec, codec.vocoder.decode_channels_last(mel, nv).reshape(b, c, -1), n, n_out, sample_rate)
 
 
-@nnx.jit
-def _unscaled(codec: MusicCodec, latents):
-    return _unscale(codec, latents)
+def _local(n, starts, size: int):
+    """Lengths ``n [B]`` inside windows of ``size`` frames at ``starts`` (``[windows, B]``)."""
+    return None if n is None else jnp.clip(n[None, :] - jnp.asarray(starts)[:, None], 0, size)
 
 
-@functools.partial(nnx.jit, static_argnames=("stats_of",))
-def _dcae_window(codec: MusicCodec, z, stats, mask, n, stats_of):
-    """One window of the DC-AE decode: attention sums of block ``stats_of``, or (``None``) the mel."""
-    decoder = codec.dcae.decoder
-    out = decoder.global_stage(z, stats, stats_of, mask, n)
-    return out if stats_of is not None else _denorm(codec, decoder.local_stage(out, n))
+def _stack(x, spans, size: int, axis: int):
+    return jnp.stack([jax.lax.slice_in_dim(x, s, s + size, axis=axis) for s, _, _ in spans])
 
 
-@nnx.jit
-def _vocode(codec: MusicCodec, mel, n):
-    return codec.vocoder.decode_channels_last(mel, n)
+def _join(parts, spans, scale: int, axis: int):
+    """The frames each window owns (``scale`` output samples per input frame), in order."""
+    return jnp.concatenate(
+        [jax.lax.slice_in_dim(parts[j], a * scale, e * scale, axis=axis) for j, (_, a, e) in enumerate(spans)],
+        axis=axis,
+    )
 
 
-@functools.partial(nnx.jit, static_argnames=("sample_rate",))
-def _finished(codec: MusicCodec, audio, n, n_out, sample_rate: int):
-    return _finish(codec, audio, n, n_out, sample_rate)
-
-
-def _local(n, start: int, size: int):
-    """Lengths ``n`` (host) inside the window ``[start, start + size)``, as a device array."""
-    return None if n is None else jnp.asarray(np.clip(n - start, 0, size), jnp.int32)
+@functools.partial(nnx.jit, static_argnames=("window", "vocoder_window", "sample_rate"))
+def _decode_windowed(codec: MusicCodec, latents, n, n_out, window: int, vocoder_window: int, sample_rate: int):
+    """The windowed decode (see the module doc) as one program; windows run one at a time (``lax.map``)."""
+    decoder, f = codec.dcae.decoder, codec.downsample
+    z = _unscale(codec, latents)  # [B, H, T, latent_channels]
+    spans, size = _windows(z.shape[2], window, dcae_context_frames(codec.dcae.config))
+    if size >= z.shape[2]:
+        mel = _denorm(codec, decoder(z, n))
+    else:
+        zs, local = _stack(z, spans, size, 2), _local(n, [s for s, _, _ in spans], size)
+        own = np.stack([(np.arange(size) >= a) & (np.arange(size) < e) for _, a, e in spans])
+        own = jnp.asarray(own, jnp.float32)  # the frames each window owns
+        stats = ()  # per attention block, its sums over every window's own frames
+        for i in range(decoder.num_global_attention):
+            parts = jax.lax.map(lambda w, i=i, stats=stats: decoder.global_stage(w[0], stats, i, w[1], w[2]),
+                                (zs, own, local))
+            stats += (jax.tree.map(lambda a: a.sum(0), parts),)
+        mels = jax.lax.map(
+            lambda w: _denorm(codec, decoder.local_stage(decoder.global_stage(w[0], stats, n=w[1]), w[1])),
+            (zs, local),
+        )
+        mel = _join(mels, spans, f, 2)
+    b, h, w, c = mel.shape
+    mel = mel.transpose(0, 3, 2, 1).reshape(b * c, w, h)  # one vocoder item per stereo channel
+    nv = None if n is None else jnp.repeat(n * f, c)
+    spans, size = _windows(w, vocoder_window, vocoder_context_frames(codec.vocoder.config))
+    if size >= w:
+        audio = codec.vocoder.decode_channels_last(mel, nv)
+    else:
+        parts = jax.lax.map(
+            lambda v: codec.vocoder.decode_channels_last(v[0], v[1]),
+            (_stack(mel, spans, size, 1), _local(nv, [s for s, _, _ in spans], size)),
+        )
+        audio = _join(parts, spans, HOP, 1)
+    return _finish(codec, audio.reshape(b, c, -1), n, n_out, sample_rate)
 
 
 class MusicCodec(nnx.Module):
@@ -300,53 +326,8 @@ class MusicCodec(nnx.Module):
         if window is None:
             audio = _decode_plain(self, latents, n, n_out, sample_rate)
         else:
-            audio = self._decode_windowed(latents, int(window), vocoder_window, lengths)
-            audio = _finished(self, audio, n, n_out, sample_rate)
+            if window <= 0:
+                raise ValueError(f"window must be a positive number of latent frames, got {window}")
+            vw = 8 * window if vocoder_window is None else int(vocoder_window)
+            audio = _decode_windowed(self, latents, n, n_out, int(window), vw, sample_rate)
         return np.asarray(audio, np.float32)
-
-    def _decode_windowed(self, latents, window: int, vocoder_window: int | None, lengths):
-        if window <= 0:
-            raise ValueError(f"window must be a positive number of latent frames, got {window}")
-        z = _unscaled(self, latents)  # [B, H, T, latent_channels]
-        total = z.shape[2]
-        f = self.downsample
-        spans, size = _windows(total, window, dcae_context_frames(self.dcae.config))
-        if size >= total:
-            mel = _dcae_window(self, z, None, None, _local(lengths, 0, total), None)
-        else:
-            own = [
-                (np.arange(size) >= a) & (np.arange(size) < e) for _, a, e in spans
-            ]  # frames each window owns
-            # one pass per attention block: its sums accumulated over every window's own frames
-            stats = []
-            for i in range(self.dcae.decoder.num_global_attention):
-                parts = [
-                    _dcae_window(
-                        self, z[:, :, s : s + size], tuple(stats), jnp.asarray(m, jnp.float32),
-                        _local(lengths, s, size), i,
-                    )
-                    for (s, _, _), m in zip(spans, own)
-                ]
-                stats.append(jax.tree.map(lambda *xs: sum(xs[1:], xs[0]), *parts))
-            mel = jnp.concatenate(
-                [
-                    _dcae_window(self, z[:, :, s : s + size], tuple(stats), None, _local(lengths, s, size), None)[
-                        :, :, a * f : e * f
-                    ]
-                    for s, a, e in spans
-                ],
-                axis=2,
-            )
-        b, h, w, c = mel.shape
-        mel = mel.transpose(0, 3, 2, 1).reshape(b * c, w, h)
-        vw = 8 * window if vocoder_window is None else int(vocoder_window)
-        spans, size = _windows(w, vw, vocoder_context_frames(self.vocoder.config))
-        nv = None if lengths is None else np.repeat(lengths * f, c)
-        if size >= w:
-            audio = _vocode(self, mel, _local(nv, 0, w))
-        else:
-            audio = jnp.concatenate(
-                [_vocode(self, mel[:, s : s + size], _local(nv, s, size))[:, a * HOP : e * HOP] for s, a, e in spans],
-                axis=1,
-            )
-        return audio.reshape(b, c, -1)
