@@ -25,7 +25,12 @@ import jax.numpy as jnp
 from flax import nnx
 
 from acestep_jax.codec import MusicCodec
-from acestep_jax.codec.codec import OUTPUT_SAMPLE_RATE, _decode_plain, _decode_windowed, seconds_to_frames
+from acestep_jax.codec.codec import (
+    OUTPUT_SAMPLE_RATE,
+    _decode_plain,
+    _decode_windowed,
+    seconds_to_frames,
+)
 from acestep_jax.presets import preset_config
 from acestep_jax.sampling.tasks import bucket_frames
 
