@@ -48,3 +48,16 @@ def test_bucketed_generation_equals_the_exact_length_run(pipe):
     peak = float(np.abs(exact.audio).max())
     assert padded.audio.shape == exact.audio.shape
     assert_close(padded.audio, exact.audio, rtol=0, atol=1e-4 * peak, what="audio")
+
+
+def test_long_outputs_decode_in_windows_without_compiling(pipe):
+    """Past ``OVERLAP_DECODE_SECONDS`` the windowed decode is one program per bucket too."""
+    from acestep_jax.pipeline import OVERLAP_DECODE_SECONDS
+
+    params = [_params(OVERLAP_DECODE_SECONDS + 1.5).replace(infer_steps=1)]
+    pipe.generate(["rock"], [""], params, seeds=[1], retake_seeds=[2])
+    with compile_events() as seen:
+        out = pipe.generate(["rock"], [""], [params[0].replace(duration=OVERLAP_DECODE_SECONDS + 4.0)],
+                            seeds=[1], retake_seeds=[2])
+    assert not seen, f"traced or compiled for a new long duration: {seen}"
+    assert out.audio.shape[-1] == out.lengths[0]
