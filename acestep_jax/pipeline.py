@@ -11,7 +11,8 @@ Prompt and lyric lengths are padded to buckets (:data:`TEXT_BUCKET`,
 :data:`LYRIC_BUCKET`) so new inputs reuse compiled programs; the padding is masked and
 the conditions keep the positions they have unpadded (the transformer's
 ``context_positions``), so it leaves the result unchanged. Durations are bucketed
-with ``SamplingParams(bucket=True)``.
+with ``SamplingParams(bucket=True)``: the noise, the loop and the length-masked decode
+then depend on the bucket only, so a new duration inside a warm bucket compiles nothing.
 """
 
 from __future__ import annotations
@@ -287,12 +288,15 @@ class ACEStepPipeline:
 
         start = time.perf_counter()
         with step_bar(disable=not progress):
-            latents = generate(self.transformer, items, cond, noise, mesh=self.mesh, progress=progress)
+            # text2music/retake lengths are known here: keep the loop's padding, so the
+            # decode compiles per padded length only (source tasks end where the loop says)
+            own = all(p.task in ("text2music", "retake") for p in items)
+            latents = generate(self.transformer, items, cond, noise, mesh=self.mesh, progress=progress,
+                               trim=not own)
             latents = jax.block_until_ready(latents)
         timings["diffusion"] = time.perf_counter() - start
 
-        frames = [min(item_frames(p, cond), latents.shape[-1]) if p.task in ("text2music", "retake")
-                  else latents.shape[-1] for p in items]
+        frames = [min(item_frames(p, cond), latents.shape[-1]) if own else latents.shape[-1] for p in items]
         start = time.perf_counter()
         audio = self.decode_items(latents, frames, sample_rate)
         timings["decode"] = time.perf_counter() - start
@@ -308,7 +312,8 @@ class ACEStepPipeline:
                 item.update(target_prompt=list(target_prompts)[i % len(target_prompts)],
                             target_lyrics=list(target_lyrics)[i % len(target_lyrics)])
         lengths = [resampled_length(f * FRAME_SAMPLES, SAMPLE_RATE, sample_rate) for f in frames]
-        return Generation(audio=audio, sample_rate=sample_rate, latents=np.asarray(latents), params=per_item,
+        latents = np.asarray(latents)[..., : max(frames)]
+        return Generation(audio=audio, sample_rate=sample_rate, latents=latents, params=per_item,
                           timings=timings, lengths=lengths)
 
     def decode(self, latents, sample_rate: int = OUTPUT_SAMPLE_RATE) -> np.ndarray:
@@ -317,29 +322,21 @@ class ACEStepPipeline:
         return self.codec.decode(latents, sample_rate, window=window)
 
     def decode_items(self, latents, frames: Sequence[int], sample_rate: int = OUTPUT_SAMPLE_RATE) -> np.ndarray:
-        """Latents ``[B, 8, 16, T]`` → audio ``[B, 2, N]``, item ``i`` decoded at its own ``frames[i]``
-        (zero past its length).
+        """Latents ``[B, 8, 16, T]`` (``T`` may be padded) → audio ``[B, 2, N]`` (``N`` for the
+        longest item), item ``i`` decoded as its first ``frames[i]`` frames alone (zero past them).
 
-        The decoder's attention and convolutions see the whole sequence, so an item decoded
-        beside a longer one would change; decoding each length on its own keeps an item's
-        audio independent of its batch. Items of one length decode together, their count
-        rounded up to a power of two (filled with copies) so few programs compile.
+        One length-masked decode at ``T`` (see :mod:`acestep_jax.codec.codec`): an item's audio
+        does not depend on its batch or on ``T``, and the programs depend on ``T`` only, so a
+        new duration inside a duration bucket compiles nothing. Outputs longer than
+        :data:`OVERLAP_DECODE_SECONDS` (by ``T``) decode in windows.
         """
         b, frames = latents.shape[0], [int(f) for f in frames]
         if len(frames) != b:
             raise ValueError(f"got {len(frames)} item lengths for a batch of {b}")
-        if len(set(frames)) == 1:
-            return self.decode(latents[..., : frames[0]], sample_rate)
-        parts = {}
-        for length in sorted(set(frames)):
-            idx = [i for i, f in enumerate(frames) if f == length]
-            size = min(1 << (len(idx) - 1).bit_length(), b)
-            take = np.asarray(idx + idx[:1] * (size - len(idx)))
-            parts[length] = (idx, self.decode(jnp.asarray(latents)[take, ..., :length], sample_rate))
-        audio = np.zeros((b, 2, max(p.shape[-1] for _, p in parts.values())), np.float32)
-        for idx, part in parts.values():
-            audio[idx, :, : part.shape[-1]] = part[: len(idx)]
-        return audio
+        t = latents.shape[-1]
+        window = DECODE_WINDOW_FRAMES if frames_to_seconds(t) > OVERLAP_DECODE_SECONDS else None
+        audio = self.codec.decode(latents, sample_rate, window=window, lengths=frames)
+        return audio[..., : resampled_length(max(frames) * FRAME_SAMPLES, SAMPLE_RATE, sample_rate)]
 
 
 def load_conditioning_models(ckpt: str | os.PathLike, *, mesh=None, lyrics_vocab=None, codec_dtype: str = "float32"):

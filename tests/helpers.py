@@ -1,5 +1,6 @@
 """Shared test helpers: golden-vector access and tolerance checks."""
 
+import contextlib
 import json
 import math
 import os
@@ -128,3 +129,25 @@ def run_on_small_disk(disk: Path, size: str, prelude: str, module: str, argv: li
     proc = subprocess.run(["unshare", "-rm", "bash", "-c", shell, size, str(disk), sys.executable, "-c", code, *argv],
                           check=False, capture_output=True, text=True, timeout=timeout, cwd=REPO)
     return proc, sorted(listing.read_text().split())
+
+
+@contextlib.contextmanager
+def compile_events():
+    """The functions traced and programs compiled (event names) while the block runs.
+
+    Traces count too: a program found in the persistent compilation cache is traced
+    but not compiled."""
+    from jax import monitoring
+
+    seen, active = [], [True]
+    events = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/backend_compile_duration")
+
+    def listen(event, duration, **kwargs):
+        if active[0] and event in events:
+            seen.append(event)
+
+    monitoring.register_event_duration_secs_listener(listen)
+    try:
+        yield seen
+    finally:
+        active[0] = False  # the public API removes no single listener

@@ -3,7 +3,7 @@
 The README's tolerance: latents within 1e-4 (absolute; they are of order one) and audio
 within 1e-4 of the item's peak. Only rounding differs between batch sizes (matmuls and
 convolutions of other shapes sum in other orders); the decode takes no batch-wide statistic
-and decodes every item at its own length.
+and masks every item at its own length.
 """
 
 import numpy as np

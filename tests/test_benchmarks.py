@@ -104,3 +104,11 @@ def test_tpu_plan_extrapolates_depth_and_batch_from_recorded_compiles(tmp_path):
     records = plan_tpu.load(path)
     assert plan_tpu.plan_of(records, top.name, "full") is None
     assert "compiler refused: RESOURCE_EXHAUSTED" in plan_tpu.table(records, [top], ["full"])
+
+def test_decode_benchmarks_run(capsys):
+    from benchmarks import bench_new_duration, plan_decode
+
+    assert bench_new_duration.main(["--durations", "1.3", "--steps", "1"]) == 0
+    assert plan_decode.main(["--preset", "tiny", "--seconds", "2", "--batch", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "new 1.3 s:" in out and "0 programs" in out and "'temporaries_gib'" in out

@@ -7,8 +7,8 @@ scaling, runs the DC-AE decoder, maps the mels back and vocodes each stereo
 channel, optionally resampling the 44.1 kHz result (on the device, see :mod:`.resample`).
 
 Long audio: ``decode(..., window=frames)`` decodes in fixed-size overlapping
-windows, so memory stays bounded and one compilation serves any length, and it
-reproduces the plain decode exactly (up to float reassociation):
+windows, one at a time inside one program (``lax.map``), so memory stays bounded, and
+it reproduces the plain decode exactly (up to float reassociation):
 
 - The vocoder and the DC-AE decoder's up-sampling levels are convolutional with a
   bounded receptive field. Every window carries at least that much real context on
@@ -20,6 +20,15 @@ reproduces the plain decode exactly (up to float reassociation):
   accumulated window by window over each window's own frames, one pass per
   attention block (each pass feeding the sums found so far to the earlier blocks),
   and the final pass decodes every window with the whole-sequence sums.
+
+Padded batches: ``decode(..., lengths=frames)`` decodes latents padded to any length
+``T`` (a duration bucket) with each item's true length as a traced array, so one
+program per ``(batch, T, rate)`` serves every mix of lengths. Every convolution (the
+DC-AE levels, the vocoder, the resampler's filter) sees zeros past an item's end at its
+own resolution, the vocoder's stem repeats its last frame, and the attention sums skip
+the frames past it: each item's audio equals its unpadded decode (up to float
+reassociation). Windows then sit at positions fixed by ``T``, so neither mode compiles
+for a new length inside a padded shape.
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ from acestep_jax.codec.dcae import DCAE
 from acestep_jax.codec.logmel import log_mel_spectrogram
 from acestep_jax.codec.resample import resample, resampled_length
 from acestep_jax.codec.vocoder import Vocoder
+from acestep_jax.nn.layers import mask_time
 
 SAMPLE_RATE = 44100  # the codec's own rate
 OUTPUT_SAMPLE_RATE = 48000  # the rate of generated files unless asked otherwise (the reference writes 48 kHz)
@@ -155,30 +165,74 @@ def _denorm(codec, mel):
     return (mel.astype(jnp.float32) * 0.5 + 0.5) * (codec.max_mel - codec.min_mel) + codec.min_mel
 
 
+def _finish(codec: MusicCodec, audio, n, n_out, sample_rate: int):
+    """Resample ``audio [B, 2, samples]``, item ``i`` cut to ``n[i]`` latent frames before and
+    to ``n_out[i]`` samples after (zeros past them)."""
+    audio = resample(mask_time(audio, None if n is None else n * codec.downsample * HOP, 2), SAMPLE_RATE, sample_rate)
+    return mask_time(audio, n_out, 2)
+
+
 @functools.partial(nnx.jit, static_argnames=("sample_rate",))
-def _decode_plain(codec: MusicCodec, latents, sample_rate: int):
-    mel = _denorm(codec, codec.dcae.decoder(_unscale(codec, latents)))  # [B, H, W, 2]
+def _decode_plain(codec: MusicCodec, latents, n, n_out, sample_rate: int):
+    mel = _denorm(codec, codec.dcae.decoder(_unscale(codec, latents), n))  # [B, H, W, 2]
     b, h, w, c = mel.shape
     mel = mel.transpose(0, 3, 2, 1).reshape(b * c, w, h)  # one vocoder item per stereo channel
-    return resample(codec.vocoder.decode_channels_last(mel).reshape(b, c, -1), SAMPLE_RATE, sample_rate)
+    nv = None if n is None else jnp.repeat(n * codec.downsample, c)
+    return _finish(codec, codec.vocoder.decode_channels_last(mel, nv).reshape(b, c, -1), n, n_out, sample_rate)
 
 
-@nnx.jit
-def _unscaled(codec: MusicCodec, latents):
-    return _unscale(codec, latents)
+def _local(n, starts, size: int):
+    """Lengths ``n [B]`` inside windows of ``size`` frames at ``starts`` (``[windows, B]``)."""
+    return None if n is None else jnp.clip(n[None, :] - jnp.asarray(starts)[:, None], 0, size)
 
 
-@functools.partial(nnx.jit, static_argnames=("stats_of",))
-def _dcae_window(codec: MusicCodec, z, stats, mask, stats_of):
-    """One window of the DC-AE decode: attention sums of block ``stats_of``, or (``None``) the mel."""
-    decoder = codec.dcae.decoder
-    out = decoder.global_stage(z, stats, stats_of, mask)
-    return out if stats_of is not None else _denorm(codec, decoder.local_stage(out))
+def _stack(x, spans, size: int, axis: int):
+    return jnp.stack([jax.lax.slice_in_dim(x, s, s + size, axis=axis) for s, _, _ in spans])
 
 
-@nnx.jit
-def _vocode(codec: MusicCodec, mel):
-    return codec.vocoder.decode_channels_last(mel)
+def _join(parts, spans, scale: int, axis: int):
+    """The frames each window owns (``scale`` output samples per input frame), in order."""
+    return jnp.concatenate(
+        [jax.lax.slice_in_dim(parts[j], a * scale, e * scale, axis=axis) for j, (_, a, e) in enumerate(spans)],
+        axis=axis,
+    )
+
+
+@functools.partial(nnx.jit, static_argnames=("window", "vocoder_window", "sample_rate"))
+def _decode_windowed(codec: MusicCodec, latents, n, n_out, window: int, vocoder_window: int, sample_rate: int):
+    """The windowed decode (see the module doc) as one program; windows run one at a time (``lax.map``)."""
+    decoder, f = codec.dcae.decoder, codec.downsample
+    z = _unscale(codec, latents)  # [B, H, T, latent_channels]
+    spans, size = _windows(z.shape[2], window, dcae_context_frames(codec.dcae.config))
+    if size >= z.shape[2]:
+        mel = _denorm(codec, decoder(z, n))
+    else:
+        zs, local = _stack(z, spans, size, 2), _local(n, [s for s, _, _ in spans], size)
+        own = np.stack([(np.arange(size) >= a) & (np.arange(size) < e) for _, a, e in spans])
+        own = jnp.asarray(own, jnp.float32)  # the frames each window owns
+        stats = ()  # per attention block, its sums over every window's own frames
+        for i in range(decoder.num_global_attention):
+            parts = jax.lax.map(lambda w, i=i, stats=stats: decoder.global_stage(w[0], stats, i, w[1], w[2]),
+                                (zs, own, local))
+            stats += (jax.tree.map(lambda a: a.sum(0), parts),)
+        mels = jax.lax.map(
+            lambda w: _denorm(codec, decoder.local_stage(decoder.global_stage(w[0], stats, n=w[1]), w[1])),
+            (zs, local),
+        )
+        mel = _join(mels, spans, f, 2)
+    b, h, w, c = mel.shape
+    mel = mel.transpose(0, 3, 2, 1).reshape(b * c, w, h)  # one vocoder item per stereo channel
+    nv = None if n is None else jnp.repeat(n * f, c)
+    spans, size = _windows(w, vocoder_window, vocoder_context_frames(codec.vocoder.config))
+    if size >= w:
+        audio = codec.vocoder.decode_channels_last(mel, nv)
+    else:
+        parts = jax.lax.map(
+            lambda v: codec.vocoder.decode_channels_last(v[0], v[1]),
+            (_stack(mel, spans, size, 1), _local(nv, [s for s, _, _ in spans], size)),
+        )
+        audio = _join(parts, spans, HOP, 1)
+    return _finish(codec, audio.reshape(b, c, -1), n, n_out, sample_rate)
 
 
 class MusicCodec(nnx.Module):
@@ -243,66 +297,41 @@ class MusicCodec(nnx.Module):
         *,
         window: int | None = None,
         vocoder_window: int | None = None,
+        lengths=None,
     ) -> np.ndarray:
         """``latents [B, 8, 16, T]`` → float32 audio ``[B, 2, T * 4096 (resampled)]`` at ``sample_rate``.
 
         ``window`` (latent frames) decodes in overlapping windows of that many frames
         (plus context); ``vocoder_window`` (mel frames, default ``8 * window``) sets
         the vocoder's windows. Both give the plain decode's result (see the module doc).
-        Everything, resampling included, runs on the device (the plain decode as one
-        program); only the finished audio is copied to the host.
+        ``lengths [B]`` (latent frames, ``1..T``): item ``i`` is decoded as its first
+        ``lengths[i]`` frames alone and is zero past them; the programs depend on ``T``
+        only. Everything, resampling included, runs on the device (the plain decode as
+        one program); only the finished audio is copied to the host.
         """
         latents = jnp.asarray(latents)
         if latents.ndim != 4 or latents.shape[1] != self.dcae.config.latent_channels:
             raise ValueError(
                 f"latents must be [B, {self.dcae.config.latent_channels}, H, T], got {latents.shape}"
             )
+        n = n_out = None
+        if lengths is not None:
+            lengths = np.asarray(lengths, np.int64).reshape(-1)
+            if lengths.shape[0] != latents.shape[0] or lengths.min() < 1 or lengths.max() > latents.shape[-1]:
+                raise ValueError(
+                    f"lengths must be {latents.shape[0]} values in 1..{latents.shape[-1]}, got {lengths.tolist()}"
+                )
+            n = jnp.asarray(lengths, jnp.int32)
+            n_out = jnp.asarray([resampled_length(int(f) * self.downsample * HOP, SAMPLE_RATE, sample_rate)
+                                 for f in lengths], jnp.int32)
         if window is None:
-            audio = _decode_plain(self, latents, sample_rate)
+            audio = _decode_plain(self, latents, n, n_out, sample_rate)
         else:
-            audio = self._decode_windowed(latents, int(window), vocoder_window)
-            audio = resample(audio, SAMPLE_RATE, sample_rate)
+            if window <= 0:
+                raise ValueError(f"window must be a positive number of latent frames, got {window}")
+            vw = 8 * window if vocoder_window is None else int(vocoder_window)
+            audio = _decode_windowed(self, latents, n, n_out, int(window), vw, sample_rate)
         return np.asarray(audio, np.float32)
-
-    def _decode_windowed(self, latents, window: int, vocoder_window: int | None):
-        if window <= 0:
-            raise ValueError(f"window must be a positive number of latent frames, got {window}")
-        z = _unscaled(self, latents)  # [B, H, T, latent_channels]
-        total = z.shape[2]
-        f = self.downsample
-        spans, size = _windows(total, window, dcae_context_frames(self.dcae.config))
-        if size >= total:
-            mel = _dcae_window(self, z, None, None, None)
-        else:
-            own = [
-                (np.arange(size) >= a) & (np.arange(size) < e) for _, a, e in spans
-            ]  # frames each window owns
-            # one pass per attention block: its sums accumulated over every window's own frames
-            stats = []
-            for i in range(self.dcae.decoder.num_global_attention):
-                parts = [
-                    _dcae_window(self, z[:, :, s : s + size], tuple(stats), jnp.asarray(m, jnp.float32), i)
-                    for (s, _, _), m in zip(spans, own)
-                ]
-                stats.append(jax.tree.map(lambda *xs: sum(xs[1:], xs[0]), *parts))
-            mel = jnp.concatenate(
-                [
-                    _dcae_window(self, z[:, :, s : s + size], tuple(stats), None, None)[:, :, a * f : e * f]
-                    for s, a, e in spans
-                ],
-                axis=2,
-            )
-        b, h, w, c = mel.shape
-        mel = mel.transpose(0, 3, 2, 1).reshape(b * c, w, h)
-        vw = 8 * window if vocoder_window is None else int(vocoder_window)
-        spans, size = _windows(w, vw, vocoder_context_frames(self.vocoder.config))
-        if size >= w:
-            audio = _vocode(self, mel)
-        else:
-            audio = jnp.concatenate(
-                [_vocode(self, mel[:, s : s + size])[:, a * HOP : e * HOP] for s, a, e in spans], axis=1
-            )
-        return audio.reshape(b, c, -1)
 
 
 def codec_in_dtype(codec: MusicCodec, dtype: str) -> MusicCodec:

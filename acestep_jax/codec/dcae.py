@@ -17,6 +17,11 @@ Semantics that the checkpoint depends on:
   the reference). ReLU feature maps; the normaliser uses a row of ones appended to
   the values and ``eps = 1e-15``. When ``H * W <= head_dim`` the reference switches
   to the quadratic form, reproduced here.
+
+Length-masked decoding: the decoder's modules take ``n [B]``, each item's true length
+in frames at the module's own time resolution (``None``: no mask). Every convolution
+then sees zeros past an item's end and the attention sums skip those frames, so frames
+before the end equal an unpadded decode's (see :mod:`acestep_jax.codec.codec`).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from flax import nnx
 
 from acestep_jax.codec.config import DCAEConfig
 from acestep_jax.nn.dtypes import resolve_dtype
-from acestep_jax.nn.layers import Conv, Dense, make_param
+from acestep_jax.nn.layers import Conv, Dense, make_param, mask_time
 
 _ACTS = {"silu": jax.nn.silu, "relu": jax.nn.relu, "relu6": jax.nn.relu6}
 _ATTN_EPS = 1e-15
@@ -79,8 +84,8 @@ class ResBlock(nnx.Module):
         self.norm = ChannelRMSNorm(channels, param_dtype=param_dtype)
         self.act = act
 
-    def __call__(self, x):
-        h = self.conv2(_ACTS[self.act](self.conv1(x)))
+    def __call__(self, x, n=None):
+        h = self.conv2(mask_time(_ACTS[self.act](self.conv1(mask_time(x, n, 2))), n, 2))
         return self.norm(h) + x
 
 
@@ -94,8 +99,8 @@ class MultiscaleProjection(nnx.Module):
         )
         self.proj_out = Conv(channels, channels, (1, 1), groups=3 * heads, **kw)
 
-    def __call__(self, x):
-        return self.proj_out(self.proj_in(x))
+    def __call__(self, x, n=None):
+        return self.proj_out(self.proj_in(mask_time(x, n, 2)))
 
 
 class MultiscaleLinearAttention(nnx.Module):
@@ -116,30 +121,33 @@ class MultiscaleLinearAttention(nnx.Module):
         self.head_dim = head_dim
         self.dtype = dtype
 
-    def _qkv(self, x, linear: bool):
-        """Queries, keys (ReLU'd) and values ``[B, H*W, G, head_dim]``."""
+    def _qkv(self, x, linear: bool, n=None):
+        """Queries, keys (ReLU'd; zero past ``n``) and values ``[B, H*W, G, head_dim]``."""
         b, h, w, _ = x.shape
         qkv = jnp.concatenate([self.to_q(x), self.to_k(x), self.to_v(x)], axis=-1)
-        qkv = jnp.concatenate([qkv] + [proj(qkv) for proj in self.to_qkv_multiscale], axis=-1)
+        qkv = jnp.concatenate([qkv] + [proj(qkv, n) for proj in self.to_qkv_multiscale], axis=-1)
         if linear:
             qkv = qkv.astype(jnp.float32)
         qkv = qkv.reshape(b, h * w, -1, 3, self.head_dim)  # [B, N, G, (q|k|v), d]
-        return jax.nn.relu(qkv[..., 0, :]), jax.nn.relu(qkv[..., 1, :]), qkv[..., 2, :]
+        k = jax.nn.relu(qkv[..., 1, :])
+        if n is not None:
+            k = k * jnp.tile(jnp.arange(w)[None, :] < n[:, None], h)[:, :, None, None].astype(k.dtype)
+        return jax.nn.relu(qkv[..., 0, :]), k, qkv[..., 2, :]
 
-    def stats(self, x, mask):
+    def stats(self, x, mask, n=None):
         """The attention's sequence sums ``(sum k⊗v [B, G, d, d], sum k [B, G, d])`` over frames where
-        ``mask [W]`` is set (so windows can accumulate them exactly)."""
+        ``mask [W]`` is set and before ``n`` (so windows can accumulate them exactly)."""
         h = x.shape[1]
-        _, k, v = self._qkv(x, linear=True)
+        _, k, v = self._qkv(x, True, n)
         k = k * jnp.tile(mask.astype(k.dtype), h)[None, :, None, None]
         hp = jax.lax.Precision.HIGHEST
         return jnp.einsum("bngd,bnge->bgde", k, v, precision=hp), k.sum(axis=1)
 
-    def __call__(self, x, stats=None):
+    def __call__(self, x, stats=None, n=None):
         """``stats`` (from :meth:`stats`, summed over the whole sequence) replaces this input's own sums."""
         b, h, w, _ = x.shape
-        linear = stats is not None or h * w > self.head_dim
-        q, k, v = self._qkv(x, linear)
+        linear = stats is not None or n is not None or h * w > self.head_dim
+        q, k, v = self._qkv(x, linear, n)
         hp = jax.lax.Precision.HIGHEST
         if linear:
             if stats is None:
@@ -169,8 +177,8 @@ class GLUMBConv(nnx.Module):
         self.conv_point = Conv(hidden, channels, (1, 1), use_bias=False, axes=("mlp", "conv_out"), **kw)
         self.norm = ChannelRMSNorm(channels, param_dtype=param_dtype)
 
-    def __call__(self, x):
-        h = self.conv_depth(jax.nn.silu(self.conv_inverted(x)))
+    def __call__(self, x, n=None):
+        h = self.conv_depth(mask_time(jax.nn.silu(self.conv_inverted(x)), n, 2))
         value, gate = jnp.split(h, 2, axis=-1)
         return self.norm(self.conv_point(value * jax.nn.silu(gate))) + x
 
@@ -181,8 +189,8 @@ class EfficientViTBlock(nnx.Module):
         self.attn = MultiscaleLinearAttention(channels, head_dim, scales, **kw)
         self.conv_out = GLUMBConv(channels, **kw)
 
-    def __call__(self, x, stats=None):
-        return self.conv_out(self.attn(x, stats))
+    def __call__(self, x, stats=None, n=None):
+        return self.conv_out(self.attn(x, stats, n), n)
 
 
 class DownBlock(nnx.Module):
@@ -226,11 +234,13 @@ class UpBlock(nnx.Module):
         )
         self.repeats = 4 * cout // cin
 
-    def __call__(self, x):
+    def __call__(self, x, n=None):
+        """``n``: lengths at the input's resolution."""
+        xm = mask_time(x, n, 2)
         if self.interpolate:
-            y = self.conv(jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2))
+            y = self.conv(jnp.repeat(jnp.repeat(xm, 2, axis=1), 2, axis=2))
         else:
-            y = depth_to_space(self.conv(x))
+            y = depth_to_space(self.conv(xm))
         return y + depth_to_space(jnp.repeat(x, self.repeats, axis=-1))
 
 
@@ -311,44 +321,47 @@ class Decoder(nnx.Module):
         self.repeats = chans[-1] // cfg.latent_channels
         self.conv_act = cfg.decoder_conv_act_fn
 
-    def in_stage(self, z):
+    def in_stage(self, z, n=None):
         """Input conv plus the channel-repeat shortcut."""
-        x = self.conv_in(z)
+        x = self.conv_in(mask_time(z, n, 2))
         if self.in_shortcut:
             x = x + jnp.repeat(z.astype(x.dtype), self.repeats, axis=-1)
         return x
 
-    def global_stage(self, z, stats=None, stats_of: int | None = None, mask=None):
-        """:meth:`in_stage` and the lowest level.
+    def global_stage(self, z, stats=None, stats_of: int | None = None, mask=None, n=None):
+        """:meth:`in_stage` and the lowest level (``n``: the items' lengths in latent frames).
 
         ``stats[i]`` replaces the sequence sums of the level's ``i``-th attention block.
         With ``stats_of = i``, the sums of attention block ``i`` over the frames where
         ``mask [W]`` is set are returned instead of the features.
         """
-        x = self.in_stage(z)
+        x = self.in_stage(z, n)
         i = 0
         for layer in self.up_blocks[-1]:
             if isinstance(layer, EfficientViTBlock):
                 if i == stats_of:
-                    return layer.attn.stats(x, mask)
-                x = layer(x, None if stats is None else stats[i])
+                    return layer.attn.stats(x, mask, n)
+                x = layer(x, None if stats is None else stats[i], n)
                 i += 1
             else:
-                x = layer(x)
+                x = layer(x, n)
         return x
 
     @property
     def num_global_attention(self) -> int:
         return sum(isinstance(layer, EfficientViTBlock) for layer in self.up_blocks[-1])
 
-    def local_stage(self, x):
+    def local_stage(self, x, n=None):
+        """The up-sampling levels and the head (``n``: lengths in latent frames)."""
         for i in range(len(self.up_blocks) - 2, -1, -1):
             for layer in self.up_blocks[i]:
-                x = layer(x)
-        return self.conv_out(_ACTS[self.conv_act](self.norm_out(x)))
+                x = layer(x, n)
+                if isinstance(layer, UpBlock) and n is not None:
+                    n = 2 * n
+        return self.conv_out(mask_time(_ACTS[self.conv_act](self.norm_out(x)), n, 2))
 
-    def __call__(self, z):
-        return self.local_stage(self.global_stage(z))
+    def __call__(self, z, n=None):
+        return self.local_stage(self.global_stage(z, n=n), n)
 
 
 class DCAE(nnx.Module):

@@ -4,6 +4,10 @@
 ``[B, 1, frames * hop_length]``; inside, activations are channels-last
 ``[B, length, C]``. Weight normalisation is folded into plain kernels when a
 checkpoint is converted (see :mod:`acestep_jax.convert.vocoder`).
+
+Modules take ``n [B]`` (optional), each item's length at their own resolution: every
+convolution sees zeros past it, and the stem repeats the item's last frame (its edge
+padding), so a padded item decodes as it would alone.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from flax import nnx
 
 from acestep_jax.codec.config import VocoderConfig
 from acestep_jax.nn.dtypes import resolve_dtype
-from acestep_jax.nn.layers import Conv, Dense, LayerNorm, make_param
+from acestep_jax.nn.layers import Conv, Dense, LayerNorm, make_param, mask_time
 
 
 class ConvNeXtBlock(nnx.Module):
@@ -37,8 +41,9 @@ class ConvNeXtBlock(nnx.Module):
         fill = lambda key, shape, dt: jnp.full(shape, 1e-6, dt)
         self.gamma = make_param(rngs, fill, (dim,), param_dtype, ("norm",))
 
-    def __call__(self, x):
-        h = self.pwconv2(jax.nn.gelu(self.pwconv1(self.norm(self.dwconv(x))), approximate=False))
+    def __call__(self, x, n=None):
+        h = self.dwconv(mask_time(x, n))
+        h = self.pwconv2(jax.nn.gelu(self.pwconv1(self.norm(h)), approximate=False))
         return x + self.gamma[...].astype(h.dtype) * h
 
 
@@ -74,13 +79,16 @@ class ConvNeXtEncoder(nnx.Module):
         )
         self.norm = LayerNorm(dims[-1], eps=1e-6, param_dtype=param_dtype)
 
-    def __call__(self, x):
+    def __call__(self, x, n=None):
+        if n is not None:  # each item's last frame repeats past its end
+            last = jnp.minimum(jnp.arange(x.shape[1])[None, :], jnp.maximum(n, 1)[:, None] - 1)
+            x = jnp.take_along_axis(x, last[:, :, None], axis=1)
         x = jnp.pad(x, ((0, 0), (3, 3), (0, 0)), mode="edge")  # the stem conv pads by replication
-        for i, (channel_layer, stage) in enumerate(zip(self.channel_layers, self.stages)):
+        for channel_layer, stage in zip(self.channel_layers, self.stages):
             for layer in channel_layer:
                 x = layer(x)
             for block in stage:
-                x = block(x)
+                x = block(x, n)
         return self.norm(x)
 
 
@@ -131,9 +139,9 @@ class ResBlock1(nnx.Module):
             [Conv(channels, channels, (kernel_size,), padding=_padding(kernel_size), **kw) for _ in dilations]
         )
 
-    def __call__(self, x):
+    def __call__(self, x, n=None):
         for c1, c2 in zip(self.convs1, self.convs2):
-            x = x + c2(jax.nn.silu(c1(jax.nn.silu(x))))
+            x = x + c2(mask_time(jax.nn.silu(c1(mask_time(jax.nn.silu(x), n))), n))
         return x
 
 
@@ -165,16 +173,17 @@ class HiFiGANGenerator(nnx.Module):
         )
         self.num_kernels = len(cfg.resblock_kernel_sizes)
 
-    def __call__(self, x):
-        x = self.conv_pre(x)
+    def __call__(self, x, n=None):
+        x = self.conv_pre(mask_time(x, n))
         for i, up in enumerate(self.ups):
-            x = up(jax.nn.silu(x))
+            x = up(mask_time(jax.nn.silu(x), n))
+            n = None if n is None else n * up.stride
             blocks = self.resblocks[i * self.num_kernels : (i + 1) * self.num_kernels]
-            xs = blocks[0](x)
+            xs = blocks[0](x, n)
             for block in blocks[1:]:
-                xs = xs + block(x)
+                xs = xs + block(x, n)
             x = xs / self.num_kernels
-        return jnp.tanh(self.conv_post(jax.nn.silu(x)))
+        return jnp.tanh(self.conv_post(mask_time(jax.nn.silu(x), n)))
 
 
 class Vocoder(nnx.Module):
@@ -186,9 +195,10 @@ class Vocoder(nnx.Module):
         self.backbone = ConvNeXtEncoder(cfg, **kw)
         self.head = HiFiGANGenerator(cfg, **kw)
 
-    def decode_channels_last(self, mel: jax.Array) -> jax.Array:
-        """``mel [B, frames, n_mels]`` → float32 audio ``[B, frames * hop_length]`` (whatever the compute dtype)."""
-        return self.head(self.backbone(mel))[..., 0].astype(jnp.float32)
+    def decode_channels_last(self, mel: jax.Array, n=None) -> jax.Array:
+        """``mel [B, frames, n_mels]`` → float32 audio ``[B, frames * hop_length]`` whatever the compute
+        dtype (``n [B]``: lengths in frames)."""
+        return self.head(self.backbone(mel, n), n)[..., 0].astype(jnp.float32)
 
     def decode(self, mel: jax.Array) -> jax.Array:
         """``mel [B, n_mels, frames]`` → audio ``[B, 1, frames * hop_length]`` (the reference layout)."""

@@ -26,6 +26,16 @@ def make_param(rngs: nnx.Rngs | None, init, shape, dtype, axes: Axes) -> nnx.Par
     return nnx.Param(init(key, shape, dtype), out_sharding=tuple(axes), eager_sharding=False)
 
 
+def mask_time(x: jax.Array, lengths: jax.Array | None, axis: int = 1) -> jax.Array:
+    """Zero ``x [B, ...]`` at positions ``>= lengths [B]`` along ``axis`` (``lengths=None``: ``x`` as is)."""
+    if lengths is None:
+        return x
+    shape = [1] * x.ndim
+    shape[0], shape[axis] = x.shape[0], x.shape[axis]
+    keep = jnp.arange(x.shape[axis])[None, :] < jnp.asarray(lengths)[:, None]
+    return x * keep.reshape(shape).astype(x.dtype)
+
+
 def _fan_in_uniform(fan_in: int):
     """PyTorch's default initialiser for linear/conv layers: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
     bound = 1.0 / max(fan_in, 1) ** 0.5

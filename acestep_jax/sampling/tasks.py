@@ -130,10 +130,14 @@ def _table(p: SamplingParams) -> tuple[Schedule, int]:
 
 # ---------------------------------------------------------------------------- task families
 def _prepare_text2music(items, cond: Conditioning, noise: Noise):
-    """text2music and retake: fresh noise (retake: mixed with the retake noise) per item."""
+    """text2music and retake: fresh noise (retake: mixed with the retake noise) per item.
+
+    Key draws of a bucketed batch are made at the bucket's length (their first frames do
+    not depend on it, see :func:`draw`), so nothing here depends on the exact duration."""
     p = items[0]
     frames = [item_frames(q, cond) for q in items]
-    shape = (LATENT_CHANNELS, LATENT_HEIGHT, max(frames))
+    drawn = noise.initial is None and noise.retake is None
+    shape = (LATENT_CHANNELS, LATENT_HEIGHT, bucket_frames(max(frames)) if p.bucket and drawn else max(frames))
     x = draw(noise, "initial", 0, shape)
     if p.task == "retake":
         x = _retake_mix(items, x, draw(noise, "retake", 0, shape))
@@ -255,6 +259,7 @@ def generate(
     noise: Noise | Sequence[int] | jax.Array | None = None,
     mesh=None,
     progress: bool = False,
+    trim: bool = True,
 ) -> jax.Array:
     """Sample final latents ``[B, 8, 16, T]`` for ``cond``.
 
@@ -266,7 +271,8 @@ def generate(
     placed with :func:`acestep_jax.sharding.shard_model`; on a mesh spanning several
     processes (hosts) every process passes the same inputs and receives the whole batch. ``progress``: report each
     step to the bar of :func:`acestep_jax.sampling.progress.step_bar` (compiles a
-    separate program).
+    separate program). ``trim=False`` returns the loop's padded length (zeros past each
+    item's own), so no program depends on the exact duration.
     """
     b = cond.batch_size
     items = item_params(params, b)
@@ -288,7 +294,8 @@ def generate(
             inputs = inputs.shard(mesh)
         if inputs.frame_mask is not None:
             noise = noise.pad_frames(inputs.frame_mask.shape[-1])
-        out = run_loop(model, dataclasses.replace(lc, progress=progress), cond, inputs, noise)[..., :frames]
+        out = run_loop(model, dataclasses.replace(lc, progress=progress), cond, inputs, noise)
+        out = out[..., :frames] if trim else out
     if out.is_fully_addressable:
         return out
     from jax.experimental import multihost_utils

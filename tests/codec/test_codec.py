@@ -10,7 +10,7 @@ from acestep_jax.codec.codec import dcae_context_frames, vocoder_context_frames
 from acestep_jax.codec.config import DCAEConfig, VocoderConfig
 from acestep_jax.convert.dcae import load_dcae
 from acestep_jax.convert.vocoder import load_vocoder
-from tests.helpers import assert_close
+from tests.helpers import assert_close, compile_events
 
 
 @pytest.fixture(scope="module")
@@ -103,3 +103,69 @@ def test_latent_frames():
     assert latent_frames(4096) == 1
     assert latent_frames(4097) == 2
     assert latent_frames(48000, 48000) == latent_frames(44100, 44100) == 11
+
+
+def _padded_case(g, lengths, total, seed=0):
+    """Random latents near the golden ones: ``[len(lengths), 8, 16, total]``, noise past each length."""
+    rng = np.random.default_rng(seed)
+    base = g.io["latents_44k"][:1]
+    reps = math.ceil(total / base.shape[-1])
+    latents = np.concatenate([base[..., :: (-1) ** i] for i in range(reps)], axis=-1)[..., :total]
+    latents = np.repeat(latents, len(lengths), axis=0)
+    return (latents + 0.3 * rng.standard_normal(latents.shape)).astype(np.float32)
+
+
+@pytest.mark.parametrize("sample_rate", [44100, 48000])
+def test_masked_decode_equals_each_item_alone(codec, sample_rate):
+    """Decoding latents padded to ``T`` with per-item lengths gives, for every item, its
+    unpadded decode (every convolution sees zeros past the item's end at its own
+    resolution, the vocoder's stem repeats its last frame, the attention sums skip the
+    padding); the padding's contents do not matter, and the audio is zero past the end."""
+    from acestep_jax.codec.codec import FRAME_SAMPLES
+    from acestep_jax.codec.resample import resampled_length
+
+    g, model = codec
+    lengths, total = [3, 7, 5, 8], 8
+    latents = _padded_case(g, lengths, total)
+    padded = model.decode(latents, sample_rate, lengths=lengths)
+    assert padded.shape[-1] == resampled_length(total * FRAME_SAMPLES, 44100, sample_rate)
+    for i, n in enumerate(lengths):
+        alone = model.decode(latents[i : i + 1, ..., :n], sample_rate)[0]
+        m = alone.shape[-1]
+        assert_close(padded[i, :, :m], alone, what=f"item {i} ({n} frames)")
+        assert not padded[i, :, resampled_length(n * FRAME_SAMPLES, 44100, sample_rate) :].any()
+
+
+def test_masked_windowed_decode_equals_each_item_alone(codec):
+    """The windowed decode with lengths: windows sit where the padded length puts them,
+    and a window crossing an item's end sees the same zeros as the plain decode's edge."""
+    g, model = codec
+    window, vocoder_window = 6, 64
+    context = dcae_context_frames(model.dcae.config)
+    total = 3 * window + 2 * context + 3
+    lengths = [total, total - 5, window + 1, 2]
+    latents = _padded_case(g, lengths, total, seed=1)
+    padded = model.decode(latents, 48000, window=window, vocoder_window=vocoder_window, lengths=lengths)
+    for i, n in enumerate(lengths):
+        alone = model.decode(latents[i : i + 1, ..., :n], 48000)[0]
+        assert_close(padded[i, :, : alone.shape[-1]], alone, what=f"item {i} ({n} frames)")
+
+
+def test_new_lengths_at_a_padded_length_compile_nothing(codec):
+    """Plain and windowed decodes with lengths depend on the padded length only."""
+    g, model = codec
+    total = 3 * 6 + 2 * dcae_context_frames(model.dcae.config) + 3
+    latents = _padded_case(g, [total, total], total, seed=2)
+    for window in (None, 6):
+        model.decode(latents, 48000, window=window, vocoder_window=64, lengths=[total, 4])
+        with compile_events() as seen:
+            model.decode(latents, 48000, window=window, vocoder_window=64, lengths=[total - 7, 9])
+        assert not seen, f"window {window}: traced or compiled for new lengths: {seen}"
+
+
+def test_bad_lengths_are_refused(codec):
+    _, model = codec
+    with pytest.raises(ValueError, match="lengths must be"):
+        model.decode(np.zeros((2, 8, 16, 3), np.float32), lengths=[3, 4])
+    with pytest.raises(ValueError, match="lengths must be"):
+        model.decode(np.zeros((2, 8, 16, 3), np.float32), lengths=[3])
