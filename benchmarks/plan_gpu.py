@@ -169,27 +169,34 @@ def jobs(t: Topology, program: str, fit: bool) -> list[Job]:
 
 
 def lower_codec(batch: int, mesh, seconds: float, dtype: str = "float32"):
-    """Decode + vocoder of ``batch`` songs of ``seconds`` as the pipeline decodes, the codec in ``dtype``."""
+    """Decode + vocoder + resampling of ``batch`` songs of ``seconds`` as the pipeline decodes a
+    bucketed request (latents padded to the bucket, the items' lengths masked, windows past
+    ``OVERLAP_DECODE_SECONDS``), the codec in ``dtype``."""
     from acestep_jax.codec import MusicCodec
     from acestep_jax.codec import codec as lib
+    from acestep_jax.pipeline import DECODE_WINDOW_FRAMES, OVERLAP_DECODE_SECONDS
     from acestep_jax.presets import preset_config
+    from acestep_jax.sampling import bucket_frames
 
     dt = {"dtype": dtype, "param_dtype": dtype}
     model = nnx.eval_shape(lambda: MusicCodec(preset_config("full", "dcae", **dt),
                                               preset_config("full", "vocoder", **dt), rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(model)
+    rate, window = lib.OUTPUT_SAMPLE_RATE, DECODE_WINDOW_FRAMES if seconds > OVERLAP_DECODE_SECONDS else None
 
-    def decode(s, latents):
+    def decode(s, latents, n, n_out):
         c = nnx.merge(graphdef, s)
-        mel = lib._denorm(c, c.dcae.decoder(lib._unscale(c, latents)))
-        b, h, w, ch = mel.shape
-        return c.vocoder.decode_channels_last(mel.transpose(0, 3, 2, 1).reshape(b * ch, w, h)).reshape(b, ch, -1)
+        if window is None:
+            return lib._decode_plain(c, latents, n, n_out, rate)
+        return lib._decode_windowed(c, latents, n, n_out, window, 8 * window, rate)
 
     replicated, by_batch = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-    fn = jax.jit(decode, in_shardings=(jax.tree.map(lambda _: replicated, state), by_batch), out_shardings=by_batch)
-    frames = lib.seconds_to_frames(seconds)
+    fn = jax.jit(decode, in_shardings=(jax.tree.map(lambda _: replicated, state), by_batch, by_batch, by_batch),
+                 out_shardings=by_batch)
+    frames = bucket_frames(lib.seconds_to_frames(seconds))
+    lengths = jax.ShapeDtypeStruct((batch,), jnp.int32)
     with jax.set_mesh(mesh):
-        return fn.lower(state, jax.ShapeDtypeStruct((batch, *LATENT, frames), jnp.float32))
+        return fn.lower(state, jax.ShapeDtypeStruct((batch, *LATENT, frames), jnp.float32), lengths, lengths)
 
 
 def lower(job: Job):

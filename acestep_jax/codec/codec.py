@@ -125,8 +125,21 @@ def vocoder_context_frames(cfg: VocoderConfig) -> int:
     return math.ceil(frames) + 1
 
 
+WINDOW_MULTIPLE = 16  # window sizes are multiples of it: XLA:GPU's Triton GEMMs refuse other row counts
+
+
+def aligned_context(core: int, context: int, multiple: int = WINDOW_MULTIPLE) -> int:
+    """The least context of at least ``context`` frames that makes a window of ``core + 2 * context``
+    frames a multiple of ``multiple`` (``context`` itself when ``core`` is odd). More context than
+    the receptive field changes nothing in the result."""
+    extra = -(core + 2 * context) % multiple
+    return context + extra // 2 if extra % 2 == 0 else context
+
+
 def _windows(total: int, core: int, context: int):
-    """``(start, keep_from, keep_to)`` per window of ``core + 2 * context`` frames covering ``[0, total)``."""
+    """``(start, keep_from, keep_to)`` per window of ``core + 2 * context`` frames covering ``[0, total)``,
+    ``context`` first :func:`aligned_context`."""
+    context = aligned_context(core, context)
     size = core + 2 * context
     out = []
     for s in range(0, total, core):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from acestep_jax.codec import MusicCodec, latent_frames
-from acestep_jax.codec.codec import dcae_context_frames, vocoder_context_frames
+from acestep_jax.codec.codec import aligned_context, dcae_context_frames, vocoder_context_frames
 from acestep_jax.codec.config import DCAEConfig, VocoderConfig
 from acestep_jax.convert.dcae import load_dcae
 from acestep_jax.convert.vocoder import load_vocoder
@@ -71,8 +71,8 @@ def test_windowed_decode_equals_plain_decode(codec):
     """
     g, model = codec
     window, vocoder_window = 6, 64
-    context = dcae_context_frames(model.dcae.config)
-    vocoder_context = vocoder_context_frames(model.vocoder.config)
+    context = aligned_context(window, dcae_context_frames(model.dcae.config))
+    vocoder_context = aligned_context(vocoder_window, vocoder_context_frames(model.vocoder.config))
     mels_per_latent = 2 ** (len(model.dcae.config.decoder_block_out_channels) - 1)
     # long enough that the middle windows carry full context on both sides, at both stages
     vocoder_frames = (vocoder_window + 2 * vocoder_context) // mels_per_latent
@@ -141,7 +141,7 @@ def test_masked_windowed_decode_equals_each_item_alone(codec):
     and a window crossing an item's end sees the same zeros as the plain decode's edge."""
     g, model = codec
     window, vocoder_window = 6, 64
-    context = dcae_context_frames(model.dcae.config)
+    context = aligned_context(window, dcae_context_frames(model.dcae.config))
     total = 3 * window + 2 * context + 3
     lengths = [total, total - 5, window + 1, 2]
     latents = _padded_case(g, lengths, total, seed=1)
@@ -154,13 +154,21 @@ def test_masked_windowed_decode_equals_each_item_alone(codec):
 def test_new_lengths_at_a_padded_length_compile_nothing(codec):
     """Plain and windowed decodes with lengths depend on the padded length only."""
     g, model = codec
-    total = 3 * 6 + 2 * dcae_context_frames(model.dcae.config) + 3
+    total = 3 * 6 + 2 * aligned_context(6, dcae_context_frames(model.dcae.config)) + 3
     latents = _padded_case(g, [total, total], total, seed=2)
     for window in (None, 6):
         model.decode(latents, 48000, window=window, vocoder_window=64, lengths=[total, 4])
         with compile_events() as seen:
             model.decode(latents, 48000, window=window, vocoder_window=64, lengths=[total - 7, 9])
         assert not seen, f"window {window}: traced or compiled for new lengths: {seen}"
+
+
+def test_windows_are_multiples_of_16_frames():
+    """XLA:GPU's Triton GEMMs refuse row counts that are not multiples of 16 (the A100 target refused
+    the vocoder's 1212-frame windows): contexts grow until each window is one."""
+    assert aligned_context(1024, 94) == 96 and (1024 + 2 * 96) % 16 == 0
+    assert aligned_context(128, 8) == 8 and aligned_context(6, 5) == 5 and aligned_context(6, 6) == 13
+    assert aligned_context(7, 5) == 5  # an odd core cannot be aligned
 
 
 def test_bad_lengths_are_refused(codec):
