@@ -49,6 +49,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from benchmarks import plan_memory
 from benchmarks.plan_memory import (
     GB,
     LATENT,
@@ -469,7 +470,7 @@ class Walker:
 
 def measure(job: Job) -> dict:
     record = {"topology": job.topology.name, "program": job.program, "seconds": job.seconds, "layers": job.layers,
-              "unit": job.unit, "jax": jax.__version__, "date": time.strftime("%Y-%m-%d")}
+              "unit": job.unit, "attention": plan_memory.ATTENTION_IMPL, "jax": jax.__version__, "date": time.strftime("%Y-%m-%d")}
     start = time.perf_counter()
     try:
         compiled = lower(job).compile()
@@ -505,9 +506,11 @@ def key(record: dict) -> tuple:
 
 
 def load(path: Path) -> dict:
+    """The records of ``path`` made with this run's cross-attention (``--attention``)."""
     if not path.exists():
         return {}
-    return {key(r): r for r in (json.loads(line) for line in path.read_text().splitlines() if line.strip())}
+    records = (json.loads(line) for line in path.read_text().splitlines() if line.strip())
+    return {key(r): r for r in records if r.get("attention", "xla") == plan_memory.ATTENTION_IMPL}
 
 
 def table(records: dict, tops: list[str], programs) -> str:
@@ -586,7 +589,10 @@ def main(argv=None) -> int:
     p.add_argument("--results", type=Path, default=Path("gpu_plans.jsonl"))
     p.add_argument("--no-fit", action="store_true", help="skip the compiles at twice the batch")
     p.add_argument("--table-only", action="store_true")
+    p.add_argument("--attention", choices=("xla", "cudnn"), default="xla",
+                   help="the cross-attention (TransformerConfig.attention_impl) of the transformer programs")
     args = p.parse_args(argv)
+    plan_memory.ATTENTION_IMPL = args.attention
     if jax.devices()[0].platform != "cpu":
         p.error("run with JAX_PLATFORMS=cpu: the GPU compiler runs here without a GPU")
     records = load(args.results)

@@ -137,8 +137,13 @@ def train_config(mode: str, remat: str, accum: int, global_batch: int):
                                   "optim": {"grad_accum": accum}})
 
 
+ATTENTION_IMPL = "xla"  # TransformerConfig.attention_impl of every lowered program (plan_gpu.py: --attention)
+
+
 def with_layers(tcfg, layers: int | None):
-    """``tcfg`` cut to ``layers`` blocks (REPA heads on the first), for the TPU plans' shallow programs."""
+    """``tcfg`` cut to ``layers`` blocks (REPA heads on the first), for the TPU plans' shallow programs,
+    with the cross-attention ``ATTENTION_IMPL``."""
+    tcfg = dataclasses.replace(tcfg, attention_impl=ATTENTION_IMPL)
     if layers is None:
         return tcfg
     return dataclasses.replace(tcfg, num_layers=layers, ssl_encoder_depths=(0,) * len(tcfg.ssl_encoder_depths))

@@ -64,9 +64,9 @@ class CrossAttention(nnx.Module):
     used by its cross-attention processor; they are kept so checkpoints round-trip.
     """
 
-    def __init__(self, dim: int, heads: int, head_dim: int, *, dtype, param_dtype, rngs):
+    def __init__(self, dim: int, heads: int, head_dim: int, *, dtype, param_dtype, rngs, impl: str = "xla"):
         inner = heads * head_dim
-        self.heads, self.head_dim = heads, head_dim
+        self.heads, self.head_dim, self.impl = heads, head_dim, impl
         for name in ("to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj"):
             setattr(self, name, _proj(dim, inner, ("embed", "heads"), dtype, param_dtype, rngs))
         self.to_out = _proj(inner, dim, ("heads", "embed"), dtype, param_dtype, rngs)
@@ -83,6 +83,15 @@ class CrossAttention(nnx.Module):
         k = apply_rope(self.to_k(context).reshape(b, n, self.heads, self.head_dim), *context_rope)
         v = self.to_v(context).reshape(b, n, self.heads, self.head_dim)
         allowed = (mask[:, :, None] == 1) & (context_mask[:, None, :] == 1)  # [b, s, n]
+        if self.impl == "cudnn":
+            # Fused attention (softmax statistics in float32 inside the kernel); rows with
+            # no allowed key are zeroed afterwards, as in the einsum form below.
+            out = jax.nn.dot_product_attention(
+                q.astype(self.dtype), k.astype(self.dtype), v.astype(self.dtype),
+                mask=allowed[:, None], implementation="cudnn",
+            )
+            out = jnp.where(allowed.any(-1)[:, :, None, None], out, 0).reshape(b, s, -1)
+            return self.to_out(out)
         logits = jnp.einsum("bshd,bnhd->bhsn", q, k, preferred_element_type=jnp.float32)
         logits = logits / jnp.sqrt(jnp.float32(self.head_dim))
         logits = jnp.where(allowed[:, None], logits, jnp.finfo(jnp.float32).min)

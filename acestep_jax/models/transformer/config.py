@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 REMAT_MODES = ("none", "full", "dots", "outputs")  # see TransformerConfig.remat
 CONTEXT_POSITIONS = ("item", "batch")  # see TransformerConfig.context_positions
+ATTENTION_IMPLS = ("xla", "cudnn")  # see TransformerConfig.attention_impl
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,12 @@ class TransformerConfig:
     padding and batch. ``"batch"``: lyrics start after the batch's longest prompt, as in
     the reference's batches of several prompts padded to the longest (its trainer at batch
     size > 1); bucket padding still changes nothing, but the batch does.
+
+    ``attention_impl`` computes the cross-attention: ``"xla"`` (default; einsums with
+    float32 logits, the form golden parity is checked on) or ``"cudnn"`` (NVIDIA GPUs
+    only: ``jax.nn.dot_product_attention(implementation="cudnn")``, fused, no logits in
+    memory). Choose it for the devices the program is lowered for (``plan_gpu.py``,
+    GPU loading), never from ``jax.devices()`` at trace time.
     """
 
     in_channels: int = 8
@@ -69,6 +76,7 @@ class TransformerConfig:
     param_dtype: str = "float32"
     remat: str = "none"
     context_positions: str = "item"
+    attention_impl: str = "xla"
 
     @property
     def inner_dim(self) -> int:
@@ -89,6 +97,8 @@ class TransformerConfig:
             raise ValueError(f"remat must be one of {REMAT_MODES}, got {self.remat!r}")
         if self.context_positions not in CONTEXT_POSITIONS:
             raise ValueError(f"context_positions must be one of {CONTEXT_POSITIONS}, got {self.context_positions!r}")
+        if self.attention_impl not in ATTENTION_IMPLS:
+            raise ValueError(f"attention_impl must be one of {ATTENTION_IMPLS}, got {self.attention_impl!r}")
         if self.lyric_encoder.output_size % self.lyric_encoder.attention_heads:
             raise ValueError("lyric encoder output_size must be divisible by attention_heads")
 

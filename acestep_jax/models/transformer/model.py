@@ -81,7 +81,7 @@ class TransformerBlock(nnx.Module):
         d, h, hd = cfg.inner_dim, cfg.num_attention_heads, cfg.attention_head_dim
         kw = {"dtype": dtype, "param_dtype": param_dtype, "rngs": rngs}
         self.attn = LinearSelfAttention(d, h, hd, **kw)
-        self.cross_attn = CrossAttention(d, h, hd, **kw)
+        self.cross_attn = CrossAttention(d, h, hd, impl=cfg.attention_impl, **kw)
         self.ff = GLUMBConv(d, cfg.ff_hidden, **kw)
         init = lambda key, shape, dt: jax.random.normal(key, shape, dt) / d**0.5
         self.scale_shift_table = make_param(rngs, init, (6, d), param_dtype, (None, "embed"))
