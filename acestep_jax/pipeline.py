@@ -118,6 +118,7 @@ class ACEStepPipeline:
         transformer: str | os.PathLike | None = None,
         progress: bool = True,
         codec_dtype: str = "float32",
+        attention_impl: str = "xla",
     ) -> ACEStepPipeline:
         """Load a converted checkpoint, a reference-layout folder (converted once, cached) or a Hub id.
 
@@ -125,7 +126,8 @@ class ACEStepPipeline:
         converted) its storage dtype. The text encoder runs in float32, the codec (DC-AE and
         vocoder) in ``codec_dtype`` (weights stored in it too, as the reference's ``.to(dtype)``).
         ``transformer`` replaces the checkpoint's transformer with a component folder,
-        e.g. the fine-tuned ``RUN/transformer`` that ``train.py`` writes.
+        e.g. the fine-tuned ``RUN/transformer`` that ``train.py`` writes. ``attention_impl``:
+        the transformer's cross-attention (``TransformerConfig.attention_impl``).
         """
         from acestep_jax.convert.checkpoint import load_component
         from acestep_jax.convert.components import COMPONENTS
@@ -136,7 +138,9 @@ class ACEStepPipeline:
         missing = sorted(set(COMPONENTS) - set(manifest["components"]))
         if missing:
             raise ValueError(f"checkpoint {ckpt} lacks components {missing} needed for sampling")
-        overrides = {"dtype": dtype} if param_dtype is None else {"dtype": dtype, "param_dtype": param_dtype}
+        overrides = {"dtype": dtype, "attention_impl": attention_impl}
+        if param_dtype is not None:
+            overrides["param_dtype"] = param_dtype
         transformer = load_component(transformer or ckpt / "transformer", COMPONENTS["transformer"], mesh=mesh,
                                      **overrides)
         pipe = cls(transformer, *load_conditioning_models(ckpt, mesh=mesh, lyrics_vocab=lyrics_vocab,

@@ -214,3 +214,37 @@ def test_context_positions_rule():
     np.testing.assert_array_equal(batch, [[0, 1, 2, 3, 4, 4, 5], [0, 1, 2, 3, 4, 4, 5]])
     with pytest.raises(ValueError, match="context_positions"):
         TransformerConfig(context_positions="rows")
+
+
+def test_cudnn_cross_attention_equals_the_einsum_form(monkeypatch):
+    """``attention_impl="cudnn"`` (NVIDIA GPUs) hands the same masks to ``jax.nn.dot_product_attention``:
+    run here with XLA's implementation of that call, it equals the einsum form, fully masked
+    query rows (zero) and padded keys included."""
+    from acestep_jax.models.transformer.attention import CrossAttention
+
+    fused = jax.nn.dot_product_attention
+    monkeypatch.setattr(jax.nn, "dot_product_attention",
+                        lambda *a, implementation=None, **kw: fused(*a, implementation="xla", **kw))
+    kw = {"dtype": jnp.float32, "param_dtype": jnp.float32}
+    xla = CrossAttention(32, 4, 8, rngs=nnx.Rngs(0), **kw)
+    cudnn = CrossAttention(32, 4, 8, rngs=nnx.Rngs(0), impl="cudnn", **kw)
+    rng = np.random.default_rng(0)
+    x, context = (jnp.asarray(rng.standard_normal(shape), jnp.float32) for shape in ((2, 6, 32), (2, 5, 32)))
+    mask = jnp.asarray([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]])
+    context_mask = jnp.asarray([[1, 0, 1, 1, 0], [0, 0, 0, 0, 0]])  # the second item sees no key at all
+    no_rope = (jnp.ones((1, 8)), jnp.zeros((1, 8)))  # [S, D], broadcast over every position
+    want = xla(x, mask, context, context_mask, no_rope, no_rope)
+    got = cudnn(x, mask, context, context_mask, no_rope, no_rope)
+    assert_close(got, want, rtol=1e-5, atol=1e-5, what="cross-attention, cudnn path")
+    blank = np.asarray(got)[1]  # no key: every row is the output projection's bias alone
+    assert np.abs(blank - blank[0]).max() == 0
+
+
+def test_attention_impl_is_cudnn_on_nvidia_gpus_only():
+    from acestep_jax.loading import resolve_attention_impl
+
+    assert resolve_attention_impl("gpu", "cuda 12.8") == "cudnn"
+    assert resolve_attention_impl("gpu", "rocm 6.2") == "xla"
+    assert resolve_attention_impl("cpu") == resolve_attention_impl("tpu") == resolve_attention_impl() == "xla"
+    with pytest.raises(ValueError, match="attention_impl must be one of"):
+        TransformerConfig(attention_impl="flash")
