@@ -31,14 +31,17 @@ def resolve_codec_dtype(codec_dtype: str, platform: str | None = None) -> str:
     return AUTO_CODEC_DTYPE.get(platform, "float32")
 
 
-def resolve_attention_impl(platform: str | None = None, version: str = "") -> str:
-    """The transformer's cross-attention on ``platform`` (default: JAX's backend): cuDNN's fused
-    attention on NVIDIA GPUs (no float32 logits written out), XLA's einsums elsewhere."""
+def gpu_transformer_settings(platform: str | None = None, version: str = "") -> dict:
+    """Transformer settings for ``platform`` (default: JAX's backend). On NVIDIA GPUs: cuDNN's
+    fused cross-attention (no float32 logits written out) and unrolled blocks (no per-block
+    weight copies); nothing elsewhere (XLA's einsums, one scanned block)."""
     if platform is None:
         import jax
 
         platform, version = jax.default_backend(), jax.devices()[0].client.platform_version
-    return "cudnn" if platform in ("gpu", "cuda") and "rocm" not in version.lower() else "xla"
+    if platform in ("gpu", "cuda") and "rocm" not in version.lower():
+        return {"attention_impl": "cudnn", "unroll_blocks": True}
+    return {}
 
 
 @dataclass(frozen=True)
@@ -123,19 +126,18 @@ def load_pipeline(options: ModelOptions, progress: bool = True, *, lyrics: bool 
 
         mesh = make_mesh(data=-1)
     start = time.perf_counter()
-    codec_dtype, attention = resolve_codec_dtype(options.codec_dtype), resolve_attention_impl()
+    codec_dtype, on_device = resolve_codec_dtype(options.codec_dtype), gpu_transformer_settings()
     if options.random_preset or options.tiny_random:
         pipe = ACEStepPipeline.random(options.random_preset or "tiny", 0, lyrics_vocab=options.lyrics_vocab,
                                       mesh=mesh, codec_dtype=codec_dtype,
-                                      transformer_overrides={"attention_impl": attention,
-                                                             **dict(options.transformer_overrides)},
+                                      transformer_overrides={**on_device, **dict(options.transformer_overrides)},
                                       **({"dtype": options.dtype, "param_dtype": options.param_dtype or options.dtype}
                                          if options.random_preset else {}))
     else:
         pipe = ACEStepPipeline.from_checkpoint(options.checkpoint, dtype=options.dtype,
                                                param_dtype=options.param_dtype, mesh=mesh,
                                                lyrics_vocab=options.lyrics_vocab, transformer=options.transformer,
-                                               progress=progress, codec_dtype=codec_dtype, attention_impl=attention)
+                                               progress=progress, codec_dtype=codec_dtype, transformer_overrides=on_device)
     if lyrics:
         pipe.tokenize_lyrics(["la"])
     log.info("models loaded in %.1f s", time.perf_counter() - start)

@@ -118,7 +118,7 @@ class ACEStepPipeline:
         transformer: str | os.PathLike | None = None,
         progress: bool = True,
         codec_dtype: str = "float32",
-        attention_impl: str = "xla",
+        transformer_overrides: dict | None = None,
     ) -> ACEStepPipeline:
         """Load a converted checkpoint, a reference-layout folder (converted once, cached) or a Hub id.
 
@@ -126,8 +126,8 @@ class ACEStepPipeline:
         converted) its storage dtype. The text encoder runs in float32, the codec (DC-AE and
         vocoder) in ``codec_dtype`` (weights stored in it too, as the reference's ``.to(dtype)``).
         ``transformer`` replaces the checkpoint's transformer with a component folder,
-        e.g. the fine-tuned ``RUN/transformer`` that ``train.py`` writes. ``attention_impl``:
-        the transformer's cross-attention (``TransformerConfig.attention_impl``).
+        e.g. the fine-tuned ``RUN/transformer`` that ``train.py`` writes. ``transformer_overrides``:
+        transformer config values to run with (e.g. ``attention_impl``, ``unroll_blocks``).
         """
         from acestep_jax.convert.checkpoint import load_component
         from acestep_jax.convert.components import COMPONENTS
@@ -138,7 +138,7 @@ class ACEStepPipeline:
         missing = sorted(set(COMPONENTS) - set(manifest["components"]))
         if missing:
             raise ValueError(f"checkpoint {ckpt} lacks components {missing} needed for sampling")
-        overrides = {"dtype": dtype, "attention_impl": attention_impl}
+        overrides = {"dtype": dtype, **(transformer_overrides or {})}
         if param_dtype is not None:
             overrides["param_dtype"] = param_dtype
         transformer = load_component(transformer or ckpt / "transformer", COMPONENTS["transformer"], mesh=mesh,

@@ -470,7 +470,8 @@ class Walker:
 
 def measure(job: Job) -> dict:
     record = {"topology": job.topology.name, "program": job.program, "seconds": job.seconds, "layers": job.layers,
-              "unit": job.unit, "attention": plan_memory.ATTENTION_IMPL, "jax": jax.__version__, "date": time.strftime("%Y-%m-%d")}
+              "unit": job.unit, "attention": plan_memory.ATTENTION_IMPL,
+              "unroll_blocks": plan_memory.UNROLL_BLOCKS, "jax": jax.__version__, "date": time.strftime("%Y-%m-%d")}
     start = time.perf_counter()
     try:
         compiled = lower(job).compile()
@@ -506,11 +507,13 @@ def key(record: dict) -> tuple:
 
 
 def load(path: Path) -> dict:
-    """The records of ``path`` made with this run's cross-attention (``--attention``)."""
+    """The records of ``path`` made with this run's cross-attention and blocks (``--attention``,
+    ``--unroll-blocks``)."""
     if not path.exists():
         return {}
     records = (json.loads(line) for line in path.read_text().splitlines() if line.strip())
-    return {key(r): r for r in records if r.get("attention", "xla") == plan_memory.ATTENTION_IMPL}
+    return {key(r): r for r in records if r.get("attention", "xla") == plan_memory.ATTENTION_IMPL
+            and r.get("unroll_blocks", False) == plan_memory.UNROLL_BLOCKS}
 
 
 def table(records: dict, tops: list[str], programs) -> str:
@@ -591,8 +594,10 @@ def main(argv=None) -> int:
     p.add_argument("--table-only", action="store_true")
     p.add_argument("--attention", choices=("xla", "cudnn"), default="xla",
                    help="the cross-attention (TransformerConfig.attention_impl) of the transformer programs")
+    p.add_argument("--unroll-blocks", action="store_true",
+                   help="unroll the transformer blocks' scan (TransformerConfig.unroll_blocks), as on GPUs")
     args = p.parse_args(argv)
-    plan_memory.ATTENTION_IMPL = args.attention
+    plan_memory.ATTENTION_IMPL, plan_memory.UNROLL_BLOCKS = args.attention, args.unroll_blocks
     if jax.devices()[0].platform != "cpu":
         p.error("run with JAX_PLATFORMS=cpu: the GPU compiler runs here without a GPU")
     records = load(args.results)

@@ -138,12 +138,13 @@ def train_config(mode: str, remat: str, accum: int, global_batch: int):
 
 
 ATTENTION_IMPL = "xla"  # TransformerConfig.attention_impl of every lowered program (plan_gpu.py: --attention)
+UNROLL_BLOCKS = False  # TransformerConfig.unroll_blocks of every lowered program (plan_gpu.py: --unroll-blocks)
 
 
 def with_layers(tcfg, layers: int | None):
     """``tcfg`` cut to ``layers`` blocks (REPA heads on the first), for the TPU plans' shallow programs,
-    with the cross-attention ``ATTENTION_IMPL``."""
-    tcfg = dataclasses.replace(tcfg, attention_impl=ATTENTION_IMPL)
+    with the cross-attention ``ATTENTION_IMPL`` and ``UNROLL_BLOCKS``."""
+    tcfg = dataclasses.replace(tcfg, attention_impl=ATTENTION_IMPL, unroll_blocks=UNROLL_BLOCKS)
     if layers is None:
         return tcfg
     return dataclasses.replace(tcfg, num_layers=layers, ssl_encoder_depths=(0,) * len(tcfg.ssl_encoder_depths))

@@ -89,3 +89,21 @@ def test_tiny_gpu_program_structure(h100, program, attention, monkeypatch):
     assert block.kernels <= MAX_BLOCK_KERNELS and block.kinds.get("transpose", 0) <= MAX_BLOCK_TRANSPOSES, block.kinds
     # cuDNN: the cross-attention is one fused kernel (no softmax logits in memory)
     assert block.kinds.get("attention", 0) == (1 if attention == "cudnn" else 0), block.kinds
+
+
+def test_tiny_guided_call_as_gpus_load_it(h100, monkeypatch):
+    """With the GPU loading's settings (``loading.gpu_transformer_settings``: cuDNN cross-attention,
+    unrolled blocks) no kernel copies a block's weights out of the stacked parameters, and each
+    block's cross-attention is one fused kernel."""
+    from acestep_jax.loading import gpu_transformer_settings
+    from acestep_jax.presets import preset_config
+    from benchmarks import plan_memory
+    from benchmarks.plan_memory import lower_guided_decode, sample_mesh
+
+    settings = gpu_transformer_settings("gpu", "cuda")
+    monkeypatch.setattr(plan_memory, "ATTENTION_IMPL", settings["attention_impl"])
+    monkeypatch.setattr(plan_memory, "UNROLL_BLOCKS", settings["unroll_blocks"])
+    lowered = lower_guided_decode(1, sample_mesh(1, 1, list(h100.devices)), preset="tiny")
+    facts = Walker(lowered.compile().as_text(), GPUS["h100"], 27).walk()
+    assert facts.kinds.get("copy", 0) == 0 and facts.kinds.get("host transfer", 0) == 0, facts.kinds
+    assert facts.kinds.get("attention", 0) == preset_config("tiny", "transformer").num_layers, facts.kinds

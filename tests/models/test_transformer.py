@@ -240,11 +240,17 @@ def test_cudnn_cross_attention_equals_the_einsum_form(monkeypatch):
     assert np.abs(blank - blank[0]).max() == 0
 
 
-def test_attention_impl_is_cudnn_on_nvidia_gpus_only():
-    from acestep_jax.loading import resolve_attention_impl
+def test_gpu_settings_apply_to_nvidia_gpus_only(tiny):
+    from acestep_jax.loading import gpu_transformer_settings
 
-    assert resolve_attention_impl("gpu", "cuda 12.8") == "cudnn"
-    assert resolve_attention_impl("gpu", "rocm 6.2") == "xla"
-    assert resolve_attention_impl("cpu") == resolve_attention_impl("tpu") == resolve_attention_impl() == "xla"
+    assert gpu_transformer_settings("gpu", "cuda 12.8") == {"attention_impl": "cudnn", "unroll_blocks": True}
+    assert gpu_transformer_settings("gpu", "rocm 6.2") == gpu_transformer_settings("tpu") == {}
+    assert gpu_transformer_settings() == {}  # these tests run on CPUs
+    model, io, _ = tiny  # unrolled blocks give the scanned result
+    args = (jnp.asarray(io["hidden_states"]), jnp.asarray(io["attention_mask"]), jnp.asarray(io["encoder_hidden_states"]),
+            jnp.asarray(io["encoder_hidden_mask"]), jnp.asarray(io["timestep"]))
+    unrolled = nnx.merge(*nnx.split(model))
+    unrolled.cfg = dataclasses.replace(model.cfg, unroll_blocks=True)
+    assert_close(unrolled.decode(*args), model.decode(*args), rtol=1e-5, atol=1e-5, what="unrolled blocks")
     with pytest.raises(ValueError, match="attention_impl must be one of"):
         TransformerConfig(attention_impl="flash")

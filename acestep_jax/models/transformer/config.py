@@ -51,6 +51,11 @@ class TransformerConfig:
     only: ``jax.nn.dot_product_attention(implementation="cudnn")``, fused, no logits in
     memory). Choose it for the devices the program is lowered for (``plan_gpu.py``,
     GPU loading), never from ``jax.devices()`` at trace time.
+
+    ``unroll_blocks`` unrolls the blocks' scan (``lax.scan(unroll=True)``; the result is the
+    same): on GPUs each block's weights are then static slices that the GEMMs read in place,
+    instead of one copy per weight and block out of the stacked parameters (GPU loading
+    chooses it; it compiles a longer program).
     """
 
     in_channels: int = 8
@@ -77,6 +82,7 @@ class TransformerConfig:
     remat: str = "none"
     context_positions: str = "item"
     attention_impl: str = "xla"
+    unroll_blocks: bool = False
 
     @property
     def inner_dim(self) -> int:

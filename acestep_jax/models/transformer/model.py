@@ -279,7 +279,7 @@ class ACEStepTransformer(nnx.Module):
             body = jax.checkpoint(body, policy=REMAT_POLICIES[cfg.remat])
         taps0 = tuple(jnp.zeros_like(x) for _ in depths)
         xs = (state, jnp.asarray(query_scales, jnp.float32), jnp.arange(cfg.num_layers))
-        (x, taps), _ = jax.lax.scan(body, (x, taps0), xs)
+        (x, taps), _ = jax.lax.scan(body, (x, taps0), xs, unroll=bool(cfg.unroll_blocks))
 
         out = self.final_layer(x, embedded_t, output_length)
         if not return_repa:
