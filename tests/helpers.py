@@ -139,15 +139,15 @@ def compile_events():
     but not compiled."""
     from jax import monitoring
 
-    seen, active = [], [True]
+    seen = []
     events = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/backend_compile_duration")
 
     def listen(event, duration, **kwargs):
-        if active[0] and event in events:
+        if event in events:
             seen.append(event)
 
     monitoring.register_event_duration_secs_listener(listen)
     try:
         yield seen
     finally:
-        active[0] = False  # the public API removes no single listener
+        monitoring.unregister_event_duration_listener(listen)
