@@ -40,7 +40,7 @@ def gpu_transformer_settings(platform: str | None = None, version: str = "") -> 
 
         platform, version = jax.default_backend(), jax.devices()[0].client.platform_version
     if platform in ("gpu", "cuda") and "rocm" not in version.lower():
-        return {"attention_impl": "cudnn", "unroll_blocks": True}
+        return {"attention_impl": "cudnn", "unroll_blocks": True, "head_major_attention": True}
     return {}
 
 

@@ -49,6 +49,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from acestep_jax.loading import gpu_transformer_settings
 from benchmarks import plan_memory
 from benchmarks.plan_memory import (
     GB,
@@ -222,6 +223,7 @@ FREE = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "while
         "recv-done", "all-reduce-done", "all-gather-done", "collective-permute-done", "async-done",
         "async-update"}
 HOST = {"send", "recv", "infeed", "outfeed"}
+SLICING = {"parameter", "slice", "dynamic-slice", "constant", "bitcast", "tuple"}  # fusions that only copy
 ARRAY = re.compile(r"\b([a-z]\w*)\[([\d,]*)\]")
 
 
@@ -358,8 +360,7 @@ class Walker:
                 return "gemm"
             if root is not None and root.opcode in ("transpose", "copy") or "transpose" in ins.name:
                 return "transpose" if root is None or root.opcode == "transpose" or "transpose" in ins.name else "copy"
-            if root is not None and root.opcode == "dynamic-slice" and ops <= {"parameter", "dynamic-slice",
-                                                                                "constant", "bitcast"}:
+            if ops & {"slice", "dynamic-slice"} and ops <= SLICING:  # a weight cut out of its stack
                 return "copy"
             return "fusion"
         if ins.opcode in ("copy", "copy-start", "dynamic-slice"):
@@ -470,8 +471,8 @@ class Walker:
 
 def measure(job: Job) -> dict:
     record = {"topology": job.topology.name, "program": job.program, "seconds": job.seconds, "layers": job.layers,
-              "unit": job.unit, "attention": plan_memory.ATTENTION_IMPL,
-              "unroll_blocks": plan_memory.UNROLL_BLOCKS, "jax": jax.__version__, "date": time.strftime("%Y-%m-%d")}
+              "unit": job.unit, "settings": plan_memory.TRANSFORMER_SETTINGS, "jax": jax.__version__,
+              "date": time.strftime("%Y-%m-%d")}
     start = time.perf_counter()
     try:
         compiled = lower(job).compile()
@@ -507,13 +508,12 @@ def key(record: dict) -> tuple:
 
 
 def load(path: Path) -> dict:
-    """The records of ``path`` made with this run's cross-attention and blocks (``--attention``,
-    ``--unroll-blocks``)."""
+    """The records of ``path`` compiled with this run's transformer settings (``--gpu-settings``);
+    records of older programs, which name no settings, stay in the file as history."""
     if not path.exists():
         return {}
     records = (json.loads(line) for line in path.read_text().splitlines() if line.strip())
-    return {key(r): r for r in records if r.get("attention", "xla") == plan_memory.ATTENTION_IMPL
-            and r.get("unroll_blocks", False) == plan_memory.UNROLL_BLOCKS}
+    return {key(r): r for r in records if r.get("settings") == plan_memory.TRANSFORMER_SETTINGS}
 
 
 def table(records: dict, tops: list[str], programs) -> str:
@@ -592,12 +592,11 @@ def main(argv=None) -> int:
     p.add_argument("--results", type=Path, default=Path("gpu_plans.jsonl"))
     p.add_argument("--no-fit", action="store_true", help="skip the compiles at twice the batch")
     p.add_argument("--table-only", action="store_true")
-    p.add_argument("--attention", choices=("xla", "cudnn"), default="xla",
-                   help="the cross-attention (TransformerConfig.attention_impl) of the transformer programs")
-    p.add_argument("--unroll-blocks", action="store_true",
-                   help="unroll the transformer blocks' scan (TransformerConfig.unroll_blocks), as on GPUs")
+    p.add_argument("--gpu-settings", action="store_true",
+                   help="compile the transformer as GPUs load it (loading.gpu_transformer_settings: cuDNN "
+                        "cross-attention, unrolled blocks, head-major linear attention); default: as CPUs and TPUs")
     args = p.parse_args(argv)
-    plan_memory.ATTENTION_IMPL, plan_memory.UNROLL_BLOCKS = args.attention, args.unroll_blocks
+    plan_memory.TRANSFORMER_SETTINGS = gpu_transformer_settings("cuda") if args.gpu_settings else {}
     if jax.devices()[0].platform != "cpu":
         p.error("run with JAX_PLATFORMS=cpu: the GPU compiler runs here without a GPU")
     records = load(args.results)

@@ -137,14 +137,14 @@ def train_config(mode: str, remat: str, accum: int, global_batch: int):
                                   "optim": {"grad_accum": accum}})
 
 
-ATTENTION_IMPL = "xla"  # TransformerConfig.attention_impl of every lowered program (plan_gpu.py: --attention)
-UNROLL_BLOCKS = False  # TransformerConfig.unroll_blocks of every lowered program (plan_gpu.py: --unroll-blocks)
+# TransformerConfig values of every lowered program (plan_gpu.py --gpu-settings: loading.gpu_transformer_settings)
+TRANSFORMER_SETTINGS: dict = {}
 
 
 def with_layers(tcfg, layers: int | None):
-    """``tcfg`` cut to ``layers`` blocks (REPA heads on the first), for the TPU plans' shallow programs,
-    with the cross-attention ``ATTENTION_IMPL`` and ``UNROLL_BLOCKS``."""
-    tcfg = dataclasses.replace(tcfg, attention_impl=ATTENTION_IMPL, unroll_blocks=UNROLL_BLOCKS)
+    """``tcfg`` with :data:`TRANSFORMER_SETTINGS`, cut to ``layers`` blocks (REPA heads on the
+    first) for the plans' shallow programs."""
+    tcfg = dataclasses.replace(tcfg, **TRANSFORMER_SETTINGS)
     if layers is None:
         return tcfg
     return dataclasses.replace(tcfg, num_layers=layers, ssl_encoder_depths=(0,) * len(tcfg.ssl_encoder_depths))

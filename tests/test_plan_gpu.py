@@ -11,10 +11,9 @@ import pytest
 
 from benchmarks.plan_gpu import GPUS, Walker
 
-# per transformer block of the guided call today (issue 25 asks for at most 30 kernels and 2 transposes);
-# with the cuDNN cross-attention (full size, H100): 54 kernels, 3 transposes
-MAX_BLOCK_KERNELS = 56
-MAX_BLOCK_TRANSPOSES = 9
+# per transformer block, as GPUs load the model (issue 25's limits); scanned blocks (CPU/TPU form) copy
+# each block's weights out of the stacked parameters and relayout q/k/v, hence their looser limits
+LIMITS = {"gpu": {"kernels": 30, "transpose": 2, "copy": 0}, "default": {"kernels": 60, "transpose": 9, "copy": 24}}
 
 HLO = """HloModule m
 
@@ -62,48 +61,44 @@ def h100():
     return topology("h100", 1)
 
 
-@pytest.mark.parametrize("attention", ["xla", "cudnn"])
-@pytest.mark.parametrize("program", ["sample", "loop"])
-def test_tiny_gpu_program_structure(h100, program, attention, monkeypatch):
-    from acestep_jax.presets import preset_config
+def _block_facts(h100, program: str, layers: int, settings: dict):
+    """Facts of the tiny ``program`` cut to ``layers`` blocks, compiled for the H100 target."""
     from benchmarks import plan_memory
     from benchmarks.plan_memory import lower_guided_decode, lower_sample, sample_mesh
 
-    monkeypatch.setattr(plan_memory, "ATTENTION_IMPL", attention)
+    plan_memory.TRANSFORMER_SETTINGS = settings
+    try:
+        mesh = sample_mesh(1, 1, list(h100.devices))
+        if program == "sample":
+            lowered = lower_guided_decode(1, mesh, preset="tiny", layers=layers)
+        else:  # 75 frames: padded to 80 on GPU
+            lowered = lower_sample(1, mesh, seconds=7.0, preset="tiny", layers=layers)[0]
+    finally:
+        plan_memory.TRANSFORMER_SETTINGS = {}
+    return Walker(lowered.compile().as_text(), GPUS["h100"], 27)
 
-    mesh = sample_mesh(1, 1, list(h100.devices))
-    if program == "sample":
-        lowered = lower_guided_decode(1, mesh, preset="tiny")
-    else:
-        lowered = lower_sample(1, mesh, seconds=7.0, preset="tiny")[0]  # 75 frames: padded to 80 on GPU
-    walker = Walker(lowered.compile().as_text(), GPUS["h100"], 27)
-    facts = walker.walk()
-    assert facts.kinds.get("host transfer", 0) == 0
+
+@pytest.mark.parametrize("settings", ["default", "gpu"])
+@pytest.mark.parametrize("program", ["sample", "loop"])
+def test_tiny_gpu_program_structure(h100, program, settings):
+    """No host transfers, no float32 GEMM but the linear attention's sums, one fused attention per
+    block with cuDNN, and per block at most :data:`LIMITS` kernels, transposes and weight copies
+    (what one more block adds; a sampling step counts half a guided and half a plain call)."""
+    from acestep_jax.loading import gpu_transformer_settings
+    from acestep_jax.presets import preset_config
+
+    chosen = gpu_transformer_settings("cuda") if settings == "gpu" else {}
     cfg = preset_config("tiny", "transformer")
+    walkers = {n: _block_facts(h100, program, n, chosen) for n in (1, 2)}
+    facts = walkers[2].walk()
+    assert facts.kinds.get("host transfer", 0) == 0
     # the linear attention's sums (named, or by their head-dim shape where XLA dropped the name)
     linear = [op for op in facts.f32_gemms if "self_attention" in op or op.endswith(f",{cfg.attention_head_dim}]")]
     assert linear == facts.f32_gemms
-    body = walker.block_body(cfg.num_layers)
-    assert body is not None
-    block = walker.walk(body)
-    assert block.kernels <= MAX_BLOCK_KERNELS and block.kinds.get("transpose", 0) <= MAX_BLOCK_TRANSPOSES, block.kinds
-    # cuDNN: the cross-attention is one fused kernel (no softmax logits in memory)
-    assert block.kinds.get("attention", 0) == (1 if attention == "cudnn" else 0), block.kinds
-
-
-def test_tiny_guided_call_as_gpus_load_it(h100, monkeypatch):
-    """With the GPU loading's settings (``loading.gpu_transformer_settings``: cuDNN cross-attention,
-    unrolled blocks) no kernel copies a block's weights out of the stacked parameters, and each
-    block's cross-attention is one fused kernel."""
-    from acestep_jax.loading import gpu_transformer_settings
-    from acestep_jax.presets import preset_config
-    from benchmarks import plan_memory
-    from benchmarks.plan_memory import lower_guided_decode, sample_mesh
-
-    settings = gpu_transformer_settings("gpu", "cuda")
-    monkeypatch.setattr(plan_memory, "ATTENTION_IMPL", settings["attention_impl"])
-    monkeypatch.setattr(plan_memory, "UNROLL_BLOCKS", settings["unroll_blocks"])
-    lowered = lower_guided_decode(1, sample_mesh(1, 1, list(h100.devices)), preset="tiny")
-    facts = Walker(lowered.compile().as_text(), GPUS["h100"], 27).walk()
-    assert facts.kinds.get("copy", 0) == 0 and facts.kinds.get("host transfer", 0) == 0, facts.kinds
-    assert facts.kinds.get("attention", 0) == preset_config("tiny", "transformer").num_layers, facts.kinds
+    one = walkers[1].walk()
+    steps = 27 if program == "loop" else 1
+    block = {k: (facts.kinds.get(k, 0) - one.kinds.get(k, 0)) / steps for k in ("transpose", "copy", "attention")}
+    block["kernels"] = (facts.kernels - one.kernels) / steps
+    limits = LIMITS[settings]
+    assert all(block[k] <= limits[k] for k in limits), block
+    assert block["attention"] == (1 if chosen.get("attention_impl") == "cudnn" else 0), block

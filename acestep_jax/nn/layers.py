@@ -81,6 +81,40 @@ class Dense(nnx.Module):
         return y
 
 
+    def to_channels_first(self, x: jax.Array) -> jax.Array:
+        """``x [B, S, in]`` → ``[B, out, S]``: the same map as ``__call__``, computed per item
+        (a GEMM batched over ``B``), so that XLA's GPU compiler writes channel-major output
+        without a transpose."""
+        x = x.astype(self.dtype)
+        y = _per_item(self.kernel[...].astype(self.dtype).T, x, x.shape[0], ((2,), (2,)))
+        if self.bias is not None:
+            y = y + self.bias[...].astype(self.dtype)[:, None]
+        if self.lora_a is not None:
+            low = _per_item(self.lora_a[...].astype(self.dtype).T, x, x.shape[0], ((2,), (2,)))
+            y = y + self.lora_scale * _per_item(self.lora_b[...].astype(self.dtype).T, low, x.shape[0], ((2,), (1,)))
+        return y
+
+    def from_channels_first(self, x: jax.Array) -> jax.Array:
+        """``x [B, in, S]`` → ``[B, S, out]``: ``__call__`` of ``x`` transposed, read channel-major
+        by a GEMM batched over ``B`` (no transpose on GPU)."""
+        x = x.astype(self.dtype)
+        y = _per_item(self.kernel[...].astype(self.dtype), x, x.shape[0], ((1,), (1,)), weight_first=False)
+        if self.bias is not None:
+            y = y + self.bias[...].astype(self.dtype)
+        if self.lora_a is not None:
+            low = _per_item(self.lora_a[...].astype(self.dtype), x, x.shape[0], ((1,), (1,)), weight_first=False)
+            y = y + self.lora_scale * jnp.einsum("bsr,ro->bso", low, self.lora_b[...].astype(self.dtype))
+        return y
+
+
+def _per_item(w: jax.Array, x: jax.Array, batch: int, contract, weight_first: bool = True) -> jax.Array:
+    """``dot_general`` of ``x [B, ...]`` with the 2-d weight ``w`` broadcast over ``B`` as a batch
+    dimension (``contract``: the contracted axes of the first and second operand)."""
+    w = jnp.broadcast_to(w[None], (batch, *w.shape))
+    lhs, rhs = (w, x) if weight_first else (x, w)
+    return jax.lax.dot_general(lhs, rhs, (contract, ((0,), (0,))))
+
+
 class Conv(nnx.Module):
     """Channels-last N-d convolution ``[B, *spatial, C]`` with PyTorch-style padding.
 

@@ -240,17 +240,53 @@ def test_cudnn_cross_attention_equals_the_einsum_form(monkeypatch):
     assert np.abs(blank - blank[0]).max() == 0
 
 
-def test_gpu_settings_apply_to_nvidia_gpus_only(tiny):
+def test_gpu_settings_apply_to_nvidia_gpus_only():
     from acestep_jax.loading import gpu_transformer_settings
 
-    assert gpu_transformer_settings("gpu", "cuda 12.8") == {"attention_impl": "cudnn", "unroll_blocks": True}
+    settings = {"attention_impl": "cudnn", "unroll_blocks": True, "head_major_attention": True}
+    assert gpu_transformer_settings("gpu", "cuda 12.8") == settings
     assert gpu_transformer_settings("gpu", "rocm 6.2") == gpu_transformer_settings("tpu") == {}
     assert gpu_transformer_settings() == {}  # these tests run on CPUs
-    model, io, _ = tiny  # unrolled blocks give the scanned result
-    args = (jnp.asarray(io["hidden_states"]), jnp.asarray(io["attention_mask"]), jnp.asarray(io["encoder_hidden_states"]),
-            jnp.asarray(io["encoder_hidden_mask"]), jnp.asarray(io["timestep"]))
-    unrolled = nnx.merge(*nnx.split(model))
-    unrolled.cfg = dataclasses.replace(model.cfg, unroll_blocks=True)
-    assert_close(unrolled.decode(*args), model.decode(*args), rtol=1e-5, atol=1e-5, what="unrolled blocks")
     with pytest.raises(ValueError, match="attention_impl must be one of"):
         TransformerConfig(attention_impl="flash")
+
+
+def test_the_transformer_as_gpus_load_it_matches_the_reference(golden, monkeypatch):
+    """With every GPU setting (cuDNN cross-attention, run here through XLA's implementation of the
+    same call; unrolled blocks; head-major linear attention) the golden decode and padded decode
+    are reproduced as by the default form."""
+    from acestep_jax.loading import gpu_transformer_settings
+
+    fused = jax.nn.dot_product_attention
+    monkeypatch.setattr(jax.nn, "dot_product_attention",
+                        lambda *a, implementation=None, **kw: fused(*a, implementation="xla", **kw))
+    g = golden("transformer")
+    cfg = TransformerConfig.from_dict(g.config, context_positions="batch", **gpu_transformer_settings("gpu", "cuda"))
+    model, io = load_transformer(g.path("weights.safetensors"), cfg), g.io
+    for mask, want in (("attention_mask", "decode_out"), ("attention_mask_padded", "decode_out_padded")):
+        out = model.decode(io["hidden_states"], io[mask], io["encoder_hidden_states"], io["encoder_hidden_mask"],
+                           io["timestep"])
+        assert_close(out, io[want], rtol=1e-3, atol=1e-3, what=f"{want}, GPU settings")
+
+
+def test_head_major_linear_attention_equals_the_default_form():
+    """``head_major_attention`` (GPU loading) computes the same linear attention: padded frames,
+    per-block query scales and low-rank adapters included."""
+    from acestep_jax.models.transformer.attention import LinearSelfAttention
+    from acestep_jax.models.transformer.embeddings import rope_tables
+
+    kw = {"dtype": jnp.float32, "param_dtype": jnp.float32}
+    default = LinearSelfAttention(32, 4, 8, rngs=nnx.Rngs(0), **kw)
+    head_major = LinearSelfAttention(32, 4, 8, rngs=nnx.Rngs(0), head_major=True, **kw)
+    rng = np.random.default_rng(0)
+    for name in ("to_q", "to_v", "to_out"):  # the same adapters on both
+        a, b = (jnp.asarray(rng.standard_normal(shape), jnp.float32) for shape in ((32, 3), (3, 32)))
+        for module in (default, head_major):
+            dense = getattr(module, name)
+            dense.lora_a, dense.lora_b = nnx.LoRAParam(a), nnx.LoRAParam(b)
+    x = jnp.asarray(rng.standard_normal((2, 6, 32)), jnp.float32)
+    mask = jnp.asarray([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]], jnp.float32)
+    rope = rope_tables(6, 8, 10_000.0)
+    for q_scale in (None, jnp.float32(1.7)):
+        assert_close(head_major(x, mask, rope, q_scale), default(x, mask, rope, q_scale),
+                     what=f"head-major linear attention, q_scale {q_scale}")

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from acestep_jax.models.transformer.embeddings import apply_rope
+from acestep_jax.models.transformer.embeddings import apply_rope, apply_rope_head_major
 from acestep_jax.nn import Dense
 from acestep_jax.sharding import constrain
 
@@ -25,9 +25,9 @@ class LinearSelfAttention(nnx.Module):
 
     eps = 1e-15
 
-    def __init__(self, dim: int, heads: int, head_dim: int, *, dtype, param_dtype, rngs):
+    def __init__(self, dim: int, heads: int, head_dim: int, *, dtype, param_dtype, rngs, head_major: bool = False):
         inner = heads * head_dim
-        self.heads, self.head_dim = heads, head_dim
+        self.heads, self.head_dim, self.head_major = heads, head_dim, head_major
         self.to_q = _proj(dim, inner, ("embed", "heads"), dtype, param_dtype, rngs)
         self.to_k = _proj(dim, inner, ("embed", "heads"), dtype, param_dtype, rngs)
         self.to_v = _proj(dim, inner, ("embed", "heads"), dtype, param_dtype, rngs)
@@ -35,6 +35,8 @@ class LinearSelfAttention(nnx.Module):
         self.dtype = dtype
 
     def __call__(self, x, mask, rope, q_scale=None):
+        if self.head_major:
+            return self._head_major(x, mask, rope, q_scale)
         b, s, _ = x.shape
         split = lambda y: y.reshape(b, s, self.heads, self.head_dim)
         q = self.to_q(x)
@@ -53,6 +55,28 @@ class LinearSelfAttention(nnx.Module):
         den = jnp.einsum("bshd,bhd->bsh", q, k_sum)[..., None]
         out = (num / (den + self.eps)).astype(self.dtype).reshape(b, s, -1)
         return self.to_out(out)
+
+    def _head_major(self, x, mask, rope, q_scale):
+        """The same attention with q, k, v held ``[B, H, D, S]``: the projections are GEMMs
+        batched over items that write this layout, so neither contraction needs a transpose
+        on GPU. The ``k . v`` sums take the (compute-dtype) values with float32 accumulation."""
+        b, s, _ = x.shape
+        split = lambda y: y.reshape(b, self.heads, self.head_dim, s)
+        q = self.to_q.to_channels_first(x)
+        if q_scale is not None:
+            q = q * q_scale.astype(q.dtype)
+        q, k, v = split(q), split(self.to_k.to_channels_first(x)), split(self.to_v.to_channels_first(x))
+        q = constrain(q, ("batch", "act_heads", None, "length"))
+        q, k = apply_rope_head_major(q, *rope), apply_rope_head_major(k, *rope)
+        m = mask.astype(q.dtype)[:, None, None, :]
+        q, k, v = jax.nn.relu(q * m), jax.nn.relu(k * m), v * m
+        contract = lambda a, c, dims: jax.lax.dot_general(  # batched over (item, head)
+            a, c, (dims, ((0, 1), (0, 1))), preferred_element_type=jnp.float32)
+        kv = contract(k, v, ((3,), (3,)))  # [b, h, d, e]
+        num = contract(kv, q.astype(jnp.float32), ((2,), (2,)))  # [b, h, e, s]
+        den = jnp.einsum("bhds,bhd->bhs", q.astype(jnp.float32), jnp.sum(k.astype(jnp.float32), axis=3))
+        out = (num / (den[:, :, None] + self.eps)).astype(self.dtype).reshape(b, -1, s)
+        return self.to_out.from_channels_first(out)
 
 
 class CrossAttention(nnx.Module):

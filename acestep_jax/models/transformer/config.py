@@ -56,6 +56,10 @@ class TransformerConfig:
     same): on GPUs each block's weights are then static slices that the GEMMs read in place,
     instead of one copy per weight and block out of the stacked parameters (GPU loading
     chooses it; it compiles a longer program).
+
+    ``head_major_attention`` holds the linear self-attention's q, k, v as ``[B, H, D, S]``,
+    written so by per-item GEMMs: its contractions then need no transposes on GPU (GPU
+    loading chooses it). The result is the same up to float32 summation order.
     """
 
     in_channels: int = 8
@@ -83,6 +87,7 @@ class TransformerConfig:
     context_positions: str = "item"
     attention_impl: str = "xla"
     unroll_blocks: bool = False
+    head_major_attention: bool = False
 
     @property
     def inner_dim(self) -> int:

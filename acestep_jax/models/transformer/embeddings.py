@@ -49,6 +49,16 @@ def apply_rope(x: jax.Array, cos, sin) -> jax.Array:
     return out.astype(x.dtype)
 
 
+def apply_rope_head_major(x: jax.Array, cos, sin) -> jax.Array:
+    """:func:`apply_rope` of ``x [B, H, D, S]`` (head-major) with ``[S, D]`` tables."""
+    b, h, d, s = x.shape
+    pairs = x.reshape(b, h, d // 2, 2, s)
+    rotated = jnp.stack([-pairs[:, :, :, 1], pairs[:, :, :, 0]], axis=3).reshape(x.shape)
+    cos, sin = jnp.asarray(cos).T, jnp.asarray(sin).T  # [D, S]
+    out = x.astype(jnp.float32) * cos + rotated.astype(jnp.float32) * sin
+    return out.astype(x.dtype)
+
+
 def timestep_features(t: jax.Array, dim: int = 256, max_period: float = 10000.0) -> jax.Array:
     """Sinusoidal features of ``t [B]`` (0..1000 scale), cosines first: ``[B, dim]``."""
     half = dim // 2

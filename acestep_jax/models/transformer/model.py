@@ -59,14 +59,17 @@ class GLUMBConv(nnx.Module):
         self.dtype = dtype
 
     def _depthwise(self, x, w, b):
-        w, b = w[...].astype(self.dtype), b[...].astype(self.dtype)
+        """The 3-tap time convolution of ``silu(x)``. SiLU is applied to each shifted view (it
+        is 0 at the zero padding), so XLA fuses it here rather than writing ``silu(x)`` out."""
+        w, b = w[...].astype(jnp.float32), b[...].astype(jnp.float32)
         padded = jnp.pad(x, ((0, 0), (1, 1), (0, 0)))
-        return padded[:, :-2] * w[0] + padded[:, 1:-1] * w[1] + padded[:, 2:] * w[2] + b
+        taps = (nnx.silu(padded[:, :-2]), nnx.silu(padded[:, 1:-1]), nnx.silu(padded[:, 2:]))
+        return (taps[0] * w[0] + taps[1] * w[1] + taps[2] * w[2] + b).astype(self.dtype)
 
     def __call__(self, x, frame_mask=None):
         """``frame_mask [B, T]`` (optional) zeroes padded frames before the time convolution."""
-        value, gate = nnx.silu(self.in_value(x)), nnx.silu(self.in_gate(x))
-        if frame_mask is not None:
+        value, gate = self.in_value(x), self.in_gate(x)
+        if frame_mask is not None:  # silu(y) * m == silu(y * m) for a 0/1 mask
             m = frame_mask[..., None].astype(value.dtype)
             value, gate = value * m, gate * m
         value = self._depthwise(value, self.dw_value, self.dw_value_bias)
@@ -80,7 +83,7 @@ class TransformerBlock(nnx.Module):
     def __init__(self, cfg: TransformerConfig, *, dtype, param_dtype, rngs):
         d, h, hd = cfg.inner_dim, cfg.num_attention_heads, cfg.attention_head_dim
         kw = {"dtype": dtype, "param_dtype": param_dtype, "rngs": rngs}
-        self.attn = LinearSelfAttention(d, h, hd, **kw)
+        self.attn = LinearSelfAttention(d, h, hd, head_major=cfg.head_major_attention, **kw)
         self.cross_attn = CrossAttention(d, h, hd, impl=cfg.attention_impl, **kw)
         self.ff = GLUMBConv(d, cfg.ff_hidden, **kw)
         init = lambda key, shape, dt: jax.random.normal(key, shape, dt) / d**0.5
