@@ -31,19 +31,6 @@ def resolve_codec_dtype(codec_dtype: str, platform: str | None = None) -> str:
     return AUTO_CODEC_DTYPE.get(platform, "float32")
 
 
-def gpu_transformer_settings(platform: str | None = None, version: str = "") -> dict:
-    """Transformer settings for ``platform`` (default: JAX's backend). On NVIDIA GPUs: cuDNN's
-    fused cross-attention (no float32 logits written out) and unrolled blocks (no per-block
-    weight copies); nothing elsewhere (XLA's einsums, one scanned block)."""
-    if platform is None:
-        import jax
-
-        platform, version = jax.default_backend(), jax.devices()[0].client.platform_version
-    if platform in ("gpu", "cuda") and "rocm" not in version.lower():
-        return {"attention_impl": "cudnn", "unroll_blocks": True, "head_major_attention": True}
-    return {}
-
-
 @dataclass(frozen=True)
 class ModelOptions:
     """Which models to load and how: a checkpoint (folder or Hub id) or tiny random models.
@@ -115,6 +102,7 @@ def load_pipeline(options: ModelOptions, progress: bool = True, *, lyrics: bool 
     first request (``sample.py`` checks its lyrics before loading instead)."""
     import jax
 
+    from acestep_jax.models.transformer import gpu_transformer_settings
     from acestep_jax.pipeline import ACEStepPipeline
     from acestep_jax.sampling import enable_compilation_cache
 

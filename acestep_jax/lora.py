@@ -46,6 +46,7 @@ from acestep_jax.convert.core import CheckpointError, linear_t
 from acestep_jax.convert.transformer import STACKED_LINEAR, transformer_rules
 from acestep_jax.files import write_atomic, write_json
 from acestep_jax.models.transformer import ACEStepTransformer
+from acestep_jax.nn import Dense
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,8 @@ class LinearSite:
 def linear_sites(model: ACEStepTransformer) -> dict[str, LinearSite]:
     """Reference module name → NNX Dense location, for every ``nn.Linear`` of the transformer.
 
-    Derived from the converter's rules, so it cannot drift from the weight mapping.
+    Derived from the converter's rules, so it cannot drift from the weight mapping. A model
+    held one module per block (``cfg.unroll_blocks``) has ``blocks/<i>/...`` sites.
     """
     sites = {}
     for r in transformer_rules(model.cfg):
@@ -126,8 +128,10 @@ def linear_sites(model: ACEStepTransformer) -> dict[str, LinearSite]:
         if r.combine is linear_t:
             sites[r.sources[0].removesuffix(".weight")] = LinearSite(path, None)
         elif r.combine is STACKED_LINEAR:
+            per_block = model.cfg.unroll_blocks and path.startswith("blocks/")
             for i, key in enumerate(r.sources):
-                sites[key.removesuffix(".weight")] = LinearSite(path, i)
+                site = LinearSite(f"blocks/{i}/{path.removeprefix('blocks/')}", None) if per_block else LinearSite(path, i)
+                sites[key.removesuffix(".weight")] = site
     return sites
 
 
@@ -411,6 +415,22 @@ def add_lora(model: ACEStepTransformer, config: LoraConfig, rngs: nnx.Rngs) -> l
         dense.lora_b = nnx.LoRAParam(b.astype(dense.kernel.dtype), out_sharding=(*axes[:-2], None, axes[-1]), eager_sharding=False)
         dense.lora_scale = config.scale
     return paths
+
+
+def freeze_in_compute_dtype(model: ACEStepTransformer) -> int:
+    """Store every ``Dense`` kernel and bias (frozen while adapters train) in its layer's compute
+    dtype, in place; returns how many arrays changed. Each use casts them to that dtype anyway,
+    so the step computes the same numbers, but it no longer converts them (and copies float32
+    weights out of the stacked blocks) in the forward, the recomputed forward and the backward."""
+    changed = 0
+    for _, node in nnx.iter_graph(model):
+        if not isinstance(node, Dense):
+            continue
+        for var in (node.kernel, node.bias):
+            if var is not None and var.dtype != node.dtype:
+                var.set_value(var[...].astype(node.dtype))
+                changed += 1
+    return changed
 
 
 def lora_state_dict(model: ACEStepTransformer) -> dict[str, np.ndarray]:

@@ -49,7 +49,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from acestep_jax.loading import gpu_transformer_settings
+from acestep_jax.models.transformer import gpu_transformer_settings
 from benchmarks import plan_memory
 from benchmarks.plan_memory import (
     GB,
@@ -593,7 +593,7 @@ def main(argv=None) -> int:
     p.add_argument("--no-fit", action="store_true", help="skip the compiles at twice the batch")
     p.add_argument("--table-only", action="store_true")
     p.add_argument("--gpu-settings", action="store_true",
-                   help="compile the transformer as GPUs load it (loading.gpu_transformer_settings: cuDNN "
+                   help="compile the transformer as GPUs load it (models.transformer.gpu_transformer_settings: cuDNN "
                         "cross-attention, unrolled blocks, head-major linear attention); default: as CPUs and TPUs")
     args = p.parse_args(argv)
     plan_memory.TRANSFORMER_SETTINGS = gpu_transformer_settings("cuda") if args.gpu_settings else {}

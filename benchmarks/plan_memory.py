@@ -137,14 +137,17 @@ def train_config(mode: str, remat: str, accum: int, global_batch: int):
                                   "optim": {"grad_accum": accum}})
 
 
-# TransformerConfig values of every lowered program (plan_gpu.py --gpu-settings: loading.gpu_transformer_settings)
+# TransformerConfig values of every lowered sampling program (plan_gpu.py --gpu-settings: gpu_transformer_settings);
+# the training programs take them without unroll_blocks, as the trainer does (with_layers)
 TRANSFORMER_SETTINGS: dict = {}
 
 
-def with_layers(tcfg, layers: int | None):
-    """``tcfg`` with :data:`TRANSFORMER_SETTINGS`, cut to ``layers`` blocks (REPA heads on the
-    first) for the plans' shallow programs."""
-    tcfg = dataclasses.replace(tcfg, **TRANSFORMER_SETTINGS)
+def with_layers(tcfg, layers: int | None, training: bool = False):
+    """``tcfg`` with :data:`TRANSFORMER_SETTINGS` (``training``: without ``unroll_blocks``, as the
+    trainer's ``gpu_transformer_settings(training=True)``), cut to ``layers`` blocks (REPA heads on
+    the first) for the plans' shallow programs."""
+    settings = {k: v for k, v in TRANSFORMER_SETTINGS.items() if not (training and k == "unroll_blocks")}
+    tcfg = dataclasses.replace(tcfg, **settings)
     if layers is None:
         return tcfg
     return dataclasses.replace(tcfg, num_layers=layers, ssl_encoder_depths=(0,) * len(tcfg.ssl_encoder_depths))
@@ -153,7 +156,7 @@ def with_layers(tcfg, layers: int | None):
 def lower_train(mode: str, remat: str, accum: int, per_device: int, mesh, layers: int | None = None):
     """The lowered train step for ``per_device`` examples per device and micro-batch
     (``layers``: with that many blocks)."""
-    from acestep_jax.lora import LoraConfig, add_lora
+    from acestep_jax.lora import LoraConfig, add_lora, freeze_in_compute_dtype
     from acestep_jax.models.transformer import ACEStepTransformer
     from acestep_jax.training.optim import make_optimizer
     from acestep_jax.training.trainer import BATCH_AXES, make_train_step, transformer_config
@@ -161,12 +164,13 @@ def lower_train(mode: str, remat: str, accum: int, per_device: int, mesh, layers
     ways = math.prod(mesh.shape[a] for a in BATCH_AXES)
     global_batch = per_device * ways
     cfg = train_config(mode, remat, accum, global_batch)
-    tcfg = with_layers(transformer_config(cfg), layers)
+    tcfg = with_layers(transformer_config(cfg), layers, training=True)
 
     def build():
         model = ACEStepTransformer(tcfg, rngs=nnx.Rngs(0))
-        if mode == "lora":
+        if mode == "lora":  # as the trainer builds it
             add_lora(model, LoraConfig.from_dict(LORA), nnx.Rngs(1))
+            freeze_in_compute_dtype(model)
         return model
 
     model = nnx.eval_shape(build)
@@ -275,7 +279,10 @@ def lower_guided_decode(batch: int, mesh, layers: int | None = None, preset: str
     def decode(s, x, mask, c, cm, ts):
         return nnx.merge(graphdef, s).decode(x, mask, c, cm, ts, isolate_padding=True)
 
-    fn = jax.jit(decode, in_shardings=(state_shardings(state, mesh),) + (by_batch,) * 5, out_shardings=by_batch)
+    from acestep_jax.sampling.sampler import loop_compiler_options
+
+    fn = jax.jit(decode, in_shardings=(state_shardings(state, mesh),) + (by_batch,) * 5, out_shardings=by_batch,
+                 compiler_options=loop_compiler_options(mesh.devices.flat[0].platform))
     args = (sds((n, *LATENT, t), jnp.float32), sds((n, t), jnp.float32), sds((n, ctx, tcfg.inner_dim), jnp.bfloat16),
             sds((n, ctx), jnp.float32), sds((n,), jnp.float32))
     with jax.set_mesh(mesh):

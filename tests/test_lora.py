@@ -6,6 +6,7 @@ import json
 import math
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -19,6 +20,7 @@ from acestep_jax.lora import (
     LoraConfig,
     LoraSpec,
     add_lora,
+    freeze_in_compute_dtype,
     linear_sites,
     lora_state_dict,
     merge_lora,
@@ -28,6 +30,7 @@ from acestep_jax.lora import (
     unmerge_lora,
 )
 from acestep_jax.models.transformer import TransformerConfig
+from acestep_jax.nn import Dense
 from tests.helpers import assert_close
 
 TARGETS = ("to_q", "to_out.0", "linear_v", "speaker_embedder")
@@ -103,10 +106,12 @@ def golden_lora(golden):
     return g.path("adapter"), g.io, weights
 
 
-def test_golden_adapter_matches_reference_pipeline(base, golden_lora):
+@pytest.mark.parametrize("unroll", [False, True], ids=["stacked", "per-block"])
+def test_golden_adapter_matches_reference_pipeline(base, golden_lora, unroll):
+    """Also on a model held one module per block (``unroll_blocks``, as GPUs load it)."""
     cfg, weights, io = base
     adapter, ref, lora_weights = golden_lora
-    model = load_transformer(DictSource(weights), cfg)
+    model = load_transformer(DictSource(weights), dataclasses.replace(cfg, unroll_blocks=unroll))
     original = _params(model)
     assert_close(_forward(model, io), ref["forward_no_lora"], what="no LoRA")
     for w in lora_weights:
@@ -330,3 +335,19 @@ def test_add_lora_rejects_targets_matching_nothing(base):
     with pytest.raises(ValueError, match="only some of the stacked layers"):
         add_lora(model, LoraConfig(r=2, target_modules=r"transformer_blocks\.0\.attn\.to_q"), nnx.Rngs(0))
     assert len(linear_sites(model)) > 0
+
+
+def test_frozen_weights_in_the_compute_dtype_change_nothing(base, golden_lora):
+    """``freeze_in_compute_dtype`` (the LoRA trainer) stores the frozen Dense weights of a bfloat16
+    model in bfloat16: the forward is bit-identical and the adapters stay float32."""
+    cfg, weights, io = base
+    model = load_transformer(DictSource(weights), dataclasses.replace(cfg, dtype="bfloat16"))
+    add_lora(model, LoraConfig(r=4, lora_alpha=4.0, target_modules=("to_q", "to_v"), use_rslora=False), nnx.Rngs(0))
+    before = _forward(model, io)
+    assert freeze_in_compute_dtype(model) > 0
+    dense = [node for _, node in nnx.iter_graph(model) if isinstance(node, Dense)]
+    assert dense and all(d.kernel.dtype == jnp.bfloat16 and (d.bias is None or d.bias.dtype == jnp.bfloat16)
+                         for d in dense)
+    assert all(v.dtype == jnp.float32 for _, v in nnx.to_flat_state(nnx.state(model, nnx.LoRAParam)))
+    np.testing.assert_array_equal(_forward(model, io), before)
+

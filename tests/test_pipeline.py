@@ -6,6 +6,7 @@ import json
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from acestep_jax.codec import DCAEConfig, MusicCodec, VocoderConfig
 from acestep_jax.convert import release
@@ -17,6 +18,7 @@ from acestep_jax.models.transformer import TransformerConfig
 from acestep_jax.pipeline import ACEStepPipeline, LazyLyricTokenizer
 from acestep_jax.sampling import Conditioning, Noise, SamplingParams, generate
 from acestep_jax.text import PromptTokenizer, UMT5Config, umt5_erg_scales
+from tests.helpers import assert_close
 
 PROMPTS = ["rock guitar drums", "piano sad"]
 PARAMS = SamplingParams(duration=1.5, infer_steps=3, guidance_scale=7.0, scheduler_type="euler")
@@ -128,6 +130,17 @@ def test_fine_tuned_transformer_replaces_the_checkpoints(pipe, tmp_path):
     np.testing.assert_array_equal(np.asarray(other.transformer.final_layer.linear.kernel[...]),
                                   np.asarray(kernel[...]))
     assert np.isfinite(other.generate(["pop"], [""], PARAMS, seeds=[1]).audio).all()
+
+
+def test_blocks_cut_per_block_generate_the_same(pipe):
+    """``transformer_overrides={"unroll_blocks": True}`` (GPU loading) cuts the stacked checkpoint
+    into one module per block; the song is the same."""
+    per_block = ACEStepPipeline.from_checkpoint(pipe.checkpoint, dtype="float32", progress=False,
+                                                transformer_overrides={"unroll_blocks": True})
+    assert isinstance(per_block.transformer.blocks, nnx.List)
+    assert len(per_block.transformer.blocks) == pipe.transformer.cfg.num_layers
+    want = pipe.generate(["pop"], [""], PARAMS, seeds=[1]).audio
+    assert_close(per_block.generate(["pop"], [""], PARAMS, seeds=[1]).audio, want, what="per-block audio")
 
 
 def test_overlong_lyrics_are_refused_before_any_model_runs(lyrics_vocab_path):

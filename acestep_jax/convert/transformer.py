@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 from flax import nnx
 
@@ -17,7 +19,7 @@ from acestep_jax.convert.core import (
     stack_of,
     stacked_rule,
 )
-from acestep_jax.models.transformer import ACEStepTransformer, TransformerConfig
+from acestep_jax.models.transformer import ACEStepTransformer, TransformerConfig, unstack_blocks
 
 STACKED_LINEAR = stack_of(linear_t)  # combine of every stacked nn.Linear weight (used by LoRA)
 
@@ -130,11 +132,14 @@ def transformer_rules(cfg: TransformerConfig) -> list[Rule]:
 
 
 def load_transformer(source, cfg: TransformerConfig, *, progress: bool = False):
-    """Build an :class:`ACEStepTransformer` from reference weights (a file, folder or source)."""
-    abstract = nnx.eval_shape(lambda: ACEStepTransformer(cfg, rngs=nnx.Rngs(0)))
-    return convert_into(
-        abstract, transformer_rules(cfg), open_source(source), what="ace_step_transformer", progress=progress
+    """Build an :class:`ACEStepTransformer` from reference weights (a file, folder or source);
+    converted stacked, then cut per block if ``cfg.unroll_blocks``."""
+    stacked = dataclasses.replace(cfg, unroll_blocks=False)
+    abstract = nnx.eval_shape(lambda: ACEStepTransformer(stacked, rngs=nnx.Rngs(0)))
+    model = convert_into(
+        abstract, transformer_rules(stacked), open_source(source), what="ace_step_transformer", progress=progress
     )
+    return unstack_blocks(model) if cfg.unroll_blocks else model
 
 
 def export_transformer(model: ACEStepTransformer) -> dict[str, np.ndarray]:

@@ -30,7 +30,11 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from acestep_jax.files import check_free_space, wait_until_settled
-from acestep_jax.models.transformer import ACEStepTransformer, TransformerConfig
+from acestep_jax.models.transformer import (
+    ACEStepTransformer,
+    TransformerConfig,
+    gpu_transformer_settings,
+)
 from acestep_jax.profiling import StepTrace
 from acestep_jax.sharding import axis_rules, make_mesh, rules_with, shard_model, state_shardings
 from acestep_jax.training.config import TrainConfig
@@ -65,7 +69,14 @@ def transformer_config(cfg: TrainConfig) -> TransformerConfig:
             src = json.load(f)
     if not isinstance(src, dict):
         raise TypeError("model.transformer must be a preset name, a config dict or a path to a JSON config")
-    return TransformerConfig.from_dict(src, dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat)
+    return TransformerConfig.from_dict(src, **model_options(cfg))
+
+
+def model_options(cfg: TrainConfig) -> dict:
+    """Transformer config values the trainer sets: the training dtypes and remat, and this
+    device's training settings (:func:`~acestep_jax.models.transformer.gpu_transformer_settings`)."""
+    m = cfg.model
+    return {"dtype": m.dtype, "param_dtype": m.param_dtype, "remat": m.remat, **gpu_transformer_settings(training=True)}
 
 
 def lora_config(cfg: TrainConfig):
@@ -93,7 +104,7 @@ def build_model(cfg: TrainConfig, mesh: jax.sharding.Mesh | None = None) -> ACES
     remat. Without a checkpoint the model named by ``model.transformer`` is randomly initialised.
     """
     m = cfg.model
-    opts = {"dtype": m.dtype, "param_dtype": m.param_dtype, "remat": m.remat}
+    opts = model_options(cfg)
     ckpt = m.checkpoint
     if ckpt is None:
         model = _random_model(transformer_config(cfg), cfg.run.seed, mesh)
@@ -114,9 +125,10 @@ def build_model(cfg: TrainConfig, mesh: jax.sharding.Mesh | None = None) -> ACES
             model = load_transformer(ckpt, tcfg)
     lcfg = lora_config(cfg)
     if lcfg is not None:
-        from acestep_jax.lora import add_lora
+        from acestep_jax.lora import add_lora, freeze_in_compute_dtype
 
         add_lora(model, lcfg, nnx.Rngs(params=cfg.run.seed + 1))
+        freeze_in_compute_dtype(model)
     return model
 
 

@@ -241,12 +241,17 @@ def test_cudnn_cross_attention_equals_the_einsum_form(monkeypatch):
 
 
 def test_gpu_settings_apply_to_nvidia_gpus_only():
-    from acestep_jax.loading import gpu_transformer_settings
+    from acestep_jax.models.transformer import gpu_transformer_settings
 
     settings = {"attention_impl": "cudnn", "unroll_blocks": True, "head_major_attention": True}
     assert gpu_transformer_settings("gpu", "cuda 12.8") == settings
+    assert gpu_transformer_settings("cuda", training=True) == {"attention_impl": "cudnn", "head_major_attention": True}
     assert gpu_transformer_settings("gpu", "rocm 6.2") == gpu_transformer_settings("tpu") == {}
     assert gpu_transformer_settings() == {}  # these tests run on CPUs
+    # chosen per device when loading: a saved config names none of them
+    assert not set(TransformerConfig(**settings).to_dict()) & set(settings)
+    with pytest.raises(ValueError, match="unroll_blocks runs without remat"):
+        TransformerConfig(unroll_blocks=True, remat="full")
     with pytest.raises(ValueError, match="attention_impl must be one of"):
         TransformerConfig(attention_impl="flash")
 
@@ -255,7 +260,7 @@ def test_the_transformer_as_gpus_load_it_matches_the_reference(golden, monkeypat
     """With every GPU setting (cuDNN cross-attention, run here through XLA's implementation of the
     same call; unrolled blocks; head-major linear attention) the golden decode and padded decode
     are reproduced as by the default form."""
-    from acestep_jax.loading import gpu_transformer_settings
+    from acestep_jax.models.transformer import gpu_transformer_settings
 
     fused = jax.nn.dot_product_attention
     monkeypatch.setattr(jax.nn, "dot_product_attention",

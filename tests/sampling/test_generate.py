@@ -192,7 +192,8 @@ def test_cpu_loop_keeps_no_float32_copy_of_bfloat16_weights(golden, pipeline_gol
     lc, inputs, _ = prepare(FAST.replace(scheduler_type="euler"), cond, noise)
     graphdef, state = nnx.split(model)
     weights = sum(x.size for x in jax.tree.leaves(state) if x.dtype == jax.numpy.bfloat16)
-    assert sampler.loop_compiler_options("cpu") and sampler.loop_compiler_options("gpu") is None
+    assert sampler.loop_compiler_options("cpu") and sampler.loop_compiler_options("tpu") is None
+    assert sampler.loop_compiler_options("gpu") == {"xla_gpu_dot_merger_threshold_mb": 0}
 
     def temporaries(fn):
         return fn.lower(state, cond, inputs, noise).compile().memory_analysis().temp_size_in_bytes

@@ -306,6 +306,29 @@ def test_reference_objective_unpadded(reference_step):
     _assert_reference_objective(metrics, grads, want_grads, io)
 
 
+def test_reference_objective_with_the_gpu_training_settings(reference_step, golden, monkeypatch):
+    """The trainer's settings on NVIDIA GPUs (cuDNN cross-attention, run here through XLA's
+    implementation of the same call; head-major linear attention) give the reference's loss and
+    gradients: the fused attention's backward, and the masked row that evens an odd condition
+    length for it, change nothing."""
+    from acestep_jax.models.transformer import gpu_transformer_settings
+
+    fused = jax.nn.dot_product_attention
+    monkeypatch.setattr(jax.nn, "dot_product_attention",
+                        lambda *a, implementation=None, **kw: fused(*a, implementation="xla", **kw))
+    _, want_grads, io, _e, lcfg = reference_step
+    settings = gpu_transformer_settings("gpu", "cuda", training=True)
+    assert settings == {"attention_impl": "cudnn", "head_major_attention": True}
+    t = golden("transformer")
+    model = load_transformer(t.path("weights.safetensors"),
+                             TransformerConfig.from_dict(t.config, context_positions="batch", **settings))
+    batch = _unpadded_batch(io, model.cfg.ssl_names)
+    condition_rows = 1 + batch["text_states"].shape[1] + batch["lyric_ids"].shape[1]
+    assert condition_rows % 2, "the golden's condition length is even: the evening row goes untested"
+    metrics, grads = _loss_and_grads(model, batch, _golden_draws(io, io["noise"]), lcfg)
+    _assert_reference_objective(metrics, grads, want_grads, io)
+
+
 def test_reference_objective_through_collate(reference_step):
     """The same batch padded by ``collate`` (frames to the golden's bucket, prompts, lyrics and
     SSL features to multiples of 16) gives the same losses and gradients."""

@@ -1,12 +1,17 @@
 """The ACE-Step diffusion transformer and its Conformer lyric encoder."""
 
-from acestep_jax.models.transformer.config import LyricEncoderConfig, TransformerConfig
+from acestep_jax.models.transformer.config import (
+    LyricEncoderConfig,
+    TransformerConfig,
+    gpu_transformer_settings,
+)
 from acestep_jax.models.transformer.model import (
     ACEStepTransformer,
     Context,
     context_positions,
     layer_scales,
+    unstack_blocks,
 )
 
 __all__ = ["ACEStepTransformer", "Context", "LyricEncoderConfig", "TransformerConfig", "context_positions",
-           "layer_scales"]
+           "gpu_transformer_settings", "layer_scales", "unstack_blocks"]

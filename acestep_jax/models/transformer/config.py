@@ -30,6 +30,25 @@ class LyricEncoderConfig:
                 raise ValueError(f"lyric encoder {name} must be in [0, 1), got {getattr(self, name)}")
 
 
+# program choices made per device when a model is loaded (gpu_transformer_settings), never saved
+DEVICE_SETTINGS = ("attention_impl", "unroll_blocks", "head_major_attention")
+
+
+def gpu_transformer_settings(platform: str | None = None, version: str = "", training: bool = False) -> dict:
+    """:data:`DEVICE_SETTINGS` for ``platform`` (default: JAX's backend). On NVIDIA GPUs: cuDNN's
+    fused cross-attention (no float32 logits in memory), the head-major linear attention (no
+    transposes) and, for sampling (not ``training``, which scans its blocks to rematerialise
+    them), one module per block (no weight copies in the sampling loop); nothing elsewhere
+    (the einsums and the scanned blocks that golden parity is checked on)."""
+    if platform is None:
+        import jax
+
+        platform, version = jax.default_backend(), jax.devices()[0].client.platform_version
+    if platform not in ("gpu", "cuda") or "rocm" in version.lower():
+        return {}
+    return {"attention_impl": "cudnn", "head_major_attention": True} | ({} if training else {"unroll_blocks": True})
+
+
 @dataclass(frozen=True)
 class TransformerConfig:
     """Constructor arguments of ``ACEStepTransformer2DModel`` plus JAX-side options.
@@ -52,10 +71,12 @@ class TransformerConfig:
     memory). Choose it for the devices the program is lowered for (``plan_gpu.py``,
     GPU loading), never from ``jax.devices()`` at trace time.
 
-    ``unroll_blocks`` unrolls the blocks' scan (``lax.scan(unroll=True)``; the result is the
-    same): on GPUs each block's weights are then static slices that the GEMMs read in place,
-    instead of one copy per weight and block out of the stacked parameters (GPU loading
-    chooses it; it compiles a longer program).
+    ``unroll_blocks`` holds the blocks as one module per block (``nnx.List``) run in order,
+    instead of stacked weights run by ``lax.scan`` (the result is the same): on GPUs every
+    GEMM then reads its weight in place, also inside the sampling loop, where a weight sliced
+    out of its stack is copied at every step. GPU loading chooses it (checkpoints stay
+    stacked: :func:`~acestep_jax.models.transformer.model.unstack_blocks` cuts them); it
+    compiles a longer program and takes no ``remat``.
 
     ``head_major_attention`` holds the linear self-attention's q, k, v as ``[B, H, D, S]``,
     written so by per-item GEMMs: its contractions then need no transposes on GPU (GPU
@@ -108,6 +129,8 @@ class TransformerConfig:
             raise ValueError(f"remat must be one of {REMAT_MODES}, got {self.remat!r}")
         if self.context_positions not in CONTEXT_POSITIONS:
             raise ValueError(f"context_positions must be one of {CONTEXT_POSITIONS}, got {self.context_positions!r}")
+        if self.unroll_blocks and self.remat != "none":
+            raise ValueError(f"unroll_blocks runs without remat, got remat={self.remat!r}")
         if self.attention_impl not in ATTENTION_IMPLS:
             raise ValueError(f"attention_impl must be one of {ATTENTION_IMPLS}, got {self.attention_impl!r}")
         if self.lyric_encoder.output_size % self.lyric_encoder.attention_heads:
@@ -130,7 +153,8 @@ class TransformerConfig:
         return cls(**d)
 
     def to_dict(self) -> dict:
-        """The reference config keys plus the JAX options (JSON-serialisable)."""
-        d = dataclasses.asdict(self)
+        """The reference config keys plus the JAX options (JSON-serialisable), without the
+        :data:`DEVICE_SETTINGS` that loading chooses for its device."""
+        d = {k: v for k, v in dataclasses.asdict(self).items() if k not in DEVICE_SETTINGS}
         d["inner_dim"] = self.inner_dim
         return d

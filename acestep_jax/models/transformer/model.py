@@ -3,11 +3,12 @@
 ``encode`` turns speaker, prompt and lyric conditions into one condition sequence;
 ``decode`` predicts the flow-matching velocity for latents ``[B, 8, 16, T]`` at a
 timestep. The 24 blocks are stacked and run with ``lax.scan`` (one compiled
-block), optionally rematerialised.
+block), optionally rematerialised, or held one module per block (``unroll_blocks``, GPUs).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -108,6 +109,31 @@ class TransformerBlock(nnx.Module):
         return constrain(x, _ACT)
 
 
+def unstack_blocks(model: ACEStepTransformer) -> ACEStepTransformer:
+    """``model`` with one module per block (``cfg.unroll_blocks``): each stacked block weight is
+    cut into one array per block, and the stacked array is freed as soon as it is cut, so
+    ``model`` is consumed. GPU loading uses it: a block weight sliced out of its stack inside
+    the sampling loop's ``while`` would be copied at every step."""
+    if model.cfg.unroll_blocks:
+        return model
+    cfg = dataclasses.replace(model.cfg, unroll_blocks=True)
+    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: ACEStepTransformer(cfg, rngs=nnx.Rngs(0))))
+    stacked = dict(nnx.to_flat_state(nnx.state(model)))
+    cut: dict[tuple, list[jax.Array]] = {}
+    flat = []
+    for path, var in nnx.to_flat_state(abstract):
+        if path[0] != "blocks":
+            flat.append((path, var.replace(stacked[path][...])))
+            continue
+        source = ("blocks", *path[2:])
+        if source not in cut:
+            whole = stacked[source][...]
+            cut[source] = jax.block_until_ready([whole[i] for i in range(cfg.num_layers)])
+            whole.delete()
+        flat.append((path, var.replace(cut[source][path[1]])))
+    return nnx.merge(graphdef, nnx.from_flat_state(flat))
+
+
 def layer_scales(num_layers: int, layers: Sequence[int] = (), tau: float = 1.0) -> jax.Array:
     """Per-layer query scales: ``tau`` at ``layers``, 1 elsewhere (ERG)."""
     scales = jnp.ones((num_layers,), jnp.float32)
@@ -158,7 +184,11 @@ class ACEStepTransformer(nnx.Module):
         def make_blocks(rngs):
             return TransformerBlock(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
-        self.blocks = make_blocks(rngs)
+        if cfg.unroll_blocks:  # one module per block (see unstack_blocks)
+            self.blocks = nnx.List([TransformerBlock(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+                                    for _ in range(cfg.num_layers)])
+        else:
+            self.blocks = make_blocks(rngs)
         self.timestep_embedder = TimestepEmbedder(d, **kw)
         self.t_block = Dense(d, 6 * d, axes=("embed", "mlp"), **kw)
         self.speaker_embedder = Dense(cfg.speaker_embedding_dim, d, axes=(None, "embed"), **kw)
@@ -256,33 +286,44 @@ class ACEStepTransformer(nnx.Module):
         frame_mask = attention_mask if isolate_padding else None
         x = constrain(self.proj_in(hidden_states.astype(self.dtype), frame_mask), _ACT)
         context = encoder_hidden_states.astype(self.dtype)
+        context_mask = encoder_hidden_mask.astype(jnp.float32)
+        if cfg.attention_impl == "cudnn" and context.shape[1] % 2:
+            # cuDNN's attention backward (with a mask) takes even lengths: one more, masked, row
+            context, context_mask = jnp.pad(context, ((0, 0), (0, 1), (0, 0))), jnp.pad(context_mask, ((0, 0), (0, 1)))
+            if context_positions is not None:
+                context_positions = jnp.pad(context_positions, ((0, 0), (0, 1)))
         rope = rope_tables(x.shape[1], cfg.attention_head_dim, cfg.rope_theta)
         if context_positions is None:
             context_rope = rope_tables(context.shape[1], cfg.attention_head_dim, cfg.rope_theta)
         else:
             context_rope = rope_at(context_positions, cfg.attention_head_dim, cfg.rope_theta)
         mask = attention_mask.astype(jnp.float32)
-        context_mask = encoder_hidden_mask.astype(jnp.float32)
         if query_scales is None:
             query_scales = jnp.ones((cfg.num_layers,), jnp.float32)
 
         # REPA taps: block order, stable for equal depths (as the reference appends them)
         depths = sorted(cfg.ssl_encoder_depths) if return_repa else []
-        graphdef, state = nnx.split(self.blocks)
+        query_scales = jnp.asarray(query_scales, jnp.float32)
+        args = (temb, mask, context, context_mask, rope, context_rope)
+        if cfg.unroll_blocks:
+            taps = [x] * len(depths)
+            for index, block in enumerate(self.blocks):
+                x = block(x, *args, query_scales[index], isolate_padding)
+                taps = [x if index == dep else tap for dep, tap in zip(depths, taps)]
+        else:
+            graphdef, state = nnx.split(self.blocks)
 
-        def body(carry, xs):
-            h, taps = carry
-            block_state, scale, index = xs
-            block = nnx.merge(graphdef, block_state)
-            h = block(h, temb, mask, context, context_mask, rope, context_rope, scale, isolate_padding)
-            taps = tuple(jnp.where(index == dep, h, tap) for dep, tap in zip(depths, taps))
-            return (h, taps), None
+            def body(carry, xs):
+                h, taps = carry
+                block_state, scale, index = xs
+                h = nnx.merge(graphdef, block_state)(h, *args, scale, isolate_padding)
+                taps = tuple(jnp.where(index == dep, h, tap) for dep, tap in zip(depths, taps))
+                return (h, taps), None
 
-        if cfg.remat != "none":
-            body = jax.checkpoint(body, policy=REMAT_POLICIES[cfg.remat])
-        taps0 = tuple(jnp.zeros_like(x) for _ in depths)
-        xs = (state, jnp.asarray(query_scales, jnp.float32), jnp.arange(cfg.num_layers))
-        (x, taps), _ = jax.lax.scan(body, (x, taps0), xs, unroll=bool(cfg.unroll_blocks))
+            if cfg.remat != "none":
+                body = jax.checkpoint(body, policy=REMAT_POLICIES[cfg.remat])
+            taps0 = tuple(jnp.zeros_like(x) for _ in depths)
+            (x, taps), _ = jax.lax.scan(body, (x, taps0), (state, query_scales, jnp.arange(cfg.num_layers)))
 
         out = self.final_layer(x, embedded_t, output_length)
         if not return_repa:
