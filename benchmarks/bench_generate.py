@@ -15,6 +15,7 @@ guidance schedule). Results are compared with the reference's published RTFs.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import statistics
@@ -28,6 +29,8 @@ import jax
 import numpy as np
 
 from acestep_jax.loading import ModelOptions, load_pipeline
+from acestep_jax.models.transformer import TransformerConfig
+from acestep_jax.models.transformer.config import DEVICE_SETTINGS
 from acestep_jax.models.transformer.flops import decode_flops
 from acestep_jax.pipeline import ACEStepPipeline
 from acestep_jax.profiling import trace
@@ -110,6 +113,8 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
     p.add_argument("--profile", metavar="DIR", help="write a jax.profiler trace of one warm generation "
                    "(the first configuration) to DIR")
+    p.add_argument("--settings", choices=("device", "default"), default="device",
+                   help="the transformer as this device loads it (gpu_transformer_settings) or its CPU/TPU form")
     args = p.parse_args(argv)
     seconds = args.seconds or ([240.0] if args.full else [10.0])
     batches = args.batch or ([1, 8] if args.full else [1])
@@ -118,6 +123,9 @@ def main(argv=None) -> int:
 
     t0 = time.perf_counter()
     overrides = () if args.full else tuple(CPU_TRANSFORMER.items())
+    if args.settings == "default":  # replaces the device's settings (loading applies them first)
+        fields = {f.name: f.default for f in dataclasses.fields(TransformerConfig)}
+        overrides += tuple((k, fields[k]) for k in DEVICE_SETTINGS)
     pipe = load_pipeline(ModelOptions(random_preset="full" if args.full else "tiny", dtype=args.dtype,
                                       transformer_overrides=overrides, compile_cache=""), progress=False, lyrics=False)
     build_s = time.perf_counter() - t0

@@ -12,6 +12,7 @@ number of transposes/copies in the optimised HLO.
 from __future__ import annotations
 
 import argparse
+import functools
 import re
 import sys
 import time
@@ -24,10 +25,11 @@ import jax.numpy as jnp
 from flax import nnx
 
 from acestep_jax.codec import seconds_to_frames
-from acestep_jax.models.transformer.config import REMAT_MODES
+from acestep_jax.models.transformer.config import REMAT_MODES, gpu_transformer_settings
 from acestep_jax.models.transformer.flops import decode_flops
 from acestep_jax.presets import preset_config
 from acestep_jax.profiling import trace
+from acestep_jax.sampling.sampler import loop_compiler_options
 from benchmarks.bench_generate import CPU_TRANSFORMER, peak_flops, peak_memory_gb
 
 
@@ -41,10 +43,15 @@ def main(argv=None) -> int:
     p.add_argument("--remat", default="none", choices=REMAT_MODES)
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--profile", metavar="DIR", help="write a jax.profiler trace of 3 warm steps to DIR")
+    p.add_argument("--settings", choices=("device", "default"), default="device",
+                   help="the transformer as this device loads it (gpu_transformer_settings; on NVIDIA GPUs "
+                        "cuDNN attention, head-major linear attention, per-block modules) or its CPU/TPU form")
     args = p.parse_args(argv)
     seconds = args.seconds or (240.0 if args.full else 30.0)
     frames = seconds_to_frames(seconds)
     overrides = {} if args.full else dict(CPU_TRANSFORMER)
+    if args.settings == "device":
+        overrides.update(gpu_transformer_settings(training=args.remat != "none"))
     cfg = preset_config("tiny" if not args.full else "full", "transformer", dtype=args.dtype,
                         param_dtype=args.dtype, remat=args.remat, **overrides)
     from acestep_jax.models.transformer import ACEStepTransformer
@@ -59,7 +66,7 @@ def main(argv=None) -> int:
 
     graphdef, state = nnx.split(model)
 
-    @jax.jit
+    @functools.partial(jax.jit, compiler_options=loop_compiler_options(jax.default_backend()))
     def step(state, x, t):
         return nnx.merge(graphdef, state).decode(x, mask, ctx, ctx_mask, jnp.full((b,), t, jnp.float32))
 
@@ -81,7 +88,8 @@ def main(argv=None) -> int:
     device = jax.devices()[0]
     peak = peak_flops(device)
     print(f"device {device.device_kind} ({jax.default_backend()}), jax {jax.__version__}; transformer "
-          f"{cfg.num_layers}x{cfg.inner_dim} {args.dtype}, remat {args.remat}; {seconds:g} s = {frames} frames, "
+          f"{cfg.num_layers}x{cfg.inner_dim} {args.dtype}, remat {args.remat}, settings {args.settings} "
+          f"({ {k: v for k, v in overrides.items() if k not in CPU_TRANSFORMER} }); {seconds:g} s = {frames} frames, "
           f"batch {args.batch} (x2 cond/uncond), context {args.context}")
     print(f"compile+first {compile_s:.2f} s | step {1e3 * step_s:.2f} ms (median of {args.iters}) | "
           f"{flops / 1e12:.3f} TFLOP | {flops / step_s / 1e12:.2f} TFLOP/s | MFU "

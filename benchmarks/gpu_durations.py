@@ -5,7 +5,8 @@
     JAX_PLATFORMS=cpu python benchmarks/gpu_durations.py h100 --preset full --layers 2 --seconds 1 7 13 61 239 240
 
 Each duration (default: every whole second from 1 to 240) and task (text2music, edit) is lowered
-as ``generate`` would run it on that GPU (frames padded to ``tasks.GPU_FRAME_MULTIPLE``); durations
+as ``generate`` would run it on that GPU (frames padded to ``tasks.GPU_FRAME_MULTIPLE``, the
+transformer as GPUs load it: ``gpu_transformer_settings``, the loop's compiler options); durations
 that lower to the same program are compiled once. Prints the durations per program and every
 failure, and appends one line per compile to ``--results``.
 """
@@ -23,6 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import jax
 
+from acestep_jax.models.transformer import gpu_transformer_settings
+from benchmarks import plan_memory
 from benchmarks.plan_gpu import GPUS, topology
 from benchmarks.plan_memory import lower_sample, sample_mesh
 
@@ -51,6 +54,7 @@ def sweep(gpu: str, preset: str, layers: int | None, tasks: list[str], seconds: 
                 failures += 1
                 print(f"  FAILED {secs[0]:g}-{secs[-1]:g} s: {error}", flush=True)
             record = {"gpu": gpu, "preset": preset, "layers": layers, "task": task, "seconds": secs,
+                      "settings": plan_memory.TRANSFORMER_SETTINGS,
                       "error": error, "compile_seconds": round(time.perf_counter() - start, 1),
                       "jax": jax.__version__, "date": time.strftime("%Y-%m-%d")}
             with results.open("a") as f:
@@ -70,6 +74,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if jax.devices()[0].platform != "cpu":
         p.error("run with JAX_PLATFORMS=cpu: the GPU compiler runs here without a GPU")
+    plan_memory.TRANSFORMER_SETTINGS = gpu_transformer_settings("cuda")
     failures = sum(sweep(g, args.preset, args.layers, args.tasks, args.seconds, args.results) for g in args.gpus)
     print("every duration compiled" if not failures else f"{failures} programs failed to compile")
     return 1 if failures else 0

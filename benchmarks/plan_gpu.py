@@ -2,13 +2,17 @@
 programs, from XLA's GPU compiler (the CUDA plugin of ``jax[cuda12]``) running on this CPU host.
 
     pip install -e ".[plan-gpu]"     # in its own environment (about 3.4 GB)
-    JAX_PLATFORMS=cpu python benchmarks/plan_gpu.py h100 a100 l4 rtx4090 --results benchmarks/gpu_plans.jsonl
+    JAX_PLATFORMS=cpu python benchmarks/plan_gpu.py h100 a100 l4 rtx4090 --gpu-settings --results benchmarks/gpu_plans.jsonl
 
 Each GPU is a ``GpuTargetConfig`` text proto written from the vendor's public figures
 (:data:`GPUS`), handed to ``jax.experimental.topologies.get_topology_desc(platform="cuda")``
 as one GPU (``1x1x1``) or 8 in one host (``1x1x8``); each program is
 ``jit(...).lower(abstract shapes).compile()``d for a mesh over those devices, with XLA's
-default flags and no autotuning (there is no device to time candidates on).
+default flags (the sampling programs with the loops' own options,
+``sampler.loop_compiler_options``) and no autotuning (there is no device to time candidates
+on). ``--gpu-settings`` compiles the transformer as GPUs load it (``gpu_transformer_settings``;
+the training steps as the trainer runs on GPUs); without it, in its CPU/TPU form. Each record
+names its settings, and a run tabulates only the records made with its own.
 
 Per compile: XLA's memory analysis (arguments / temporaries / peak per GPU) and a walk of the
 optimised HLO (``cost_analysis`` is unimplemented for deviceless GPU compiles): every kernel
@@ -23,9 +27,10 @@ ignores launch gaps and is a **lower bound** on the time, not a prediction.
 Programs: ``sample``, one guided transformer call (cond + uncond) at 240 s; ``loop``, the whole
 27-step sampling loop (240 s and 60 s); ``codec``, decode + vocoder of one song (float32; ``codec-bf16`` the same in bfloat16, ``--codec-dtype``);
 ``lora`` / ``full``, one training step (as ``plan_tpu.py``). ``sample`` and ``codec`` compile
-at full depth; the scanned 24-block programs compile with 2 and 4 blocks and every figure is
-extrapolated linearly to 24 (``plan_tpu.at_depth``): the compiler's time on 2 CPU cores, not
-their structure, is the reason. Compiles are appended to ``--results`` and not run again.
+at full depth (``sample`` also at 2 and 4 blocks, for what one block adds); the other 24-block
+programs compile with 2 and 4 blocks and every figure is extrapolated linearly to 24
+(``plan_tpu.at_depth``): the compiler's time on 2 CPU cores, not their structure, is the
+reason. Compiles are appended to ``--results`` and not run again.
 """
 
 from __future__ import annotations
@@ -143,7 +148,8 @@ def topology(gpu: str, gpus: int) -> Topology:
 
 # ----------------------------------------------------------------------------- programs
 PROGRAMS = ("sample", "loop", "codec", "codec-bf16", "lora", "full")
-DEPTHS = {"sample": (LAYERS,), "loop": (2, 4), "codec": (0,), "codec-bf16": (0,), "lora": (2, 4), "full": (2, 4)}
+# the guided call compiles at full depth, and at 2 and 4 blocks for what one block adds
+DEPTHS = {"sample": (2, 4, LAYERS), "loop": (2, 4), "codec": (0,), "codec-bf16": (0,), "lora": (2, 4), "full": (2, 4)}
 DURATIONS = {"loop": (240.0, 60.0), "codec": (240.0, 60.0), "codec-bf16": (240.0, 60.0)}  # the others at 240 s
 
 
@@ -166,7 +172,8 @@ def jobs(t: Topology, program: str, fit: bool) -> list[Job]:
     out = []
     for seconds in DURATIONS.get(program, (240.0,)):
         units = (1, 2) if fit and seconds == 240.0 else (1,)
-        out += [Job(t, program, seconds, d, u) for u in units for d in DEPTHS[program]]
+        out += [Job(t, program, seconds, d, 1) for d in DEPTHS[program]]
+        out += [Job(t, program, seconds, d, u) for u in units[1:] for d in whole_depths(program)]
     return out
 
 
@@ -495,8 +502,13 @@ def measure(job: Job) -> dict:
 
 
 # ----------------------------------------------------------------------------- tables
+def whole_depths(program: str) -> tuple[int, ...]:
+    """The depths a whole-program figure comes from: full depth where it compiles, else two to extrapolate."""
+    return (LAYERS,) if LAYERS in DEPTHS[program] else DEPTHS[program]
+
+
 def figure(records: dict, t: str, program: str, seconds: float, name: str, unit: int = 1):
-    got = {d: records.get((t, program, seconds, d, unit)) for d in DEPTHS[program]}
+    got = {d: records.get((t, program, seconds, d, unit)) for d in whole_depths(program)}
     if None in got.values() or any(r.get("error") for r in got.values()):
         return None
     values = {d or LAYERS: r[name] for d, r in got.items()}
@@ -537,12 +549,12 @@ def table(records: dict, tops: list[str], programs) -> str:
                 memory = GPUS[gpu].memory
                 fit = "-" if twice is None else (
                     "none" if f("peak") > memory else str(1 + int((memory - f("peak")) // max(twice - f("peak"), 1))))
-                runs = [records[(t, program, seconds, d, 1)] for d in DEPTHS[program]]
-                kinds = {k: at_depth({d or LAYERS: r["kinds"].get(k, 0) for d, r in zip(DEPTHS[program], runs)}) or 0
+                runs = {d: records.get((t, program, seconds, d, 1)) for d in DEPTHS[program]}
+                kinds = {k: at_depth({d or LAYERS: runs[d]["kinds"].get(k, 0) for d in whole_depths(program)}) or 0
                          for k in ("transpose", "copy")}
                 bk = {k: sample["block_kinds"].get(k, 0) for k in ("transpose", "copy")} | {"": sample["block_kernels"]}
-                if len(runs) == 2:  # extrapolated: what one more block adds to the whole program
-                    (a, ra), (b, rb) = zip(DEPTHS[program], runs)
+                (a, ra), (b, rb) = list(runs.items())[:2] if len(runs) >= 2 else ((0, None), (0, None))
+                if ra and rb and not (ra.get("error") or rb.get("error")):  # what one more block adds
                     bk = {k: (rb["kinds"].get(k, 0) - ra["kinds"].get(k, 0)) / (b - a) for k in ("transpose", "copy")}
                     bk[""] = (rb["kernels"] - ra["kernels"]) / (b - a)
                 rows.append(
@@ -575,13 +587,14 @@ def rtf_table(records: dict, tops: list[str]) -> str:
     return "\n".join(rows)
 
 
-CHECK_FIRST = """A real GPU run should check first (in this order):
+CHECK_FIRST = """A real GPU run should check first (in this order; benchmarks/gpu_first_run.sh runs 1-3):
 1. the guided call's time (bench_step.py --full --batch 1) against its roofline ms: the gap is launch
-   overhead and kernels below roofline, the figures this plan cannot see;
+   overhead and kernels below roofline, the figures this plan cannot see; and against --settings default
+   (the CPU/TPU form), which also checks the GPU settings' numbers on real hardware;
 2. the whole loop's RTF at 60 s (bench_generate.py --full --seconds 60 --batch 1) against the roofline RTF
    and the reference's measured 27.3x (A100) / 34.5x (RTX 4090);
 3. peak memory (bench_generate.py reports it) against the plan's peak, and the largest batch;
-4. the LoRA step time (bench_step.py --full) against its roofline (byte-bound in this plan)."""
+4. the LoRA step time (train.py with configs/train_lora.json: train/seconds_per_log) against its roofline."""
 
 
 def main(argv=None) -> int:

@@ -52,6 +52,27 @@ def test_walker_counts_kernels_flops_and_bytes_at_trip_counts():
     assert facts.seconds == pytest.approx(3 * (2 * (32 * 64 + 64 * 16 + 32 * 16) / 3.35e12 + 4 * 32 * 64 / 3.35e12))
 
 
+SLICED = """HloModule m
+
+%cut (p0: bf16[4,64,16]) -> bf16[1,64,16] {
+  %p0 = bf16[4,64,16]{2,1,0} parameter(0)
+  ROOT %s = bf16[1,64,16]{2,1,0} slice(%p0), slice={[1:2], [0:64], [0:16]}
+}
+
+ENTRY %main (w: bf16[4,64,16]) -> bf16[1,64,16] {
+  %w = bf16[4,64,16]{2,1,0} parameter(0)
+  ROOT %wrapped_slice = bf16[1,64,16]{2,1,0} fusion(%w), kind=kLoop, calls=%cut
+}
+"""
+
+
+def test_a_fusion_that_only_slices_counts_as_a_copy():
+    """XLA wraps a weight cut out of its stack into a fusion of its own: that is a copy."""
+    facts = Walker(SLICED, GPUS["h100"]).walk()
+    assert facts.kinds == {"copy": 1}
+    assert facts.bytes == 2 * 2 * 64 * 16  # the slice read, the slice written
+
+
 @pytest.fixture(scope="module")
 def h100():
     if os.environ.get("ACESTEP_REQUIRE_GPU_COMPILER") != "1":  # CI's plan-gpu venv sets it: no silent skip there

@@ -2,6 +2,7 @@
 
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -136,8 +137,11 @@ def test_build_model_from_reference_weights_with_lora(golden):
     model = build_model(cfg)
     assert model.cfg.dtype == "bfloat16" and model.cfg.param_dtype == "float32" and model.cfg.remat == "dots"
     ref = load_file(g.path("weights.safetensors"))["transformer_blocks.0.attn.to_q.weight"]
-    np.testing.assert_array_equal(np.asarray(model.blocks.attn.to_q.kernel[...][0]), ref.T)
-    assert model.blocks.attn.to_q.lora_a[...].shape[-1] == 2 and not np.asarray(model.blocks.attn.to_q.lora_b[...]).any()
+    kernel = model.blocks.attn.to_q.kernel[...]  # frozen: stored in the compute dtype (freeze_in_compute_dtype)
+    assert kernel.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(kernel[0]), np.asarray(jnp.asarray(ref.T).astype(jnp.bfloat16)))
+    lora_a, lora_b = model.blocks.attn.to_q.lora_a[...], model.blocks.attn.to_q.lora_b[...]
+    assert lora_a.shape[-1] == 2 and lora_a.dtype == jnp.float32 and not np.asarray(lora_b).any()
 
 
 def test_rules_and_profile(source, tmp_path):

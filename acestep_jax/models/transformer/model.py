@@ -129,7 +129,8 @@ def unstack_blocks(model: ACEStepTransformer) -> ACEStepTransformer:
         if source not in cut:
             whole = stacked[source][...]
             cut[source] = jax.block_until_ready([whole[i] for i in range(cfg.num_layers)])
-            whole.delete()
+            if isinstance(whole, jax.Array):
+                whole.delete()
         flat.append((path, var.replace(cut[source][path[1]])))
     return nnx.merge(graphdef, nnx.from_flat_state(flat))
 
