@@ -80,7 +80,6 @@ class Dense(nnx.Module):
             y = y + self.lora_scale * jnp.einsum("...r,ro->...o", low, self.lora_b[...].astype(self.dtype))
         return y
 
-
     def to_channels_first(self, x: jax.Array) -> jax.Array:
         """``x [B, S, in]`` → ``[B, out, S]``: the same map as ``__call__``, computed per item
         (a GEMM batched over ``B``), so that XLA's GPU compiler writes channel-major output
@@ -103,7 +102,8 @@ class Dense(nnx.Module):
             y = y + self.bias[...].astype(self.dtype)
         if self.lora_a is not None:
             low = _per_item(self.lora_a[...].astype(self.dtype), x, x.shape[0], ((1,), (1,)), weight_first=False)
-            y = y + self.lora_scale * jnp.einsum("bsr,ro->bso", low, self.lora_b[...].astype(self.dtype))
+            y = y + self.lora_scale * _per_item(self.lora_b[...].astype(self.dtype), low, x.shape[0], ((2,), (1,)),
+                                                weight_first=False)
         return y
 
 
