@@ -138,16 +138,11 @@ class ACEStepPipeline:
         missing = sorted(set(COMPONENTS) - set(manifest["components"]))
         if missing:
             raise ValueError(f"checkpoint {ckpt} lacks components {missing} needed for sampling")
-        from acestep_jax.models.transformer import unstack_blocks
-
         overrides = {"dtype": dtype, **(transformer_overrides or {})}
         if param_dtype is not None:
             overrides["param_dtype"] = param_dtype
-        unroll = overrides.pop("unroll_blocks", False)  # checkpoints hold stacked blocks
         transformer = load_component(transformer or ckpt / "transformer", COMPONENTS["transformer"], mesh=mesh,
                                      **overrides)
-        if unroll:
-            transformer = unstack_blocks(transformer)
         pipe = cls(transformer, *load_conditioning_models(ckpt, mesh=mesh, lyrics_vocab=lyrics_vocab,
                                                           codec_dtype=codec_dtype), mesh=mesh)
         pipe.checkpoint = ckpt

@@ -21,6 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from acestep_jax.nn import abstract_model
+
 PRESETS = ("tiny", "full")
 BYTE_VOCAB_SPECIALS = ("<pad>", "</s>", "<unk>")
 SSL_CONFIGS = {"mert": "mert-v1-330m.json", "m-hubert": "mhubert-147.json"}  # the encoders' Hub config.json
@@ -67,7 +69,7 @@ def random_ssl_model(cfg, seed: int = 0):
     """A :class:`~acestep_jax.models.ssl.HubertModel` of ``cfg`` with host-generated random weights."""
     from acestep_jax.models.ssl import HubertModel
 
-    return random_weights(nnx.eval_shape(lambda: HubertModel(cfg, rngs=nnx.Rngs(0))), seed)
+    return random_weights(abstract_model(lambda r: HubertModel(cfg, rngs=r)), seed)
 
 
 def byte_tokenizer(max_length: int = 256):
@@ -135,7 +137,7 @@ def random_weights(abstract: nnx.Module, seed: int, *, conv_fan_in: bool = False
 def _build(factory, seed: int, on_device: bool, conv_fan_in: bool = False):
     if on_device:  # large models: run the initialisers as one compiled program on the accelerator
         return nnx.jit(lambda: factory(nnx.Rngs(seed)))()
-    return random_weights(nnx.eval_shape(lambda: factory(nnx.Rngs(0))), seed, conv_fan_in=conv_fan_in)
+    return random_weights(abstract_model(factory), seed, conv_fan_in=conv_fan_in)
 
 
 def random_models(preset: str = "tiny", seed: int = 0, *, dtype: str = "float32", param_dtype: str = "float32",

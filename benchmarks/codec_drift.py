@@ -61,14 +61,14 @@ def golden_codec(golden: str):
 
 def full_codec(weights_dir: str | None, seed: int = 0):
     """The released architecture in float32: the reference script's weights, or (``None``) presets' random ones."""
-    from flax import nnx
 
     from acestep_jax.codec import MusicCodec
+    from acestep_jax.nn import abstract_model
     from acestep_jax.presets import preset_config, random_weights
 
     d_cfg, v_cfg = preset_config("full", "dcae"), preset_config("full", "vocoder")
     if weights_dir is None:
-        abstract = nnx.eval_shape(lambda: MusicCodec(d_cfg, v_cfg, rngs=nnx.Rngs(0)))
+        abstract = abstract_model(lambda r: MusicCodec(d_cfg, v_cfg, rngs=r))
         return random_weights(abstract, seed, conv_fan_in=True)
     from acestep_jax.convert.dcae import load_dcae
     from acestep_jax.convert.vocoder import load_vocoder

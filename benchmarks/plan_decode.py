@@ -22,7 +22,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
 from acestep_jax.codec import MusicCodec
 from acestep_jax.codec.codec import (
@@ -31,6 +30,7 @@ from acestep_jax.codec.codec import (
     _decode_windowed,
     seconds_to_frames,
 )
+from acestep_jax.nn import abstract_model
 from acestep_jax.presets import preset_config
 from acestep_jax.sampling.tasks import bucket_frames
 
@@ -56,7 +56,7 @@ def main(argv=None) -> int:
     ap.add_argument("--window", type=int, default=None, help="latent frames per window (the pipeline: 128)")
     args = ap.parse_args(argv)
     dcae, vocoder = preset_config(args.preset, "dcae"), preset_config(args.preset, "vocoder")
-    codec = nnx.eval_shape(lambda: MusicCodec(dcae, vocoder, rngs=nnx.Rngs(0)))
+    codec = abstract_model(lambda r: MusicCodec(dcae, vocoder, rngs=r))
     frames = bucket_frames(seconds_to_frames(args.seconds))
     for b in args.batch:
         print(plan(codec, b, frames, args.window), flush=True)

@@ -55,6 +55,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from acestep_jax.models.transformer import gpu_transformer_settings
+from acestep_jax.nn import abstract_model
 from benchmarks import plan_memory
 from benchmarks.plan_memory import (
     GB,
@@ -188,8 +189,8 @@ def lower_codec(batch: int, mesh, seconds: float, dtype: str = "float32"):
     from acestep_jax.sampling import bucket_frames
 
     dt = {"dtype": dtype, "param_dtype": dtype}
-    model = nnx.eval_shape(lambda: MusicCodec(preset_config("full", "dcae", **dt),
-                                              preset_config("full", "vocoder", **dt), rngs=nnx.Rngs(0)))
+    model = abstract_model(lambda r: MusicCodec(preset_config("full", "dcae", **dt),
+                                                preset_config("full", "vocoder", **dt), rngs=r))
     graphdef, state = nnx.split(model)
     rate, window = lib.OUTPUT_SAMPLE_RATE, DECODE_WINDOW_FRAMES if seconds > OVERLAP_DECODE_SECONDS else None
 

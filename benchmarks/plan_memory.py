@@ -47,6 +47,7 @@ from jax.sharding import PartitionSpec as P
 
 from acestep_jax.codec.codec import LATENT_CHANNELS, LATENT_HEIGHT
 from acestep_jax.models.transformer.flops import decode_flops
+from acestep_jax.nn import abstract_model
 from acestep_jax.presets import preset_config
 from acestep_jax.sharding import make_mesh, state_shardings
 
@@ -216,10 +217,11 @@ def train_flops(tcfg, remat: str, accum: int, global_batch: int) -> float:
 
 # ----------------------------------------------------------------------------- sampling
 def lower_sample(batch: int, mesh, layers: int | None = None, seconds: float = SECONDS, preset: str = "full",
-                 task: str = "text2music"):
+                 task: str = "text2music", bucket: bool = False):
     """The lowered guided sampling loop (the reference's defaults) for ``batch`` songs of
     ``seconds`` (``layers``: with that many blocks; ``preset``: the model's sizes; ``task``:
-    ``text2music`` or ``edit``, whose source latents are ``seconds`` long)."""
+    ``text2music`` or ``edit``, whose source latents are ``seconds`` long; ``bucket``: padded to
+    its length bucket, as the command line and the service run it)."""
     from acestep_jax.codec.codec import seconds_to_frames
     from acestep_jax.models.transformer import ACEStepTransformer
     from acestep_jax.sampling import Conditioning, Noise, SamplingParams
@@ -228,9 +230,9 @@ def lower_sample(batch: int, mesh, layers: int | None = None, seconds: float = S
     from acestep_jax.sampling.tasks import frame_multiple, prepare
 
     tcfg = with_layers(preset_config(preset, "transformer", dtype="bfloat16", param_dtype="bfloat16"), layers)
-    model = nnx.eval_shape(lambda: ACEStepTransformer(tcfg, rngs=nnx.Rngs(0)))
+    model = abstract_model(lambda r: ACEStepTransformer(tcfg, rngs=r))
     graphdef, state = nnx.split(model)
-    params = SamplingParams(task=task, duration=seconds, infer_steps=STEPS)
+    params = SamplingParams(task=task, duration=seconds, infer_steps=STEPS, bucket=bucket)
     by_batch = NamedSharding(mesh, P("data"))
     d = tcfg.text_embedding_dim
     text = {"text": sds((batch, SAMPLE_TEXT, d), jnp.float32), "text_mask": sds((batch, SAMPLE_TEXT), jnp.int32),
@@ -270,7 +272,7 @@ def lower_guided_decode(batch: int, mesh, layers: int | None = None, preset: str
     from acestep_jax.models.transformer import ACEStepTransformer
 
     tcfg = with_layers(preset_config(preset, "transformer", dtype="bfloat16", param_dtype="bfloat16"), layers)
-    model = nnx.eval_shape(lambda: ACEStepTransformer(tcfg, rngs=nnx.Rngs(0)))
+    model = abstract_model(lambda r: ACEStepTransformer(tcfg, rngs=r))
     graphdef, state = nnx.split(model)
     n, t = 2 * batch, -(-latent_frames(SECONDS) // 128) * 128
     ctx = 1 + SAMPLE_TEXT + SAMPLE_LYRICS

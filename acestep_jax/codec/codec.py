@@ -47,6 +47,7 @@ from acestep_jax.codec.dcae import DCAE
 from acestep_jax.codec.logmel import log_mel_spectrogram
 from acestep_jax.codec.resample import resample, resampled_length
 from acestep_jax.codec.vocoder import Vocoder
+from acestep_jax.nn import abstract_model
 from acestep_jax.nn.layers import mask_time
 
 SAMPLE_RATE = 44100  # the codec's own rate
@@ -277,7 +278,7 @@ class MusicCodec(nnx.Module):
     @classmethod
     def from_parts(cls, dcae: DCAE, vocoder: Vocoder, **constants) -> MusicCodec:
         """A codec around already built (e.g. converted) ``dcae`` and ``vocoder`` modules."""
-        codec = nnx.eval_shape(lambda: cls(dcae.config, vocoder.config, rngs=None, **constants))
+        codec = abstract_model(lambda r: cls(dcae.config, vocoder.config, rngs=r, **constants))
         codec.dcae, codec.vocoder = dcae, vocoder
         return codec
 
@@ -354,6 +355,6 @@ def codec_in_dtype(codec: MusicCodec, dtype: str) -> MusicCodec:
     d_cfg = dataclasses.replace(codec.dcae.config, dtype=dtype, param_dtype=dtype)
     v_cfg = dataclasses.replace(codec.vocoder.config, dtype=dtype, param_dtype=dtype)
     constants = {k: getattr(codec, k) for k in ("scale_factor", "shift_factor", "min_mel", "max_mel")}
-    graphdef, target = nnx.split(nnx.eval_shape(lambda: MusicCodec(d_cfg, v_cfg, rngs=nnx.Rngs(0), **constants)))
+    graphdef, target = nnx.split(abstract_model(lambda r: MusicCodec(d_cfg, v_cfg, rngs=r, **constants)))
     state = jax.tree.map(lambda t, x: jnp.asarray(x, t.dtype), target, nnx.state(codec))
     return nnx.merge(graphdef, state)

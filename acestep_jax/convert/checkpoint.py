@@ -33,6 +33,7 @@ from acestep_jax.convert.core import (
     read_json,
 )
 from acestep_jax.files import check_free_space, wait_until_settled, write_json
+from acestep_jax.nn import abstract_model
 from acestep_jax.sharding import state_shardings
 
 CONFIG_FILE = "config.json"
@@ -52,9 +53,15 @@ class Component:
     build: Callable[..., nnx.Module]  # (config, rngs=...) -> module
     rules: Callable[[object], list]  # config -> conversion rules
     ignore: tuple[str, ...] = ()  # reference tensors deliberately not converted
+    # the config whose layout the files hold, and the restored model as the asked config holds it
+    # (the transformer: blocks stacked in files, cut per block for ``unroll_blocks``)
+    stored: Callable[[object], object] = lambda cfg: cfg
+    held: Callable[[nnx.Module, object], nnx.Module] = lambda model, cfg: model
 
     def abstract(self, cfg) -> nnx.Module:
-        return nnx.eval_shape(lambda: self.build(cfg, rngs=nnx.Rngs(0)))
+        """The model as the files hold it (``stored(cfg)``), shapes only."""
+        stored = self.stored(cfg)
+        return abstract_model(lambda r: self.build(stored, rngs=r))
 
 
 def _config_dict(cfg) -> dict:
@@ -223,8 +230,13 @@ def write_component(
 def save_component(folder: str | os.PathLike, model: nnx.Module, cfg) -> None:
     """Save an in-memory (e.g. fine-tuned) model as a component folder; ``folder`` must not exist.
 
-    Attached LoRA adapters are not saved (see :func:`acestep_jax.lora.save_lora`).
+    Attached LoRA adapters are not saved (see :func:`acestep_jax.lora.save_lora`); a transformer
+    held one module per block is saved with its blocks stacked, as every checkpoint holds them.
     """
+    from acestep_jax.models.transformer import ACEStepTransformer, stack_blocks
+
+    if isinstance(model, ACEStepTransformer):
+        model = stack_blocks(model)
     folder = os.fspath(folder)
     variables = _flat_state(model, nnx.Not(nnx.LoRAParam))
     sizes = {k: v[...].nbytes for k, v in variables.items()}
@@ -287,4 +299,4 @@ def load_component(
         shardings = {k: v.get_value() for k, v in _flat_state(state_shardings(state, mesh, rules)).items()}
     variables = _flat_state(state)
     targets = {k: jax.ShapeDtypeStruct(expected[k], variables[k].dtype, sharding=shardings[k]) for k in expected}
-    return load_flat(abstract, _restore_params(params_dir, index, targets, component.name))
+    return component.held(load_flat(abstract, _restore_params(params_dir, index, targets, component.name)), cfg)

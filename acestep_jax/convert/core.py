@@ -473,7 +473,7 @@ def convert_into(
     what: str = "checkpoint",
     progress: bool = False,
 ) -> nnx.Module:
-    """Validate, convert and load ``source`` into a model built with :func:`nnx.eval_shape`.
+    """Validate, convert and load ``source`` into an abstract model (:func:`acestep_jax.nn.abstract_model`).
 
     Each parameter is cast to the dtype of the corresponding abstract parameter.
     """

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 
-from flax import nnx
-
 from acestep_jax.codec.config import DCAEConfig
 from acestep_jax.codec.dcae import DCAE as DCAEModel
 from acestep_jax.convert.checkpoint import Component
@@ -19,6 +17,7 @@ from acestep_jax.convert.core import (
     read_json,
     rule,
 )
+from acestep_jax.nn import abstract_model
 
 
 def _conv(src: str, dst: str, bias: bool = True) -> list[Rule]:
@@ -97,7 +96,7 @@ def load_dcae(
 ) -> DCAEModel:
     """A :class:`~acestep_jax.codec.dcae.DCAE` with the weights of a reference ``AutoencoderDC``
     safetensors file or folder."""
-    abstract = nnx.eval_shape(lambda: DCAEModel(cfg, rngs=nnx.Rngs(0)))
+    abstract = abstract_model(lambda r: DCAEModel(cfg, rngs=r))
     return convert_into(
         abstract, dcae_rules(cfg), open_source(path), what="DC-AE checkpoint", progress=progress
     )

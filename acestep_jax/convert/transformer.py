@@ -19,7 +19,13 @@ from acestep_jax.convert.core import (
     stack_of,
     stacked_rule,
 )
-from acestep_jax.models.transformer import ACEStepTransformer, TransformerConfig, unstack_blocks
+from acestep_jax.models.transformer import (
+    ACEStepTransformer,
+    TransformerConfig,
+    stack_blocks,
+    unstack_blocks,
+)
+from acestep_jax.nn import abstract_model
 
 STACKED_LINEAR = stack_of(linear_t)  # combine of every stacked nn.Linear weight (used by LoRA)
 
@@ -135,7 +141,7 @@ def load_transformer(source, cfg: TransformerConfig, *, progress: bool = False):
     """Build an :class:`ACEStepTransformer` from reference weights (a file, folder or source);
     converted stacked, then cut per block if ``cfg.unroll_blocks``."""
     stacked = dataclasses.replace(cfg, unroll_blocks=False)
-    abstract = nnx.eval_shape(lambda: ACEStepTransformer(stacked, rngs=nnx.Rngs(0)))
+    abstract = abstract_model(lambda r: ACEStepTransformer(stacked, rngs=r))
     model = convert_into(
         abstract, transformer_rules(stacked), open_source(source), what="ace_step_transformer", progress=progress
     )
@@ -147,6 +153,7 @@ def export_transformer(model: ACEStepTransformer) -> dict[str, np.ndarray]:
 
     Attached LoRA adapters are not included (see :func:`acestep_jax.lora.save_lora`).
     """
+    model = stack_blocks(model)
     state = nnx.state(model, nnx.Not(nnx.LoRAParam))
     arrays = {"/".join(map(str, p)): np.asarray(v[...]) for p, v in nnx.to_flat_state(state)}
     return export_tensors(transformer_rules(model.cfg), arrays)

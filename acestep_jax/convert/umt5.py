@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from flax import nnx
-
 from acestep_jax.convert.checkpoint import Component
 from acestep_jax.convert.core import (
     Rule,
@@ -14,6 +12,7 @@ from acestep_jax.convert.core import (
     stack_of,
     stacked_rule,
 )
+from acestep_jax.nn import abstract_model
 from acestep_jax.text.umt5 import UMT5Config, UMT5Encoder
 
 _STACKED_LINEAR = stack_of(linear_t)
@@ -41,7 +40,7 @@ def umt5_rules(cfg: UMT5Config) -> list[Rule]:
 
 def load_umt5(source, cfg: UMT5Config, *, progress: bool = False) -> UMT5Encoder:
     """Build a :class:`UMT5Encoder` from reference weights (a safetensors file, folder or source)."""
-    abstract = nnx.eval_shape(lambda: UMT5Encoder(cfg, rngs=nnx.Rngs(0)))
+    abstract = abstract_model(lambda r: UMT5Encoder(cfg, rngs=r))
     return convert_into(abstract, umt5_rules(cfg), open_source(source), what="umt5-base", progress=progress)
 
 

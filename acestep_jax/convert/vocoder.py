@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from flax import nnx
 
 from acestep_jax.codec.config import VocoderConfig
 from acestep_jax.codec.vocoder import Vocoder
@@ -35,6 +34,7 @@ from acestep_jax.convert.core import (
     open_source,
     rule,
 )
+from acestep_jax.nn import abstract_model
 
 MEL_BUFFERS = ("mel_transform.spectrogram.window", "mel_transform.mel_scale.fb")
 """Reference buffers that conversion ignores (recomputed by :mod:`acestep_jax.codec.logmel`)."""
@@ -113,7 +113,7 @@ def load_vocoder(
     path: str | os.PathLike | TensorSource, cfg: VocoderConfig, *, progress: bool = False
 ) -> Vocoder:
     """A :class:`Vocoder` with the weights of a reference ``ADaMoSHiFiGANV1`` safetensors file or folder."""
-    abstract = nnx.eval_shape(lambda: Vocoder(cfg, rngs=nnx.Rngs(0)))
+    abstract = abstract_model(lambda r: Vocoder(cfg, rngs=r))
     return convert_into(
         abstract,
         vocoder_rules(cfg),

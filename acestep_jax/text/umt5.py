@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from acestep_jax.nn import Dense, Embed, RMSNorm, make_param, resolve_dtype
+from acestep_jax.nn import Dense, Embed, RMSNorm, make_param, resolve_dtype, stacked
 from acestep_jax.sharding import constrain
 
 _ACT = ("batch", "length", "act_embed")
@@ -110,7 +110,7 @@ def relative_position_buckets(length: int, num_buckets: int, max_distance: int) 
 class UMT5Layer(nnx.Module):
     """One encoder block: RMS-normed self-attention with relative bias, then gated-GELU FFN."""
 
-    def __init__(self, cfg: UMT5Config, *, dtype, param_dtype, rngs: nnx.Rngs):
+    def __init__(self, cfg: UMT5Config, *, dtype, param_dtype, rngs: nnx.Rngs | None):
         d, inner = cfg.d_model, cfg.inner_dim
         kw = {"use_bias": False, "dtype": dtype, "param_dtype": param_dtype, "rngs": rngs}
         norm = {"eps": cfg.layer_norm_epsilon, "param_dtype": param_dtype, "rngs": rngs}
@@ -152,18 +152,13 @@ class UMT5Layer(nnx.Module):
 class UMT5Encoder(nnx.Module):
     """``UMT5EncoderModel``: token ids → last hidden state ``[B, L, d_model]``."""
 
-    def __init__(self, cfg: UMT5Config, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: UMT5Config, *, rngs: nnx.Rngs | None):
         self.cfg = cfg
         dtype, param_dtype = resolve_dtype(cfg.dtype), resolve_dtype(cfg.param_dtype)
         self.dtype = dtype
         self.embed_tokens = Embed(cfg.vocab_size, cfg.d_model, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
-        @nnx.split_rngs(splits=cfg.num_layers)
-        @nnx.vmap(in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
-        def make_layers(rngs):
-            return UMT5Layer(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-
-        self.layers = make_layers(rngs)
+        self.layers = stacked(lambda r: UMT5Layer(cfg, dtype=dtype, param_dtype=param_dtype, rngs=r), cfg.num_layers, rngs)
         self.final_norm = RMSNorm(cfg.d_model, eps=cfg.layer_norm_epsilon, param_dtype=param_dtype, rngs=rngs)
 
     def __call__(self, input_ids, attention_mask, query_scales=None) -> jax.Array:

@@ -8,6 +8,7 @@ import pytest
 import soundfile as sf
 
 from acestep_jax.cli.sample import main
+from acestep_jax.nn import abstract_model
 
 
 @pytest.mark.parametrize(
@@ -94,7 +95,7 @@ def _tiny_lora(folder, target: str, seed: int) -> str:
     from acestep_jax.models.transformer import ACEStepTransformer
     from acestep_jax.presets import preset_config
 
-    abstract = nnx.eval_shape(lambda: ACEStepTransformer(preset_config("tiny", "transformer"), rngs=nnx.Rngs(0)))
+    abstract = abstract_model(lambda r: ACEStepTransformer(preset_config("tiny", "transformer"), rngs=r))
     shapes = {"/".join(map(str, p)): v.shape for p, v in nnx.to_flat_state(nnx.state(abstract))}
     rng = np.random.default_rng(seed)
     tensors = {}

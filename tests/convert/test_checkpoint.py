@@ -6,6 +6,7 @@ import json
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 from safetensors.numpy import load_file
 
 from acestep_jax.convert import CheckpointError, DictSource, checkpoint
@@ -75,6 +76,19 @@ def test_save_component_of_modified_model(converted, tmp_path):
     with pytest.raises(FileExistsError):
         save_component(tmp_path / "tuned", model, cfg)
 
+
+
+def test_a_model_held_per_block_saves_and_exports_stacked(converted, tmp_path):
+    """GPU loading holds one module per block (``unroll_blocks``); saving and exporting such a
+    model write the stacked layout every checkpoint holds."""
+    folder, _, tensors, _, _ = converted
+    per_block = load_component(folder, TRANSFORMER, unroll_blocks=True)
+    assert isinstance(per_block.blocks, nnx.List)
+    exported = export_transformer(per_block)
+    assert exported.keys() == tensors.keys() and all(np.array_equal(exported[k], tensors[k]) for k in tensors)
+    save_component(tmp_path / "saved", per_block, per_block.cfg)
+    again = export_transformer(load_component(tmp_path / "saved", TRANSFORMER))
+    assert all(np.array_equal(again[k], tensors[k]) for k in tensors)
 
 def test_mismatched_config_and_broken_folders_are_refused(converted, tmp_path):
     folder, cfg, tensors, _, _ = converted

@@ -10,6 +10,7 @@ from flax import nnx
 from acestep_jax.convert.core import convert_into
 from acestep_jax.convert.ssl import IGNORED, hubert_rules, open_weights, read_source_config
 from acestep_jax.models.ssl import HubertConfig, HubertModel
+from acestep_jax.nn import abstract_model
 from acestep_jax.presets import released_ssl_config
 from tests.helpers import assert_close, golden_root
 
@@ -20,7 +21,7 @@ def golden_hubert(name: str, **overrides) -> HubertModel:
     """The golden ``ssl/<name>`` model, converted from its safetensors."""
     folder = golden_root() / "ssl" / name
     cfg = read_source_config(folder, **overrides)
-    abstract = nnx.eval_shape(lambda: HubertModel(cfg, rngs=nnx.Rngs(0)))
+    abstract = abstract_model(lambda r: HubertModel(cfg, rngs=r))
     return convert_into(abstract, hubert_rules(cfg), open_weights(folder), ignore=IGNORED)
 
 
@@ -56,7 +57,7 @@ def test_bfloat16_compute_stays_close(golden):
 @pytest.mark.parametrize("name, low, high", [("mert", 315e6, 330e6), ("m-hubert", 93e6, 97e6)])
 def test_released_sizes_build_abstractly(name, low, high):
     cfg = released_ssl_config(name)
-    abstract = nnx.eval_shape(lambda: HubertModel(cfg, rngs=nnx.Rngs(0)))
+    abstract = abstract_model(lambda r: HubertModel(cfg, rngs=r))
     count = sum(math.prod(v.shape) for _, v in nnx.to_flat_state(nnx.state(abstract)))
     assert low < count < high, count
     assert cfg.total_stride == 320 and cfg.frames(24000 * 5) == 374

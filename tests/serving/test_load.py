@@ -1,4 +1,4 @@
-"""Load: 32 concurrent requests of mixed parameters through the live server (tiny random models)
+"""Load: 16 concurrent requests of mixed parameters through the live server (tiny random models)
 all complete, share batches, and each output equals its request run alone.
 
 The tiny random vocoder is chaotic: most of its samples sit near saturation, and the float
@@ -22,7 +22,7 @@ PROMPTS = ("rock, guitar", "jazz piano", "lofi beat", "pop, upbeat", "ambient")
 LYRICS = ("", "[verse]\nhello world", "[chorus]\nla la la")
 
 
-def mixed_requests(n: int = 32) -> list[tuple[str, dict]]:
+def mixed_requests(n: int = 16) -> list[tuple[str, dict]]:
     """``(path, body)``: text2music and retake requests differing in every per-item field; every
     eighth in the reference's format through the synchronous ``/generate``."""
     out = []

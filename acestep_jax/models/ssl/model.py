@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from flax import nnx, struct
 
 from acestep_jax.models.ssl.config import HubertConfig
-from acestep_jax.nn import Conv, Dense, GroupNorm, LayerNorm, make_param, resolve_dtype
+from acestep_jax.nn import Conv, Dense, GroupNorm, LayerNorm, make_param, resolve_dtype, stacked
 from acestep_jax.sharding import constrain
 
 _ACT = ("batch", "length", "act_embed")
@@ -203,12 +203,7 @@ class Encoder(nnx.Module):
         self.pos_conv_embed = PositionalConv(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.layer_norm = LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps, param_dtype=param_dtype, rngs=rngs)
 
-        @nnx.split_rngs(splits=cfg.num_hidden_layers)
-        @nnx.vmap(in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
-        def make_layers(rngs):
-            return EncoderLayer(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-
-        self.layers = make_layers(rngs)
+        self.layers = stacked(lambda r: EncoderLayer(cfg, dtype=dtype, param_dtype=param_dtype, rngs=r), cfg.num_hidden_layers, rngs)
         self.pre_ln = cfg.do_stable_layer_norm
 
     def __call__(self, x, output_hidden_states: bool):
@@ -232,7 +227,7 @@ class Encoder(nnx.Module):
 class HubertModel(nnx.Module):
     """``HubertModel`` / ``MERTModel``: audio ``[B, samples]`` → :class:`HubertOutput`."""
 
-    def __init__(self, cfg: HubertConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: HubertConfig, *, rngs: nnx.Rngs | None):
         self.cfg = cfg
         dtype, param_dtype = resolve_dtype(cfg.dtype), resolve_dtype(cfg.param_dtype)
         kw = {"dtype": dtype, "param_dtype": param_dtype, "rngs": rngs}

@@ -10,8 +10,10 @@ from acestep_jax.models.transformer.model import (
     Context,
     context_positions,
     layer_scales,
+    stack_blocks,
     unstack_blocks,
 )
 
 __all__ = ["ACEStepTransformer", "Context", "LyricEncoderConfig", "TransformerConfig", "context_positions",
-           "gpu_transformer_settings", "layer_scales", "unstack_blocks"]
+           "gpu_transformer_settings", "layer_scales", "stack_blocks",
+           "unstack_blocks"]

@@ -16,7 +16,7 @@ import numpy as np
 from flax import nnx
 
 from acestep_jax.models.transformer.config import LyricEncoderConfig
-from acestep_jax.nn import Dense, LayerNorm, dropout, make_param
+from acestep_jax.nn import Dense, LayerNorm, dropout, make_param, stacked
 
 QUERY_BLOCK = 512  # lyric-encoder queries per attention block (memory ∝ block × length)
 
@@ -135,12 +135,7 @@ class LyricEncoder(nnx.Module):
         self.embed_norm = LayerNorm(d, eps=1e-5, param_dtype=param_dtype, rngs=rngs)
         self.after_norm = LayerNorm(d, eps=1e-5, param_dtype=param_dtype, rngs=rngs)
 
-        @nnx.split_rngs(splits=cfg.num_blocks)
-        @nnx.vmap(in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
-        def make_layers(rngs):
-            return ConformerLayer(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-
-        self.layers = make_layers(rngs)
+        self.layers = stacked(lambda r: ConformerLayer(cfg, dtype=dtype, param_dtype=param_dtype, rngs=r), cfg.num_blocks, rngs)
         self.dtype = dtype
 
     def __call__(self, x, mask, query_scales=None, query_block: int = QUERY_BLOCK, *, dropout_key=None):

@@ -27,7 +27,15 @@ from acestep_jax.models.transformer.embeddings import (
     rope_tables,
 )
 from acestep_jax.models.transformer.lyric_encoder import LyricEncoder
-from acestep_jax.nn import Dense, Embed, make_param, resolve_dtype, rms_norm
+from acestep_jax.nn import (
+    Dense,
+    Embed,
+    abstract_model,
+    make_param,
+    resolve_dtype,
+    rms_norm,
+    stacked,
+)
 from acestep_jax.sharding import constrain
 
 _ACT = ("batch", "length", "act_embed")
@@ -52,17 +60,19 @@ class GLUMBConv(nnx.Module):
         self.in_gate = Dense(dim, hidden, axes=("embed", "mlp"), **kw)
         bound = 1 / 3**0.5
         init = lambda key, shape, dt: jax.random.uniform(key, shape, dt, -bound, bound)
-        self.dw_value = make_param(rngs, init, (3, hidden), param_dtype, (None, "mlp"))
-        self.dw_gate = make_param(rngs, init, (3, hidden), param_dtype, (None, "mlp"))
-        self.dw_value_bias = make_param(rngs, init, (hidden,), param_dtype, ("mlp",))
-        self.dw_gate_bias = make_param(rngs, init, (hidden,), param_dtype, ("mlp",))
+        # the time convolution runs in float32, so its taps and biases (a few kB) are kept in it:
+        # converting them at every call is a kernel of its own on some GPUs (A100)
+        self.dw_value = make_param(rngs, init, (3, hidden), jnp.float32, (None, "mlp"))
+        self.dw_gate = make_param(rngs, init, (3, hidden), jnp.float32, (None, "mlp"))
+        self.dw_value_bias = make_param(rngs, init, (hidden,), jnp.float32, ("mlp",))
+        self.dw_gate_bias = make_param(rngs, init, (hidden,), jnp.float32, ("mlp",))
         self.out = Dense(hidden, dim, use_bias=False, axes=("mlp", "embed"), **kw)
         self.dtype = dtype
 
     def _depthwise(self, x, w, b):
         """The 3-tap time convolution of ``silu(x)``. SiLU is applied to each shifted view (it
         is 0 at the zero padding), so XLA fuses it here rather than writing ``silu(x)`` out."""
-        w, b = w[...].astype(jnp.float32), b[...].astype(jnp.float32)
+        w, b = w[...], b[...]
         padded = jnp.pad(x, ((0, 0), (1, 1), (0, 0)))
         taps = (nnx.silu(padded[:, :-2]), nnx.silu(padded[:, 1:-1]), nnx.silu(padded[:, 2:]))
         return (taps[0] * w[0] + taps[1] * w[1] + taps[2] * w[2] + b).astype(self.dtype)
@@ -117,7 +127,7 @@ def unstack_blocks(model: ACEStepTransformer) -> ACEStepTransformer:
     if model.cfg.unroll_blocks:
         return model
     cfg = dataclasses.replace(model.cfg, unroll_blocks=True)
-    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: ACEStepTransformer(cfg, rngs=nnx.Rngs(0))))
+    graphdef, abstract = nnx.split(abstract_model(lambda r: ACEStepTransformer(cfg, rngs=r)))
     stacked = dict(nnx.to_flat_state(nnx.state(model)))
     cut: dict[tuple, list[jax.Array]] = {}
     flat = []
@@ -132,6 +142,25 @@ def unstack_blocks(model: ACEStepTransformer) -> ACEStepTransformer:
             if isinstance(whole, jax.Array):
                 whole.delete()
         flat.append((path, var.replace(cut[source][path[1]])))
+    return nnx.merge(graphdef, nnx.from_flat_state(flat))
+
+
+def stack_blocks(model: ACEStepTransformer) -> ACEStepTransformer:
+    """``model`` with its blocks stacked, the layout checkpoints hold (the inverse of
+    :func:`unstack_blocks`; ``model`` is left as it is, so the blocks' weights are held twice
+    until it is dropped; LoRA adapters are not carried). Saving and exporting use it."""
+    if not model.cfg.unroll_blocks:
+        return model
+    cfg = dataclasses.replace(model.cfg, unroll_blocks=False)
+    graphdef, abstract = nnx.split(abstract_model(lambda r: ACEStepTransformer(cfg, rngs=r)))
+    held = dict(nnx.to_flat_state(nnx.state(model)))
+    flat = []
+    for path, var in nnx.to_flat_state(abstract):
+        if path[0] != "blocks":
+            flat.append((path, var.replace(held[path][...])))
+            continue
+        blocks = [held[("blocks", i, *path[1:])][...] for i in range(cfg.num_layers)]
+        flat.append((path, var.replace(jnp.stack(blocks))))
     return nnx.merge(graphdef, nnx.from_flat_state(flat))
 
 
@@ -173,23 +202,20 @@ def context_positions(text_mask: jax.Array, lyric_length: int, layout: str = "it
 class ACEStepTransformer(nnx.Module):
     """Flow-matching transformer of ACE-Step v1 (see :class:`TransformerConfig`)."""
 
-    def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs | None):
         self.cfg = cfg
         dtype, param_dtype = resolve_dtype(cfg.dtype), resolve_dtype(cfg.param_dtype)
         d = cfg.inner_dim
         kw = {"dtype": dtype, "param_dtype": param_dtype, "rngs": rngs}
         self.dtype = dtype
 
-        @nnx.split_rngs(splits=cfg.num_layers)
-        @nnx.vmap(in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
-        def make_blocks(rngs):
-            return TransformerBlock(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        def block(r):
+            return TransformerBlock(cfg, dtype=dtype, param_dtype=param_dtype, rngs=r)
 
         if cfg.unroll_blocks:  # one module per block (see unstack_blocks)
-            self.blocks = nnx.List([TransformerBlock(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-                                    for _ in range(cfg.num_layers)])
+            self.blocks = nnx.List([block(rngs) for _ in range(cfg.num_layers)])
         else:
-            self.blocks = make_blocks(rngs)
+            self.blocks = stacked(block, cfg.num_layers, rngs)
         self.timestep_embedder = TimestepEmbedder(d, **kw)
         self.t_block = Dense(d, 6 * d, axes=("embed", "mlp"), **kw)
         self.speaker_embedder = Dense(cfg.speaker_embedding_dim, d, axes=(None, "embed"), **kw)
