@@ -5,6 +5,7 @@ Runs only where jax's CUDA plugin is installed (the ``plan-gpu`` extra, about 3.
 skips. The HLO walker's arithmetic is checked on a hand-made module everywhere.
 """
 
+import json
 import os
 
 import pytest
@@ -122,3 +123,20 @@ def test_tiny_gpu_program_structure(h100, program, settings):
     block["kernels"] = (facts.kernels - one.kernels) / steps
     if settings == "gpu":
         assert all(block[k] <= limit for k, limit in LIMITS.items()) and block["attention"] == 1, block
+
+
+def test_duration_sweep_summary_counts_durations_programs_and_failures(tmp_path):
+    """``gpu_durations.py --summary``: one row per GPU, model, task and padding, from one record per
+    duration (a duration that shares a compiled program repeats its outcome)."""
+    from benchmarks.gpu_durations import summary
+
+    base = {"gpu": "a100", "preset": "full", "layers": 1, "task": "edit", "bucket": False, "jax": "0.10.2"}
+    rows = [base | {"seconds": 1.0, "program": "a", "compiled": True, "error": None, "compile_seconds": 60.0},
+            base | {"seconds": 2.0, "program": "a", "compiled": False, "error": None, "compile_seconds": 0.0},
+            base | {"seconds": 3.0, "program": "b", "compiled": True, "error": "INTERNAL: tiles", "compile_seconds": 60.0},
+            {"gpu": "a100", "seconds": [4.0], "error": None}]  # an older format, without programs: ignored
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    table = summary(path).splitlines()
+    assert len(table) == 3
+    assert table[2] == "| A100 SXM 80GB | full, 1 block(s) | edit | 16 | every second 1-3 s | 2 | 3 | 2 min |"
