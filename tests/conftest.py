@@ -1,13 +1,24 @@
-"""Test setup: 8 fake CPU devices and the golden vectors from the PyTorch reference."""
+"""Test setup: 8 fake CPU devices and the golden vectors from the PyTorch reference.
+
+Tiny models spend most of their test time compiling, so the tests (and the command lines
+they launch, which inherit this environment) compile with LLVM optimisation off and share
+one persistent compilation cache for the run, cold at its start like a fresh CI machine's
+and removed at its end (the users' ``~/.cache/acestep_jax`` is never touched).
+"""
 
 import os
+import shutil
+import tempfile
 
 # must happen before jax initialises its backends
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (
-        os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-    ).strip()
+for flag in ("--xla_force_host_platform_device_count=8", "--xla_backend_optimization_level=0"):
+    if flag.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flag).strip()
+# the first process to load this file (pytest, or xdist's controller) owns the run's cache
+RUN_CACHE = os.path.join(tempfile.gettempdir(), f"acestep-jax-tests-{os.getpid()}")
+os.environ.setdefault("ACESTEP_JAX_CACHE", RUN_CACHE)
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(os.environ["ACESTEP_JAX_CACHE"], "xla"))
 
 from pathlib import Path
 
@@ -48,3 +59,8 @@ def reference_dir(tmp_path_factory) -> Path:
     from tests.fake_checkpoint import build_reference_folder
 
     return build_reference_folder(tmp_path_factory.mktemp("hf") / "ACE-Step-v1-3.5B")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if os.environ["ACESTEP_JAX_CACHE"] == RUN_CACHE:
+        shutil.rmtree(RUN_CACHE, ignore_errors=True)

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from acestep_jax import distributed
 from acestep_jax.models.transformer import Context, layer_scales
 from acestep_jax.sampling import guidance as G
 from acestep_jax.sampling.inputs import LoopInputs
@@ -343,7 +344,8 @@ def _compiled(graphdef, lc: LoopConfig):
     def run(state, cond, inputs, noise):
         return loop(nnx.merge(graphdef, state), lc, cond, inputs, noise)
 
-    return jax.jit(run, compiler_options=loop_compiler_options(jax.default_backend()))
+    jitted = jax.jit(run, compiler_options=loop_compiler_options(jax.default_backend()))
+    return distributed.together(jitted, f"{lc.task} loop")
 
 
 def run_loop(model, lc: LoopConfig, cond: Conditioning, inputs: LoopInputs, noise: Noise) -> jax.Array:

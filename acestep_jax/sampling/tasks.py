@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from acestep_jax import distributed
 from acestep_jax.codec.codec import LATENT_CHANNELS, LATENT_HEIGHT
 from acestep_jax.sampling.guidance import guidance_schedule
 from acestep_jax.sampling.inputs import ItemInputs, Latents, LoopInputs, ScheduleInputs, shard_batch
@@ -236,6 +237,7 @@ def random_seeds(n: int) -> list[int]:
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
+        distributed.barrier("random seeds")  # a collective: the hosts may arrive far apart (loading)
         seeds = multihost_utils.broadcast_one_to_all(seeds)
     return [int(s) for s in seeds]
 

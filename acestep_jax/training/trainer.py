@@ -29,6 +29,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from acestep_jax import distributed
 from acestep_jax.files import check_free_space, wait_until_settled
 from acestep_jax.models.transformer import (
     ACEStepTransformer,
@@ -297,7 +298,7 @@ class Trainer:
             self.state, self.shardings = init_train_state(cfg, self.model, self.mesh)
         self.lora = lora_config(cfg)
         self.graphdef, _, self.frozen = nnx.split(self.model, _train_filter(self.lora is not None), ...)
-        self._step = _compiled_step(self.graphdef, cfg, self.mesh, self.shardings)
+        self._step = distributed.together(_compiled_step(self.graphdef, cfg, self.mesh, self.shardings), "train step")
 
         self.source = source if source is not None else self._default_source()
         if len(self.source) == 0:
@@ -306,6 +307,7 @@ class Trainer:
 
         check_compatible(self.source[0], self.model.cfg)
         self._data_iter = None
+        self._hosts_met = False
         self.eval_fn = eval_fn if eval_fn is not None else _import_fn(cfg.run.eval_fn)
         self.manager = self._checkpoint_manager() if checkpoints else None
         self.writer = writer
@@ -345,6 +347,10 @@ class Trainer:
         accum = self.cfg.optim.grad_accum
         if jax.process_count() > 1:  # hosts padded their batches apart: agree on the largest shapes
             from jax.experimental import multihost_utils
+
+            if not self._hosts_met:  # the first collective: the hosts loaded and read at their own pace
+                distributed.barrier("first batch")
+                self._hosts_met = True
 
             from acestep_jax.training.data import pad_batch
 

@@ -83,5 +83,6 @@ def test_corrupt_cache_is_replaced(lyrics_vocab_path, tmp_path, monkeypatch):
 
 
 def test_default_cache_dir(monkeypatch, tmp_path):
+    monkeypatch.delenv("ACESTEP_JAX_CACHE")  # the test run's own (tests/conftest.py)
     monkeypatch.setenv("HOME", str(tmp_path))
     assert vocab.default_cache_dir() == tmp_path / ".cache" / "acestep_jax"
