@@ -1,9 +1,11 @@
 """Test setup: 8 fake CPU devices and the golden vectors from the PyTorch reference.
 
 Tiny models spend most of their test time compiling, so the tests (and the command lines
-they launch, which inherit this environment) compile with LLVM optimisation off and share
-one persistent compilation cache for the run, cold at its start like a fresh CI machine's
-and removed at its end (the users' ``~/.cache/acestep_jax`` is never touched).
+they launch, which inherit this environment) compile with LLVM optimisation off, and the
+command lines share one persistent compilation cache for the run, cold at its start like a
+fresh CI machine's and removed at its end (the users' ``~/.cache/acestep_jax`` is never
+touched). The test processes themselves keep jax's default (no persistent cache): jax
+0.10.2 sometimes crashed serialising a sharded CPU train step into it.
 """
 
 import os
@@ -18,7 +20,6 @@ for flag in ("--xla_force_host_platform_device_count=8", "--xla_backend_optimiza
 # the first process to load this file (pytest, or xdist's controller) owns the run's cache
 RUN_CACHE = os.path.join(tempfile.gettempdir(), f"acestep-jax-tests-{os.getpid()}")
 os.environ.setdefault("ACESTEP_JAX_CACHE", RUN_CACHE)
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(os.environ["ACESTEP_JAX_CACHE"], "xla"))
 
 from pathlib import Path
 

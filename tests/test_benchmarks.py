@@ -21,10 +21,10 @@ def test_output_and_lyric_memory_benchmarks_run(capsys):
 
 def test_serving_benchmark_runs(capsys):
     # the tiny models and the serving tests' shapes, so the programs are mostly compiled already
-    assert bench_serve.main(["--tiny", "--requests", "6", "--seconds", "0.3", "0.5", "--steps", "2",
+    assert bench_serve.main(["--tiny", "--requests", "4", "--seconds", "0.3", "0.5", "--steps", "2",
                              "--batch-sizes", "1,4", "--dtype", "float32"]) == 0
     out = capsys.readouterr().out
-    assert "| sequential | 1 | 6 | 1.00 |" in out and "| batched | 1,4 |" in out and "batched / sequential:" in out
+    assert "| sequential | 1 | 4 | 1.00 |" in out and "| batched | 1,4 |" in out and "batched / sequential:" in out
 
 
 def test_plan_batch_search_and_random_checkpoint_writer(tmp_path):
