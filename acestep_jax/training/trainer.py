@@ -348,12 +348,11 @@ class Trainer:
         if jax.process_count() > 1:  # hosts padded their batches apart: agree on the largest shapes
             from jax.experimental import multihost_utils
 
+            from acestep_jax.training.data import pad_batch
+
             if not self._hosts_met:  # the first collective: the hosts loaded and read at their own pace
                 distributed.barrier("first batch")
                 self._hosts_met = True
-
-            from acestep_jax.training.data import pad_batch
-
             keys = sorted(local)
             dims = np.concatenate([np.shape(local[k]) for k in keys]).astype(np.int64)
             agreed = np.max(multihost_utils.process_allgather(dims), axis=0)
