@@ -62,6 +62,11 @@ def reference_dir(tmp_path_factory) -> Path:
     return build_reference_folder(tmp_path_factory.mktemp("hf") / "ACE-Step-v1-3.5B")
 
 
+def pytest_collection_modifyitems(items):
+    """Long (``slow``) tests first: xdist's workers then end together on short ones."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 def pytest_sessionfinish(session, exitstatus):
     if os.environ["ACESTEP_JAX_CACHE"] == RUN_CACHE:
         shutil.rmtree(RUN_CACHE, ignore_errors=True)

@@ -4,6 +4,7 @@ import json
 
 import jax
 import numpy as np
+import pytest
 
 from acestep_jax.cli.train import main
 from acestep_jax.lora import read_lora
@@ -14,6 +15,7 @@ from acestep_jax.training.trainer import Trainer
 from tests.training.test_trainer import make_cfg, tiny_transformer
 
 
+@pytest.mark.slow
 def test_train_cli_lora_and_resume(tmp_path):
     lora = tmp_path / "lora.json"
     lora.write_text(json.dumps({"r": 2, "lora_alpha": 4, "target_modules": ["to_q", "to_k"]}))

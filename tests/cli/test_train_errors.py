@@ -105,6 +105,7 @@ def test_a_full_disk_is_one_line_before_training(tmp_path, monkeypatch, capsys):
     assert not list((tmp_path / "run" / "checkpoints").iterdir())
 
 
+@pytest.mark.slow
 @small_disk
 def test_a_disk_that_fills_during_a_checkpoint_is_one_line(tmp_path):
     """The disk fills during orbax's asynchronous checkpoint write (after the free-space check passed):

@@ -48,6 +48,7 @@ def _check(out, solo, what):
         assert not np.any(out[i][..., frames:]), f"{what}: item {i} is not zero past its length"
 
 
+@pytest.mark.slow
 def test_mixed_requests_equal_their_solo_runs(tiny_model, pipeline_golden, solo):
     cond = _conds(pipeline_golden.io, len(REQUESTS))
     out = np.asarray(generate(tiny_model, REQUESTS, cond, SEEDS))

@@ -4,6 +4,7 @@ it is batched with (the ``"item"`` context positions, isolated frame padding).""
 import dataclasses
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -37,6 +38,7 @@ def _random_item(rng, like: Conditioning, text_width: int, lyric_width: int, voc
     )
 
 
+@pytest.mark.slow
 @settings(max_examples=3, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(text_pad=st.integers(1, 12), lyric_pad=st.integers(1, 12), others=st.integers(1, 3), seed=st.integers(0, 99))
 def test_padding_and_batch_change_no_item(tiny_model, pipeline_golden, text_pad, lyric_pad, others, seed):

@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
+import pytest
 import soundfile as sf
 
 from acestep_jax.serving.requests import parse_request
@@ -61,6 +62,7 @@ class RecordingPipe:
         return out
 
 
+@pytest.mark.slow
 def test_concurrent_mixed_requests_equal_their_solo_runs(tiny_pipe, tmp_path):
     requests = mixed_requests()
     recording = RecordingPipe(tiny_pipe)

@@ -25,6 +25,7 @@ def _wait_status(card, status: str) -> None:
     card.locator(".status").filter(has_text=status).wait_for(timeout=WAIT_MS)
 
 
+@pytest.mark.slow
 def test_the_page_drives_every_step(tmp_path, lyrics_vocab_path):
     from playwright.sync_api import sync_playwright
 

@@ -9,6 +9,7 @@ import sys
 import time
 
 import httpx
+import pytest
 
 from tests.serving.conftest import DURATIONS, STEPS, WAIT, wait_done
 
@@ -49,6 +50,7 @@ def _stop(proc, timeout=WAIT) -> int:
             proc.wait(30)
 
 
+@pytest.mark.slow
 def test_sigterm_mid_queue_and_restart_finish_every_accepted_job(tmp_path, lyrics_vocab_path):
     state, cache = tmp_path / "state", tmp_path / "xla"
     log = open(tmp_path / "server.log", "wb")  # noqa: SIM115 - both processes write it

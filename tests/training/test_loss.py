@@ -373,6 +373,7 @@ def _invariance_setup():
     return model, kw, items, draws, _objective(model, items, draws, DataSection(pad_multiple=1))
 
 
+@pytest.mark.slow
 @settings(max_examples=2, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(others=st.integers(1, 3), multiple=st.sampled_from([8, 16, 32]), extra_frames=st.integers(1, 20),
        seed=st.integers(0, 99))

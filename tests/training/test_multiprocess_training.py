@@ -1,8 +1,8 @@
 """Training on two processes × 4 CPU devices (two "hosts") from an ArrayRecord file.
 
 Equals one process with 8 devices (losses and parameters), writes orbax checkpoints from
-both processes, resumes exactly after both are SIGKILLed, and stops with a clear error
-when one process dies. The ``*_worker`` functions run inside the launched processes.
+both processes, resumes after both are SIGKILLed, and stops with a clear error when one
+process dies. The ``*_worker`` functions run inside the launched processes.
 """
 
 import os
@@ -109,26 +109,14 @@ def assert_same_params(a: dict, b: dict, atol: float) -> None:
 
 
 # ----------------------------------------------------------------------------- tests
-def test_two_processes_equal_one_and_resume_exactly_after_sigkill(tmp_path, records, xla_cache):
+def test_two_processes_equal_one_and_resume_after_sigkill(tmp_path, records, xla_cache):
+    """Both processes are SIGKILLed once the step-2 checkpoint is complete and restarted; their
+    steps 3-4 and final parameters equal 4 uninterrupted steps of one process with 8 devices
+    (bit-exact resume on one process: ``test_trainer.test_kill_and_resume_is_exact``)."""
     cfg = config(tmp_path, records)
-    launch_train(cfg, 4, tmp_path / "full.npz", xla_cache)
-    start, losses, params = load(tmp_path / "full.npz")
-    assert start == 0 and len(losses) == 4
-    ckpts = tmp_path / "run" / "checkpoints"
-    assert sorted(p.name for p in ckpts.iterdir() if p.name.isdigit()) == ["2", "4"]
-    data_files = {p.name for p in (ckpts / "4" / "data").iterdir()}
-    assert {"process_0-of-2.json", "process_1-of-2.json"} <= data_files  # each process its data position
-
-    launch_train(cfg, 4, tmp_path / "single.npz", xla_cache, processes=1, checkpoints=False)
-    _, ref_losses, ref_params = load(tmp_path / "single.npz")
-    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
-    assert_same_params(params, ref_params, atol=1e-5)
-
-    # a second run, both processes SIGKILLed once the step-2 checkpoint is complete, then restarted
-    cfg2 = config(tmp_path / "second", records)
     result = tmp_path / "resumed.npz"
     group = multiprocess.Group("tests.training.test_multiprocess_training:train_worker",
-                               {"cfg": cfg2, "steps": 4, "result": str(result), "pause_at": 2}, cache_dir=xla_cache)
+                               {"cfg": cfg, "steps": 4, "result": str(result), "pause_at": 2}, cache_dir=xla_cache)
     try:
         deadline = time.monotonic() + TIMEOUT_S
         while not all(os.path.exists(f"{result}.saved.{i}") for i in range(2)):
@@ -138,11 +126,20 @@ def test_two_processes_equal_one_and_resume_exactly_after_sigkill(tmp_path, reco
     finally:
         group.kill(signal.SIGKILL)
     assert not result.exists()
-    launch_train(cfg2, 2, result, xla_cache)
-    start, resumed, resumed_params = load(result)
-    assert start == 2
-    np.testing.assert_array_equal(resumed, losses[2:])  # bit-exact: same data order and random draws
-    assert_same_params(resumed_params, params, atol=0)
+    ckpts = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir() if p.name.isdigit()) == ["2"]
+
+    launch_train(cfg, 2, result, xla_cache)
+    start, resumed, params = load(result)
+    assert start == 2 and len(resumed) == 2
+    assert sorted(p.name for p in ckpts.iterdir() if p.name.isdigit()) == ["2", "4"]
+    data_files = {p.name for p in (ckpts / "4" / "data").iterdir()}
+    assert {"process_0-of-2.json", "process_1-of-2.json"} <= data_files  # each process its data position
+
+    launch_train(cfg, 4, tmp_path / "single.npz", xla_cache, processes=1, checkpoints=False)
+    _, ref_losses, ref_params = load(tmp_path / "single.npz")
+    np.testing.assert_allclose(resumed, ref_losses[2:], rtol=1e-5)
+    assert_same_params(params, ref_params, atol=1e-5)
 
 
 def test_a_dying_process_stops_the_other_with_a_clear_error(tmp_path, records, xla_cache):

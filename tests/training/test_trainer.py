@@ -83,6 +83,7 @@ def test_sharded_training_matches_single_device_and_learns(source):
     assert last < 0.8 * first, (first, last, losses)  # deterministic: fixed seeds throughout
 
 
+@pytest.mark.slow
 def test_kill_and_resume_is_exact(source, tmp_path):
     cfg = make_cfg(tmp_path, optim={"grad_accum": 2}, data={"batch_size": 2},
                    run={"save_every": 2, "keep": 5, "async_checkpoint": True})
