@@ -5,7 +5,8 @@ they launch, which inherit this environment) compile with LLVM optimisation off,
 command lines share one persistent compilation cache for the run, cold at its start like a
 fresh CI machine's and removed at its end (the users' ``~/.cache/acestep_jax`` is never
 touched). The test processes themselves keep jax's default (no persistent cache): jax
-0.10.2 sometimes crashed serialising a sharded CPU train step into it.
+0.10.2 sometimes crashed serialising a sharded CPU train step into it; a command line run
+in-process turns it on, so it is turned off again after each test.
 """
 
 import os
@@ -60,6 +61,27 @@ def reference_dir(tmp_path_factory) -> Path:
     from tests.fake_checkpoint import build_reference_folder
 
     return build_reference_folder(tmp_path_factory.mktemp("hf") / "ACE-Step-v1-3.5B")
+
+
+CACHE_OPTIONS = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+                 "jax_persistent_cache_min_entry_size_bytes")
+
+
+@pytest.fixture(autouse=True)
+def _no_persistent_cache_after_the_test():
+    """A command line run in-process turns jax's persistent cache on for the whole process; put it
+    back off afterwards (jax keeps an initialised cache until ``reset_cache``), so later tests
+    of the same worker never serialise their programs (jax 0.10.2 aborted writing a sharded CPU
+    train step)."""
+    import jax
+    from jax.experimental.compilation_cache import compilation_cache
+
+    before = {k: getattr(jax.config, k) for k in CACHE_OPTIONS}
+    yield
+    if {k: getattr(jax.config, k) for k in CACHE_OPTIONS} != before:
+        for k, v in before.items():
+            jax.config.update(k, v)
+        compilation_cache.reset_cache()
 
 
 def pytest_collection_modifyitems(items):

@@ -155,17 +155,10 @@ def test_validation_errors(tiny_model, pipeline_golden):
         generate(tiny_model, FAST, dataclasses.replace(cond, lyric_ids=cond.lyric_ids[:1]), [1, 2])
 
 
-def test_enable_compilation_cache(tmp_path):
-    keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-            "jax_persistent_cache_min_entry_size_bytes")
-    before = {k: getattr(jax.config, k) for k in keys}
-    try:
-        path = enable_compilation_cache(tmp_path / "xla", min_compile_time_s=2.0)
-        assert path.is_dir() and jax.config.jax_compilation_cache_dir == str(path)
-        assert jax.config.jax_persistent_cache_min_compile_time_secs == 2.0
-    finally:
-        for k, v in before.items():
-            jax.config.update(k, v)
+def test_enable_compilation_cache(tmp_path):  # conftest turns the cache back off afterwards
+    path = enable_compilation_cache(tmp_path / "xla", min_compile_time_s=2.0)
+    assert path.is_dir() and jax.config.jax_compilation_cache_dir == str(path)
+    assert jax.config.jax_persistent_cache_min_compile_time_secs == 2.0
 
 
 def test_step_progress_reports_every_step_and_changes_nothing(tiny_model, pipeline_golden):
