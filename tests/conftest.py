@@ -15,7 +15,10 @@ import tempfile
 
 # must happen before jax initialises its backends
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-for flag in ("--xla_force_host_platform_device_count=8", "--xla_backend_optimization_level=0"):
+# XLA:CPU aborts the process when a collective's participants arrive over 40 s apart (its
+# default); 8 fake devices on CI's 2 busy cores may lag that much, so allow 10 minutes
+for flag in ("--xla_force_host_platform_device_count=8", "--xla_backend_optimization_level=0",
+             "--xla_cpu_collective_call_terminate_timeout_seconds=600"):
     if flag.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flag).strip()
 # the first process to load this file (pytest, or xdist's controller) owns the run's cache
