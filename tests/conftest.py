@@ -4,9 +4,9 @@ Tiny models spend most of their test time compiling, so the tests (and the comma
 they launch, which inherit this environment) compile with LLVM optimisation off, and the
 command lines share one persistent compilation cache for the run, cold at its start like a
 fresh CI machine's and removed at its end (the users' ``~/.cache/acestep_jax`` is never
-touched). The test processes themselves keep jax's default (no persistent cache): jax
-0.10.2 sometimes crashed serialising a sharded CPU train step into it; a command line run
-in-process turns it on, so it is turned off again after each test.
+touched). The test processes themselves keep jax's default (no persistent cache), so one
+test's programs never come from another's; a command line run in-process turns it on, so it
+is turned off again after each test.
 """
 
 import os
@@ -73,9 +73,7 @@ CACHE_OPTIONS = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_
 @pytest.fixture(autouse=True)
 def _no_persistent_cache_after_the_test():
     """A command line run in-process turns jax's persistent cache on for the whole process; put it
-    back off afterwards (jax keeps an initialised cache until ``reset_cache``), so later tests
-    of the same worker never serialise their programs (jax 0.10.2 aborted writing a sharded CPU
-    train step)."""
+    back off afterwards (jax keeps an initialised cache until ``reset_cache``)."""
     import jax
     from jax.experimental.compilation_cache import compilation_cache
 
