@@ -15,10 +15,7 @@ import tempfile
 
 # must happen before jax initialises its backends
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# XLA:CPU aborts the process when a collective's participants arrive over 40 s apart (its
-# default); 8 fake devices on CI's 2 busy cores may lag that much, so allow 10 minutes
-for flag in ("--xla_force_host_platform_device_count=8", "--xla_backend_optimization_level=0",
-             "--xla_cpu_collective_call_terminate_timeout_seconds=600"):
+for flag in ("--xla_force_host_platform_device_count=8", "--xla_backend_optimization_level=0"):
     if flag.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flag).strip()
 # the first process to load this file (pytest, or xdist's controller) owns the run's cache
@@ -83,6 +80,20 @@ def _no_persistent_cache_after_the_test():
         for k, v in before.items():
             jax.config.update(k, v)
         compilation_cache.reset_cache()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _free_compiled_programs_after_the_module():
+    """Drop jax's compiled programs after each test module. XLA:CPU maps a few memory regions for
+    every program it keeps, and a worker that kept all of its ~300 tests' programs reached Linux's
+    limit of 65530 mappings (``vm.max_map_count``): LLVM's next mapping failed and the worker aborted."""
+    yield
+    import gc
+
+    import jax
+
+    jax.clear_caches()
+    gc.collect()
 
 
 def pytest_collection_modifyitems(items):

@@ -84,6 +84,7 @@ def test_the_page_drives_every_step(tmp_path, lyrics_vocab_path):
             page.locator(".job").nth(1).wait_for()
             repaint = page.locator(".job").first
             _wait_status(repaint, "done")
+            repaint.locator("audio").wait_for(timeout=WAIT_MS)  # the player follows the status
             assert repaint.locator("audio").count() == 1
 
             # a long job runs while a second waits: cancel the waiting one
