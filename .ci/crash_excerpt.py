@@ -5,6 +5,7 @@ import re
 import sys
 
 XLA_FATAL = re.compile(r"^[FE]\d{4} |Termination timeout|may be stuck|Check failed|terminate called|what\(\):")
+XLA_PREFIX = re.compile(r"^[FEW]\d{4} [\d:.]+\s+\d+ ")
 
 
 def excerpt(lines: list[str], frames: int = 3, limit: int = 40) -> list[str]:
@@ -24,8 +25,13 @@ def excerpt(lines: list[str], frames: int = 3, limit: int = 40) -> list[str]:
                     out += [lines[i - len(stack) - 1]] + stack[:frames] + [f for f in ours if f not in stack[:frames]]
                 continue
             i += 1
-    out += [line for line in lines if XLA_FATAL.search(line)][-10:]
-    return out[-limit:]
+    seen, xla = set(), []
+    for line in lines:  # XLA's messages once each (a failing call repeats them from many threads)
+        key = XLA_PREFIX.sub("", line)
+        if XLA_FATAL.search(line) and key not in seen:
+            seen.add(key)
+            xla.append(line)
+    return (out + xla[-10:])[-limit:]
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ Current thread 0x02 (most recent call first):
 
 Extension modules: numpy
 [gw1] node down: Not properly terminated
+E1207 21:30:02.071797   18212 execution_engine.cc:54] LLVM compilation error: Cannot allocate memory
+E1207 21:30:02.071811   18213 execution_engine.cc:54] LLVM compilation error: Cannot allocate memory
 F1207 12:00:00.000000 1 rendezvous.cc:9] Termination timeout for `x` of 40 seconds exceeded.
 1 failed, 9 passed
 """
@@ -36,6 +38,7 @@ def test_the_crashed_thread_and_xla_fatal_line_are_kept():
     assert out[1].startswith("Current thread 0x02") and out[2:5] == LOG.splitlines()[7:10]
     assert out[5].endswith("in train_step")  # the first frame of ours, below the top three
     assert out[-1].startswith("F1207") and "Termination timeout" in out[-1]
+    assert sum("Cannot allocate memory" in line for line in out) == 1  # repeated by many threads, kept once
 
 
 def test_a_log_without_a_crash_gives_nothing():
