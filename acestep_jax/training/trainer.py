@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import importlib
 import json
 import logging
@@ -135,15 +136,22 @@ def build_model(cfg: TrainConfig, mesh: jax.sharding.Mesh | None = None) -> ACES
 
 def _random_model(tcfg: TransformerConfig, seed: int, mesh) -> ACEStepTransformer:
     """A randomly initialised transformer, created directly in its shardings on ``mesh``."""
-
-    def create():
-        return ACEStepTransformer(tcfg, rngs=nnx.Rngs(seed))
-
     if mesh is None:
-        return create()
-    graphdef, abstract = nnx.split(nnx.eval_shape(create))
-    state = jax.jit(lambda: nnx.state(create()), out_shardings=state_shardings(abstract, mesh))()
-    return nnx.merge(graphdef, state)
+        return ACEStepTransformer(tcfg, rngs=nnx.Rngs(seed))
+    graphdef, init = _sharded_init(tcfg, mesh)
+    return nnx.merge(graphdef, init(jax.random.key(seed)))
+
+
+@functools.lru_cache(maxsize=4)
+def _sharded_init(tcfg: TransformerConfig, mesh):
+    """``(graphdef, init)``: ``init(key)`` is the transformer's jitted random initialisation into its
+    shardings on ``mesh``, one program for every seed (a resumed or repeated run compiles it once)."""
+
+    def create(key):
+        return ACEStepTransformer(tcfg, rngs=nnx.Rngs(key))
+
+    graphdef, abstract = nnx.split(nnx.eval_shape(create, jax.random.key(0)))
+    return graphdef, jax.jit(lambda key: nnx.state(create(key)), out_shardings=state_shardings(abstract, mesh))
 
 
 def _transformer_folder(ckpt: str, param_dtype: str) -> str | None:
